@@ -1,0 +1,358 @@
+"""Offline datasets in the D4RL hdf5 layout, read and written with h5py (never through the `d4rl` package).
+
+Layout (N transitions): observations (N, obs_dim), actions (N, act_dim), rewards (N,) or (N, 1),
+terminals (N,), timeouts (N,), optional next_observations (N, obs_dim) and infos/* (N, ...).
+Episodes end where terminals OR timeouts is set (both at one step is one end); steps after the last end form
+a trailing episode that is kept and marked truncated.
+
+Data ratios are trajectory-level samples without replacement whose random generator is seeded from
+(dataset identity, ratio, seed), so one cell of a sweep trains on the same trajectories on every machine.
+The official LaMo code drew its subsets from the unseeded global RNG and split episodes across file
+boundaries; neither is reproduced here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+if TYPE_CHECKING:
+    from trainers.tasks import Task
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or does not match the layout or the task."""
+
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+FLAG_KEYS = ("terminals", "timeouts")
+
+
+@dataclass(frozen=True)
+class EpisodeIndex:
+    """Where each episode lies in the flat arrays."""
+
+    starts: np.ndarray  # (E,) int64 index of the first step
+    lengths: np.ndarray  # (E,) int64
+    terminated: np.ndarray  # (E,) bool: ended by a terminal (no bootstrapping past it)
+    truncated: np.ndarray  # (E,) bool: the trailing partial episode with neither flag at its last step
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self.starts + self.lengths
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def split_episodes(terminals: np.ndarray, timeouts: np.ndarray) -> EpisodeIndex:
+    """Episode boundaries from the per-step flags, vectorised."""
+    n = len(terminals)
+    done = np.asarray(terminals, bool) | np.asarray(timeouts, bool)
+    ends = np.flatnonzero(done) + 1
+    truncated_tail = n > 0 and (len(ends) == 0 or ends[-1] != n)
+    if truncated_tail:
+        ends = np.append(ends, n)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    ends = ends.astype(np.int64)
+    truncated = np.zeros(len(ends), bool)
+    if truncated_tail:
+        truncated[-1] = True
+    return EpisodeIndex(starts=starts, lengths=ends - starts,
+                        terminated=np.asarray(terminals, bool)[ends - 1] if n else np.zeros(0, bool),
+                        truncated=truncated)
+
+
+@dataclass
+class TrajectoryDataset:
+    """Flat transition arrays plus the episode index; the object every sampler and algorithm reads from."""
+
+    name: str  # dataset identity used to seed subsets, e.g. "hopper-medium-v2"
+    observations: np.ndarray  # (N, obs_dim) float32
+    actions: np.ndarray  # (N, act_dim) float32
+    rewards: np.ndarray  # (N,) float32
+    terminals: np.ndarray  # (N,) bool
+    timeouts: np.ndarray  # (N,) bool
+    episodes: EpisodeIndex
+    next_observations: np.ndarray | None = None
+    episode_ids: np.ndarray | None = None  # ids of the episodes in the source file (set by subsampling)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.episode_ids is None:
+            self.episode_ids = np.arange(len(self.episodes))
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def observation_dim(self) -> int:
+        return self.observations.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+    def episode_returns(self) -> np.ndarray:
+        return np.add.reduceat(self.rewards.astype(np.float64), self.episodes.starts) if len(self) else np.zeros(0)
+
+    def episode_of_step(self) -> np.ndarray:
+        """(N,) index of the episode each step belongs to."""
+        return np.repeat(np.arange(self.num_episodes), self.episodes.lengths)
+
+    def timesteps(self) -> np.ndarray:
+        """(N,) step index within its episode (absolute timestep, as the sequence models embed it)."""
+        return np.arange(len(self)) - np.repeat(self.episodes.starts, self.episodes.lengths)
+
+    def returns_to_go(self) -> np.ndarray:
+        """(N,) undiscounted sum of rewards from each step to the end of its episode, float64."""
+        cumulative = np.cumsum(self.rewards, dtype=np.float64)
+        end_totals = cumulative[self.episodes.ends - 1]
+        before = np.concatenate([[0.0], cumulative[:-1]])
+        return np.repeat(end_totals, self.episodes.lengths) - before
+
+    def state_statistics(self, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the observations of this (sub)set, LaMo's normalization convention."""
+        obs = self.observations.astype(np.float64)
+        return obs.mean(0).astype(np.float32), (obs.std(0) + eps).astype(np.float32)
+
+    def select_episodes(self, episode_positions: np.ndarray) -> TrajectoryDataset:
+        """A new dataset made of the given episodes (positions in this dataset), in the given order."""
+        positions = np.asarray(episode_positions, np.int64)
+        starts, lengths = self.episodes.starts[positions], self.episodes.lengths[positions]
+        new_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        steps = np.repeat(starts - new_starts, lengths) + np.arange(lengths.sum())
+        pick = (lambda a: None if a is None else a[steps])
+        return replace(
+            self, observations=self.observations[steps], actions=self.actions[steps], rewards=self.rewards[steps],
+            terminals=self.terminals[steps], timeouts=self.timeouts[steps],
+            next_observations=pick(self.next_observations),
+            episodes=EpisodeIndex(new_starts, lengths.astype(np.int64), self.episodes.terminated[positions],
+                                  self.episodes.truncated[positions]),
+            episode_ids=self.episode_ids[positions],
+        )
+
+
+# --- locating files ---------------------------------------------------------------------------------------
+
+def candidate_paths(dataset_file: str, path: str | os.PathLike | None = None) -> list[Path]:
+    """Where a dataset is looked for, in order: an explicit path, $D4RL_DATASET_DIR, ~/.d4rl/datasets."""
+    if path is not None:
+        return [Path(path).expanduser()]
+    candidates = []
+    if os.environ.get("D4RL_DATASET_DIR"):
+        candidates.append(Path(os.environ["D4RL_DATASET_DIR"]).expanduser() / dataset_file)
+    candidates.append(Path.home() / ".d4rl" / "datasets" / dataset_file)
+    return candidates
+
+
+def resolve_dataset_path(task: Task, path: str | os.PathLike | None = None) -> Path:
+    tried = candidate_paths(task.dataset_file, path)
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    if task.generated_by is not None:
+        how = (f"generate it with `python -m trainers.make_dataset --task {task.name}` "
+               f"(writes {tried[0].parent / task.dataset_file} unless --out is given)")
+    else:
+        how = (f"download D4RL's {task.dataset_file} and put it in $D4RL_DATASET_DIR or ~/.d4rl/datasets "
+               f"(the d4rl package's own cache location), or pass its path explicitly")
+    raise DatasetError(f"dataset for task {task.name!r} not found; tried: {', '.join(map(str, tried))}; {how}")
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+def _flat_length_shape(key: str, shape: tuple[int, ...], n: int, trailing: tuple[int, ...] | None) -> list[str]:
+    """Errors for an array that should be (n, *trailing); (n, 1) is accepted where trailing is ()."""
+    expected = (n, *trailing) if trailing is not None else (n, "...")
+    if len(shape) == 0 or shape[0] != n:
+        return [f"{key}: expected shape {expected} (same length as observations), got {shape}"]
+    if trailing is None:
+        return []
+    if trailing == () and shape[1:] in ((), (1,)):
+        return []
+    if shape[1:] != trailing:
+        return [f"{key}: expected shape {expected}, got {shape}"]
+    return []
+
+
+def validate_arrays(arrays: Mapping[str, Any], where: str, observation_dim: int | None = None,
+                    action_dim: int | None = None) -> None:
+    """Check keys, shapes and finiteness of a D4RL-layout mapping (arrays or h5py datasets).
+
+    Every problem is collected and reported at once, naming the key and the expected shape.
+    """
+    errors = [f"{key}: missing (required keys: {', '.join(REQUIRED_KEYS)})" for key in REQUIRED_KEYS
+              if key not in arrays]
+    if errors:
+        raise DatasetError(f"{where}: " + "; ".join(errors))
+    obs_shape = tuple(arrays["observations"].shape)
+    n = obs_shape[0] if obs_shape else 0
+    if len(obs_shape) != 2 or n == 0:
+        raise DatasetError(f"{where}: observations: expected a non-empty (N, obs_dim) array, got shape {obs_shape}")
+    if observation_dim is not None and obs_shape[1] != observation_dim:
+        errors.append(f"observations: expected shape (N, {observation_dim}) for this task, got {obs_shape}")
+    act_shape = tuple(arrays["actions"].shape)
+    if len(act_shape) != 2:
+        errors.append(f"actions: expected shape ({n}, act_dim), got {act_shape}")
+    else:
+        errors += _flat_length_shape("actions", act_shape, n, (action_dim if action_dim is not None else act_shape[1],))
+    for key in ("rewards", *FLAG_KEYS):
+        if key in arrays:
+            errors += _flat_length_shape(key, tuple(arrays[key].shape), n, ())
+    if "next_observations" in arrays:
+        errors += _flat_length_shape("next_observations", tuple(arrays["next_observations"].shape), n,
+                                     (obs_shape[1],))
+    infos = arrays.get("infos")
+    if infos is not None:
+        for key in infos:
+            errors += _flat_length_shape(f"infos/{key}", tuple(infos[key].shape), n, None)
+    if errors:
+        raise DatasetError(f"{where}: " + "; ".join(errors))
+
+
+def _check_finite(key: str, values: np.ndarray, where: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(len(values), -1).all(axis=1))
+        raise DatasetError(f"{where}: {key}: {len(bad)} rows contain NaN or inf (first at index {bad[0]})")
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+def _read(group: h5py.Group, key: str, dtype: type) -> np.ndarray:
+    dataset = group[key]
+    # Conversion happens inside HDF5 while reading, so float64 files never exist twice in memory.
+    return dataset.astype(dtype)[()] if dataset.dtype != dtype else dataset[()]
+
+
+def load_d4rl_dataset(path: str | os.PathLike, task: Task | None = None, name: str | None = None) -> TrajectoryDataset:
+    """Read, validate and index a D4RL-layout hdf5 file; with a task, also check its spaces."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise DatasetError(f"{where}: no such file")
+    observation_dim = action_dim = None
+    if task is not None:
+        observation_dim, action_dim = task_dims(task)
+    with h5py.File(path, "r") as f:
+        validate_arrays(f, where, observation_dim, action_dim)
+        n = f["observations"].shape[0]
+        observations = _read(f, "observations", np.float32)
+        actions = _read(f, "actions", np.float32)
+        rewards = _read(f, "rewards", np.float32).reshape(n)
+        terminals = f["terminals"][()].reshape(n).astype(bool)
+        timeouts = f["timeouts"][()].reshape(n).astype(bool) if "timeouts" in f else np.zeros(n, bool)
+        next_observations = _read(f, "next_observations", np.float32) if "next_observations" in f else None
+        metadata = {key: _attr_value(value) for key, value in f.attrs.items()}
+    for key, values in (("observations", observations), ("actions", actions), ("rewards", rewards),
+                        ("next_observations", next_observations)):
+        if values is not None:
+            _check_finite(key, values, where)
+    return TrajectoryDataset(
+        name=name or path.stem, observations=observations, actions=actions, rewards=rewards,
+        terminals=terminals, timeouts=timeouts, episodes=split_episodes(terminals, timeouts),
+        next_observations=next_observations, metadata=metadata, source=path,
+    )
+
+
+def load_task_dataset(task: Task, path: str | os.PathLike | None = None) -> TrajectoryDataset:
+    """The dataset of a task, found by the d4rl cache convention unless a path is given."""
+    resolved = resolve_dataset_path(task, path)
+    return load_d4rl_dataset(resolved, task=task, name=Path(task.dataset_file).stem)
+
+
+def task_dims(task: Task) -> tuple[int, int]:
+    """Flat observation and action sizes of a task's evaluation environment."""
+    env = task.make_env()
+    try:
+        return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    finally:
+        env.close()
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+
+def write_d4rl_dataset(path: str | os.PathLike, arrays: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
+                       task: Task | None = None) -> Path:
+    """Validate, then write the D4RL layout atomically: a failed validation or write leaves no file behind."""
+    path = Path(path)
+    observation_dim = action_dim = None
+    if task is not None:
+        observation_dim, action_dim = task_dims(task)
+    validate_arrays(arrays, str(path), observation_dim, action_dim)
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        if key in arrays:
+            _check_finite(key, np.asarray(arrays[key]), str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, values in arrays.items():
+                if key == "infos":
+                    for info_key, info_values in values.items():
+                        f.create_dataset(f"infos/{info_key}", data=np.asarray(info_values))
+                else:
+                    f.create_dataset(key, data=np.asarray(values))
+            for key, value in (metadata or {}).items():
+                f.attrs[key] = value
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# --- data ratios ------------------------------------------------------------------------------------------
+
+def subset_seed(dataset_name: str, num_episodes: int, ratio: float, seed: int) -> int:
+    """A platform-independent seed for one (dataset, ratio, seed) cell (Python's hash() is salted per process)."""
+    key = f"{dataset_name}|{num_episodes}|{ratio!r}|{seed}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+
+
+def subsample_trajectories(dataset: TrajectoryDataset, ratio: float, seed: int) -> TrajectoryDataset:
+    """Keep floor(ratio · E) whole trajectories drawn without replacement; the kept ids are `episode_ids`."""
+    if not 0.0 < ratio <= 1.0:
+        raise DatasetError(f"data ratio must be in (0, 1], got {ratio}")
+    total = dataset.num_episodes
+    if ratio == 1.0:
+        return dataset
+    count = math.floor(ratio * total + 1e-9)
+    if count == 0:
+        raise DatasetError(f"data ratio {ratio} of {dataset.name} selects no trajectory: the dataset has {total} "
+                           f"trajectories, so the smallest usable ratio is {1 / total:.6g}")
+    rng = np.random.default_rng(subset_seed(dataset.name, total, ratio, seed))
+    # Sorted so the subset keeps the file's order; which ids are chosen depends only on the seed.
+    positions = np.sort(rng.choice(total, size=count, replace=False))
+    return dataset.select_episodes(positions)
+
+
+def top_fraction_by_return(dataset: TrajectoryDataset, fraction: float) -> TrajectoryDataset:
+    """The highest-return trajectories (at least one), e.g. BC-10 %'s training set."""
+    count = max(1, math.floor(fraction * dataset.num_episodes + 1e-9))
+    order = np.argsort(-dataset.episode_returns(), kind="stable")[:count]
+    return dataset.select_episodes(np.sort(order))

@@ -1,0 +1,137 @@
+"""The task registry: everything a trial needs to know about one (environment, dataset) pair.
+
+A task name is ``<env>-<dataset flavour>``: ``hopper-medium`` reads D4RL's ``hopper-medium-v2.hdf5`` and is
+evaluated on Gymnasium's Hopper-v5; ``hopper-medium-gen`` reads a file this project generated with
+``python -m trainers.make_dataset``. Adding a task is one ``_register`` call below.
+
+Reference scores are D4RL's published ones (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE); target returns,
+their scale and the context length K are LaMo's (its experiment.py and the paper's appendix).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+
+Domain = Literal["locomotion", "kitchen", "reacher2d", "atari"]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    domain: Domain
+    make_env: Callable[[], gym.Env] = field(repr=False)
+    env_id: str  # what the evaluation environment is, for logs and metadata
+    dataset_file: str  # file name looked up in the d4rl cache directory
+    ref_min_score: float  # return that normalizes to 0
+    ref_max_score: float  # return that normalizes to 100
+    target_returns: tuple[float, ...]  # returns-to-go the sequence models are conditioned on at evaluation
+    return_scale: float  # returns-to-go are divided by this before entering the model
+    horizon: int  # maximum episode length
+    context_len: int  # default K for sequence models
+    generated_by: str | None = None  # behaviour level for `make_dataset`, None for external datasets
+
+    def normalized_score(self, episode_return: float) -> float:
+        return normalized_score(episode_return, self.ref_min_score, self.ref_max_score)
+
+
+def normalized_score(episode_return, ref_min: float, ref_max: float):
+    """D4RL normalization: 100 · (R − R_min) / (R_max − R_min). Works on floats and arrays alike."""
+    return 100.0 * (episode_return - ref_min) / (ref_max - ref_min)
+
+
+TASKS: dict[str, Task] = {}
+
+
+def _register(task: Task) -> None:
+    assert task.name not in TASKS, task.name
+    TASKS[task.name] = task
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def d4rl_dataset_dir() -> Path:
+    """The d4rl cache convention: $D4RL_DATASET_DIR, else ~/.d4rl/datasets."""
+    return Path(os.environ.get("D4RL_DATASET_DIR") or Path.home() / ".d4rl" / "datasets").expanduser()
+
+
+# --- locomotion: D4RL v2 datasets, Gymnasium MuJoCo v5 environments -------------------------------------
+
+def _mujoco_factory(env_id: str, **kwargs) -> Callable[[], gym.Env]:
+    # No TimeLimit wrapper from gym.make's registry beyond the horizon we set: the evaluator counts steps too.
+    return lambda: gym.make(env_id, **kwargs)
+
+
+_LOCOMOTION = {
+    # env: (gymnasium id, make kwargs, D4RL ref min, ref max, LaMo targets)
+    "hopper": ("Hopper-v5", {}, -20.272305, 3234.3, (3600, 2600, 2200, 1800)),
+    "halfcheetah": ("HalfCheetah-v5", {}, -280.178953, 12135.0, (12000, 8000, 6000, 4500)),
+    # Walker2d-v5 gave both feet friction 1.9; D4RL's v2 data was collected with the older model whose right
+    # foot has 0.9. Gymnasium still ships that model as walker2d.xml.
+    "walker2d": ("Walker2d-v5", {"xml_file": "walker2d.xml"}, 1.629008, 4592.3, (5000, 4000, 3000, 2500)),
+}
+_D4RL_FLAVOURS = ("random", "medium", "medium-replay", "medium-expert", "expert")
+_GENERATED_LOCOMOTION = ("random", "medium")
+
+for _env, (_id, _kwargs, _lo, _hi, _targets) in _LOCOMOTION.items():
+    _common = dict(domain="locomotion", make_env=_mujoco_factory(_id, **_kwargs), env_id=_id,
+                   ref_min_score=_lo, ref_max_score=_hi, target_returns=tuple(float(t) for t in _targets),
+                   return_scale=1000.0, horizon=1000, context_len=20)
+    for _flavour in _D4RL_FLAVOURS:
+        _register(Task(name=f"{_env}-{_flavour}", dataset_file=f"{_env}-{_flavour}-v2.hdf5", **_common))
+    for _flavour in _GENERATED_LOCOMOTION:
+        _register(Task(name=f"{_env}-{_flavour}-gen", dataset_file=f"{_env}-{_flavour}-gen.hdf5",
+                       generated_by=_flavour, **_common))
+
+
+# --- reacher2d: LaMo's sparse-reward task, always generated ----------------------------------------------
+
+def _make_reacher2d() -> gym.Env:
+    from trainers.envs.reacher2d import Reacher2dEnv
+
+    return Reacher2dEnv()
+
+
+for _flavour in ("expert", "medium", "random"):
+    _register(Task(
+        name=f"reacher2d-{_flavour}", domain="reacher2d", make_env=_make_reacher2d, env_id="Reacher2d-v0",
+        dataset_file=f"reacher2d-{_flavour}.hdf5",
+        # Normalized score = return / 100: one point per step spent within reach of the target.
+        ref_min_score=0.0, ref_max_score=100.0, target_returns=(76.0, 40.0), return_scale=10.0,
+        horizon=100, context_len=5, generated_by=_flavour,
+    ))
+
+
+# --- kitchen: D4RL kitchen files, Gymnasium-Robotics FrankaKitchen-v1 -------------------------------------
+
+def _kitchen_factory(which: str) -> Callable[[], gym.Env]:
+    def make() -> gym.Env:
+        from trainers.envs import kitchen
+
+        tasks = {"complete": kitchen.KITCHEN_COMPLETE_TASKS, "partial": kitchen.KITCHEN_PARTIAL_TASKS}[which]
+        return kitchen.make_kitchen_env(tasks, max_episode_steps=280)
+
+    return make
+
+
+for _flavour in ("complete", "partial"):
+    _register(Task(
+        name=f"kitchen-{_flavour}", domain="kitchen", make_env=_kitchen_factory(_flavour),
+        env_id="FrankaKitchen-v1", dataset_file=f"kitchen-{_flavour}-v0.hdf5",
+        ref_min_score=0.0, ref_max_score=4.0, target_returns=(5.0, 4.0, 3.0, 2.0, 1.0), return_scale=1.0,
+        horizon=280, context_len=20,
+    ))
+
+
+def task_names(domain: Domain | None = None) -> Sequence[str]:
+    return [name for name, task in TASKS.items() if domain is None or task.domain == domain]
