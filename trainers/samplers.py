@@ -63,8 +63,11 @@ class WindowSampler:
         self._size = len(dataset)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> WindowBatch:
+        return self.windows(rng.integers(0, self._size, size=batch_size))
+
+    def windows(self, start: np.ndarray) -> WindowBatch:
+        """The windows that begin at the given flat step indices."""
         k = self.context_len
-        start = rng.integers(0, self._size, size=batch_size)
         length = np.minimum(k, self._episode_end[start] - start)  # steps available from the start
         offsets = np.arange(k)[None, :] - (k - length)[:, None]  # negative on the left padding
         mask = offsets >= 0
