@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from trainers.algorithm import Policy
+from trainers.cpu_allocator import keep_freed_memory_for_reuse
 from trainers.tasks import Task
 
 PolicyFactory = Callable[[int, Sequence[float] | None], Policy]  # (num_envs, target_returns) -> Policy
@@ -102,6 +103,7 @@ class BatchedEvaluator:
     def __init__(self, task: Task, num_episodes: int, target_returns: Sequence[float] | None = None):
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be ≥ 1, got {num_episodes}")
+        keep_freed_memory_for_reuse()
         self.task = task
         self.num_episodes = num_episodes
         self.targets: list[float | None] = list(target_returns) if target_returns else [None]

@@ -19,12 +19,13 @@ from trainers.trajectory_model import TrajectoryTransformer
 class ContextPolicy:
     def __init__(self, model: TrajectoryTransformer, num_envs: int, target_returns: Sequence[float],
                  return_scale: float, state_mean: np.ndarray, state_std: np.ndarray,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
         if len(target_returns) != num_envs:
             raise ValueError(f"{len(target_returns)} target returns for {num_envs} environments")
         config = model.config
         k = config.context_len
         self.model, self.device = model, torch.device(device)
+        self.autocast_dtype = autocast_dtype  # e.g. bf16: 2-3× faster on GPUs and AVX512-BF16 CPUs
         self.return_scale = return_scale
         self.state_mean, self.state_std = state_mean.astype(np.float32), state_std.astype(np.float32)
         self.max_timestep = config.max_timestep
@@ -56,8 +57,10 @@ class ContextPolicy:
         as_tensor = lambda a: torch.from_numpy(a[rows]).to(self.device)  # noqa: E731
         was_training = self.model.training
         self.model.eval()
-        predicted = self.model(as_tensor(self.states), as_tensor(self.actions), as_tensor(self.returns_to_go),
-                               as_tensor(self.timesteps), as_tensor(self.mask))[:, -1]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            predicted = self.model(as_tensor(self.states), as_tensor(self.actions),
+                                   as_tensor(self.returns_to_go), as_tensor(self.timesteps),
+                                   as_tensor(self.mask))[:, -1]
         self.model.train(was_training)
         actions[rows] = predicted.float().cpu().numpy()
         self.actions[rows, -1] = actions[rows]
