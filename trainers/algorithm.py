@@ -6,11 +6,12 @@ An algorithm never imports Ray or MLflow: the worker loop drives it through thes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from trainers.samplers import TransitionBatch, WindowBatch
+from trainers.samplers import TransitionBatch, TransitionSampler, WindowBatch, WindowSampler
 
 Batch = WindowBatch | TransitionBatch
 
@@ -33,9 +34,18 @@ class Policy(Protocol):
 
 @runtime_checkable
 class Algorithm(Protocol):
-    batch_kind: Literal["windows", "transitions"]
+    """Built by its module's `build(config, setup)` (see trainers/registry.py).
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    The worker loop draws `sampler.sample(config.batch_size, rng)` (NumPy), moves the batch to the algorithm's
+    device as torch tensors (`samplers.to_torch`) and calls `update`. Evaluation asks `policy(n, targets)`
+    with the task's target returns when `return_conditioned`, else with None.
+    """
+
+    batch_kind: Literal["windows", "transitions"]
+    return_conditioned: bool
+    sampler: WindowSampler | TransitionSampler
+
+    def update(self, batch: Batch) -> dict[str, float]:  # batch fields are torch tensors on the device
         ...
 
     def policy(self, num_envs: int, target_returns: Sequence[float] | None) -> Policy:
@@ -45,6 +55,9 @@ class Algorithm(Protocol):
         ...
 
     def load_state_dict(self, state: dict) -> None:
+        ...
+
+    def export(self, directory: Path) -> list[Path]:  # final weights as safetensors (+ adapters), for artifacts
         ...
 
 
@@ -59,3 +72,23 @@ class StatelessPolicy:
 
     def observe(self, rewards: np.ndarray, dones: np.ndarray) -> None:
         pass
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or a quantity it depends on became NaN or inf; the trial must stop and say where."""
+
+    def __init__(self, step: int | None, quantities: dict[str, float]):
+        self.step, self.quantities = step, quantities
+        where = f"at step {step}" if step is not None else "during an update"
+        details = ", ".join(f"{name}={value:.6g}" for name, value in quantities.items())
+        super().__init__(f"non-finite loss {where}: {details}")
+
+
+def check_finite(step: int | None, **quantities) -> None:
+    """Raise NonFiniteLossError if any given scalar (float or 0-d tensor) is NaN or inf.
+
+    Pass the losses and the statistics that explain them (e.g. Q-value mean/max, log-prob min).
+    """
+    values = {name: float(value) for name, value in quantities.items()}
+    if not all(np.isfinite(v) for v in values.values()):
+        raise NonFiniteLossError(step, values)

@@ -6,9 +6,11 @@ computed once at construction, so a batch costs a few fancy-indexing operations 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
 import numpy as np
+import torch
 
 from trainers.datasets import TrajectoryDataset
 
@@ -33,6 +35,15 @@ class TransitionBatch:
     rewards: np.ndarray  # (B,) float32
     next_observations: np.ndarray  # (B, obs_dim) float32
     dones: np.ndarray  # (B,) float32: 1 only for true terminals, never for timeouts
+
+
+BatchT = TypeVar("BatchT", "WindowBatch", "TransitionBatch")
+
+
+def to_torch(batch: BatchT, device: torch.device | str) -> BatchT:
+    """The same batch with every field a torch tensor on `device` (bool masks stay bool)."""
+    return replace(batch, **{f.name: torch.from_numpy(getattr(batch, f.name)).to(device, non_blocking=True)
+                             for f in fields(batch)})
 
 
 class WindowSampler:
