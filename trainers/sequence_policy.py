@@ -55,12 +55,14 @@ class ContextPolicy:
             return actions
         self._push(rows, observations[rows])
         as_tensor = lambda a: torch.from_numpy(a[rows]).to(self.device)  # noqa: E731
+        # Once every live window is full the mask is all ones: let attention take its unmasked causal path.
+        mask = None if self.mask[rows].all() else as_tensor(self.mask)
         was_training = self.model.training
         self.model.eval()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            predicted = self.model(as_tensor(self.states), as_tensor(self.actions),
-                                   as_tensor(self.returns_to_go), as_tensor(self.timesteps),
-                                   as_tensor(self.mask))[:, -1]
+            predicted = self.model.predict_last_action(as_tensor(self.states), as_tensor(self.actions),
+                                                       as_tensor(self.returns_to_go), as_tensor(self.timesteps),
+                                                       mask)
         self.model.train(was_training)
         actions[rows] = predicted.float().cpu().numpy()
         self.actions[rows, -1] = actions[rows]

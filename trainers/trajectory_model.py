@@ -1,11 +1,9 @@
 """The trajectory transformer behind Decision Transformer, LaMo and Wiki-RL.
 
-Tokens (R̂_t, s_t, a_t) for K steps go through a GPT-2 backbone; the action at step t is predicted from the
+Tokens (R̂_t, s_t, a_t) for K steps go through a GPT-2 backbone (trainers/gpt2.py, no positional
+embeddings: position comes from the timestep embedding only); the action at step t is predicted from the
 hidden state of the s_t token. Every design choice that distinguishes the algorithms is a field of
-`TrajectoryModelConfig`; the named presets live with the sequence-model trainer.
-
-GPT-2's learned positional embeddings are not used (as in the Decision Transformer and LaMo code): the
-backbone's `wpe` table is zeroed and frozen, so position information comes from the timestep embedding only.
+`TrajectoryModelConfig`; the named presets live in trainers/sequence_trainer.py.
 """
 
 from __future__ import annotations
@@ -15,7 +13,8 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2Model
+
+from trainers.gpt2 import GPT2, gpt2_config, random_gpt2
 
 
 @dataclass
@@ -24,7 +23,7 @@ class TrajectoryModelConfig:
     action_dim: int
     context_len: int = 20  # K, steps per window
     max_timestep: int = 1000  # size of the timestep embedding table (episode horizon)
-    n_layer: int = 3
+    n_layer: int = 3  # backbone size when it is built here (ignored for a given backbone)
     n_embd: int = 128
     n_head: int = 1
     dropout: float = 0.1
@@ -52,32 +51,17 @@ def _embedding(config: TrajectoryModelConfig, in_dim: int) -> nn.Module:
     return nn.Linear(in_dim, config.n_embd)
 
 
-def random_gpt2_backbone(config: TrajectoryModelConfig) -> GPT2Model:
-    gpt2_config = GPT2Config(
-        vocab_size=1, bos_token_id=None, eos_token_id=None,  # tokens come in as embeddings: no vocabulary
-        n_positions=max(1024, 3 * config.context_len), n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head, n_inner=4 * config.n_embd, resid_pdrop=config.dropout,
-        embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-        activation_function="gelu_pytorch_tanh",  # GPT-2's gelu_new as one fused kernel (4× faster on CPU)
-    )
-    return GPT2Model(gpt2_config)
-
-
-def disable_positional_embeddings(backbone: GPT2Model) -> None:
-    with torch.no_grad():
-        backbone.wpe.weight.zero_()
-    backbone.wpe.weight.requires_grad_(False)
-
-
 class TrajectoryTransformer(nn.Module):
-    def __init__(self, config: TrajectoryModelConfig, backbone: GPT2Model | None = None):
+    def __init__(self, config: TrajectoryModelConfig, backbone: GPT2 | None = None):
         super().__init__()
         self.config = config
-        self.backbone = backbone if backbone is not None else random_gpt2_backbone(config)
-        if self.backbone.config.n_embd != config.n_embd:
+        if backbone is None:
+            backbone = random_gpt2(gpt2_config(config.n_layer, config.n_embd, config.n_head, config.dropout,
+                                               n_positions=max(1024, 3 * config.context_len)))
+        if backbone.config.n_embd != config.n_embd:
             raise ValueError(f"model width n_embd={config.n_embd} does not match the backbone's "
-                             f"{self.backbone.config.n_embd}")
-        disable_positional_embeddings(self.backbone)
+                             f"{backbone.config.n_embd}")
+        self.backbone = backbone
         width = config.n_embd
         self.embed_timestep = nn.Embedding(config.max_timestep, width)
         self.embed_return = _embedding(config, 1)
@@ -90,20 +74,42 @@ class TrajectoryTransformer(nn.Module):
         else:
             self.predict_action = nn.Sequential(nn.Linear(width, config.action_dim), nn.Tanh())
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
-                timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, K, ·) windows → (B, K, act_dim) action predictions, one per state token."""
+    def _tokens(self, states, actions, returns_to_go, timesteps) -> torch.Tensor:
+        """(B, K, ·) → (B, 3K, width): R̂_1, s_1, a_1, R̂_2, … after the embedding LayerNorm."""
         batch, k = states.shape[:2]
         time = self.embed_timestep(timesteps)
         tokens = [self.embed_return(returns_to_go.unsqueeze(-1)), self.embed_state(states),
                   self.embed_action(actions)]
         if not self.config.timestep_after_layernorm:
             tokens = [token + time for token in tokens]
-        stacked = torch.stack(tokens, dim=2).reshape(batch, 3 * k, -1)  # R̂_1, s_1, a_1, R̂_2, ...
-        stacked = self.embed_ln(stacked)
+        stacked = self.embed_ln(torch.stack(tokens, dim=2).reshape(batch, 3 * k, -1))
         if self.config.timestep_after_layernorm:
             stacked = stacked + time.repeat_interleave(3, dim=1)
-        attention_mask = mask.repeat_interleave(3, dim=1).to(stacked.dtype)
-        hidden = self.backbone(inputs_embeds=stacked, attention_mask=attention_mask).last_hidden_state
-        state_hidden = hidden.reshape(batch, k, 3, -1)[:, :, 1]
-        return self.predict_action(state_hidden)
+        return stacked
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                timesteps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, K, ·) windows → (B, K, act_dim) action predictions, one per state token."""
+        batch, k = states.shape[:2]
+        tokens = self._tokens(states, actions, returns_to_go, timesteps)
+        valid = None if mask is None else mask.repeat_interleave(3, dim=1)
+        hidden = self.backbone(tokens, valid)
+        return self.predict_action(hidden.reshape(batch, k, 3, -1)[:, :, 1])
+
+    def predict_last_action(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                            timesteps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, act_dim): the action for the last state of each window — the only one evaluation needs.
+
+        The trailing action token is dropped (causality: it cannot influence s_K's output) and the last layer
+        computes only the s_K query; same result as `forward(...)[:, -1]`, a quarter less arithmetic.
+        """
+        tokens = self._tokens(states, actions, returns_to_go, timesteps)[:, :-1]
+        valid = None if mask is None else mask.repeat_interleave(3, dim=1)[:, :-1]
+        hidden = self.backbone(tokens, valid, last_query_only=True)
+        return self.predict_action(hidden[:, -1])
+
+    def action_loss(self, states, actions, returns_to_go, timesteps, mask) -> torch.Tensor:
+        """MSE between predicted and dataset actions on unpadded positions (continuous actions)."""
+        predicted = self.forward(states, actions, returns_to_go, timesteps, mask)
+        squared = (predicted.float() - actions.float()).pow(2).mean(-1)
+        return (squared * mask).sum() / mask.sum().clamp(min=1)
