@@ -63,7 +63,7 @@ class EvaluationResult:
         metrics: dict[str, float] = {}
         for target in self.targets:
             metrics.update(target.summary())
-        metrics["eval/best_normalized_mean"] = max(t.normalized.mean() for t in self.targets)
+        metrics["eval/best_normalized_mean"] = float(max(t.normalized.mean() for t in self.targets))
         return metrics
 
     def episode_rows(self) -> list[dict]:

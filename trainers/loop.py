@@ -66,8 +66,10 @@ class LocalReport:
         with (self.output_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if not self.quiet:
-            shown = {k: round(v, 4) for k, v in metrics.items() if "/" not in k or k.endswith("normalized_mean")}
+            shown = {k: round(v, 4) for k, v in metrics.items() if k in self.SHOWN or k.endswith("normalized_mean")}
             print(f"step {step}: {shown}" + (f" files: {[p.name for p in files]}" if files else ""), flush=True)
+
+    SHOWN = ("train/loss", "train/lm_loss", "train/steps_per_second", "dataset/trajectories")
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -121,11 +123,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         else:  # resumed with another number of workers: a fresh stream, still determined by (seed, rank, step)
             rng = np.random.default_rng([trial.seed, rank, step])
         torch.set_rng_state(state["torch_rng"])
-        if rank == 0:
-            print(f"resumed {trial.algorithm} on {trial.task} at step {step}", flush=True)
 
     evaluator = None
     if rank == 0:
+        if checkpoint is not None:
+            report(step, {"resumed_from_step": float(step)}, [])
         targets = task.target_returns if algorithm.return_conditioned else None
         evaluator = BatchedEvaluator(task, config.eval_episodes, targets)
         report(step, {"dataset/trajectories": float(dataset.num_episodes),
@@ -156,10 +158,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
             _report_with_checkpoint(algorithm, rng, step, history, metrics, rank, world)
             started = time.perf_counter()
 
+    divergence = _parameter_divergence(algorithm) if world > 1 else None
     if rank == 0:
         files = _write_artifacts(trial, config, algorithm, last_result, history)
-        report(step, {}, files)
+        report(step, {} if divergence is None else {"distributed/max_parameter_difference": divergence}, files)
         evaluator.close()
+
+
+def _parameter_divergence(algorithm) -> float:
+    """Largest difference of any trainable parameter between ranks: 0 when DDP kept them in lockstep."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().float().reshape(-1) for p in algorithm.trainable_state().values()])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).max())
 
 
 def _report_with_checkpoint(algorithm, rng, step: int, history: list, metrics: dict, rank: int, world: int) -> None:

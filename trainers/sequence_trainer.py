@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainers.algorithm import check_finite
-from trainers.gpt2 import GPT2
+from trainers.gpt2 import GPT2, gpt2_config, random_gpt2
 from trainers.registry import TrainingConfig, TrainingSetup
 from trainers.samplers import WindowBatch, WindowSampler
 from trainers.sequence_policy import ContextPolicy
@@ -83,14 +83,14 @@ PRESETS: dict[str, dict] = {
 
 
 def build_backbone(config: Config) -> GPT2:
+    if config.backbone is None:
+        if config.lm_coef > 0:
+            raise ValueError("lm_coef > 0 needs a language model backbone (a hub id or a pre-trained directory); "
+                             "backbone is None")
+        width = config.n_embd or 128
+        return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout))
     from trainers import language
 
-    if config.backbone is None:
-        from trainers.gpt2 import gpt2_config, random_gpt2
-
-        width = config.n_embd or 128
-        return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout,
-                                       vocab_size=language.BYTE_VOCAB_SIZE if config.lm_coef > 0 else 1))
     hf = language.load_pretrained_gpt2(config.backbone, random_init=not config.pretrained_weights,
                                        dropout=config.dropout)
     if config.n_embd is not None and config.n_embd != hf.config.n_embd:
@@ -211,7 +211,8 @@ class SequenceModelAlgorithm:
     def state_dict(self) -> dict:
         return {"model": {k: v.clone() for k, v in self.trainable_state().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "step": self.step, "state_mean": self.state_mean, "state_std": self.state_std,
+                "step": self.step, "state_mean": torch.from_numpy(self.state_mean),
+                "state_std": torch.from_numpy(self.state_std),
                 "language_rng": self.language.rng_state() if self.language is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
@@ -222,7 +223,7 @@ class SequenceModelAlgorithm:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        self.state_mean, self.state_std = state["state_mean"], state["state_std"]
+        self.state_mean, self.state_std = state["state_mean"].numpy(), state["state_std"].numpy()
         if self.language is not None and state.get("language_rng") is not None:
             self.language.set_rng_state(state["language_rng"])
 

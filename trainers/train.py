@@ -15,8 +15,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from trainers.datasets import DatasetError, resolve_dataset_path
 from trainers.loop import LocalReport, TrialConfig, train_loop_per_worker
 from trainers.registry import ALGORITHMS, ConfigError, make_config
+from trainers.tasks import get_task
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -41,7 +43,7 @@ def run_trial(trial: TrialConfig, num_workers: int = 1, use_gpu: bool = False, s
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+        ray.init(configure_logging=False)
     storage = Path(storage_path or Path(trial.output_dir) / "ray").resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -75,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                            ("eval_episodes", args.eval_episodes)):
             if value is not None:
                 overrides[key] = value
-        make_config(args.algo, overrides)  # fail on a bad name or field before starting Ray
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        make_config(args.algo, overrides)  # fail on a bad name, field or missing file before starting Ray
+        resolve_dataset_path(get_task(args.task), args.dataset)
+    except (ConfigError, DatasetError, KeyError) as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
     output = str(Path(args.output).resolve())
     trial = TrialConfig(algorithm=args.algo, task=args.task, ratio=args.ratio, seed=args.seed,

@@ -1,0 +1,78 @@
+"""Behaviour cloning: a deterministic tanh actor regressing the dataset's actions by mean squared error.
+
+BC-10 % (Chen et al., "Decision Transformer", 2021, "%BC") is the same learner trained only on the top 10 %
+of trajectories by return (`top_fraction_by_return`); the state statistics are those of that subset.
+
+Settings follow CORL's any_percent_bc.py (the implementation behind CORL's BC and BC-10 % tables): a
+256-256 MLP, Adam 3e-4, batch 256, standardised states (eps 1e-3). Trajectories are ranked by undiscounted
+return, as CORL's BC-10 % configs do (discount: 1.0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baselines.common import DeterministicActor, Normalizer, OfflineAlgorithm, finite_metrics, make_adam, \
+    require_continuous, seeded_init
+from trainers.datasets import top_fraction_by_return
+from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.samplers import TransitionBatch
+
+
+@dataclass
+class Config(TrainingConfig):
+    # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: CORL any_percent_bc.py TrainConfig.
+    top_fraction: float = 1.0  # train on this fraction of trajectories, highest returns first (BC-10 %: 0.1)
+    lr: float = 3e-4  # Adam (CORL any_percent_bc.py)
+    hidden_dims: tuple[int, ...] = (256, 256)  # CORL any_percent_bc.py Actor
+    normalize_states: bool = True  # standardise states with the training set's mean / (std + eps) (CORL)
+    state_eps: float = 1e-3  # (CORL compute_mean_std eps)
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(self.hidden_dims)
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+
+
+PRESETS = {"bc": {}, "bc_10": {"top_fraction": 0.1}}
+
+# BC has no task-specific settings in the reference implementations; kitchen runs with the defaults.
+KITCHEN_OVERRIDES: dict[str, object] = {}
+
+
+class BC(OfflineAlgorithm):
+    name = "bc"
+
+    def __init__(self, config: Config, setup: TrainingSetup):
+        obs_dim, act_dim = require_continuous(self.name, setup)
+        dataset = setup.dataset
+        if dataset is not None and config.top_fraction < 1.0:
+            dataset = top_fraction_by_return(dataset, config.top_fraction)
+        super().__init__(setup, dataset)
+        self.config, self.dataset = config, dataset
+        with seeded_init(setup.seed):
+            self.normalizer = Normalizer(setup.action_space, obs_dim)
+            if config.normalize_states:
+                self.normalizer.fit(dataset, config.state_eps)
+            self.actor = DeterministicActor(obs_dim, act_dim, config.hidden_dims)
+        self.normalizer.to(self.device)
+        self.actor.to(self.device)
+        self.optimizers = {"actor": make_adam([{"params": self.actor.parameters(), "lr": config.lr}], self.device)}
+
+    def networks(self):
+        return {"normalizer": self.normalizer, "actor": self.actor}
+
+    def update(self, batch: TransitionBatch) -> dict[str, float]:
+        step = self.step + 1
+        obs = self.normalizer.observations(batch.observations)
+        pi = self.actor(obs)
+        loss = (pi - self.normalizer.unit_actions(batch.actions)).square().mean()
+        self.optimizers["actor"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["actor"].step()
+        self.step = step
+        return finite_metrics(step, actor_loss=loss, action_abs_mean=pi.detach().abs().mean())
+
+
+def build(config: Config, setup: TrainingSetup) -> BC:
+    return BC(config, setup)

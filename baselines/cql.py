@@ -1,0 +1,171 @@
+"""CQL(H) (Kumar, Zhou, Tucker & Levine, "Conservative Q-Learning for Offline Reinforcement Learning", 2020).
+
+SAC with automatic entropy tuning whose critics also minimise α·(log Σ_a exp Q(s, a) − Q(s, a_data)): Q is
+pushed down on actions the policy or a uniform proposal would pick and up on the dataset's, which makes it a
+lower bound where data is missing. The log-sum-exp is estimated by importance sampling over N uniform
+actions, N policy actions at s and N policy actions at s′ (all evaluated at s), each divided by its proposal
+density (min_q_version 3 in the reference).
+
+Per update (aviralkumar2907/CQL d4rl/rlkit/torch/sac/cql.py; young-geng/CQL SimpleSAC/conservative_sac.py):
+  entropy: L_α = −log α·(log π(ã|s) + H̄)              H̄ = −dim(A)
+  actor:   L_π = E[α·log π(ã|s) − min_i Q_i(s, ã)]      (for the first bc_steps updates −log π(a_data|s)
+                                                        replaces −Q: the reference's BC warm start)
+  critic:  Σ_i E[(Q_i(s, a) − r − γ(1 − d)·min_j Q̄_j(s′, ã′))²] + α_cql·Σ_i E[logsumexp_IS Q_i − Q_i(s, a)]
+           (no entropy term in the backup: deterministic_backup=True)
+All three losses are computed from the same parameters, as in the references, so they share one backward
+and one fused Adam step over three param groups. The actor runs once on [s; s′] and every sampled action
+(1 + N per state) comes from that single pass; the critic evaluates all 1 + 3N actions per state in one
+ensemble forward.
+
+Defaults, and where the sources differ (we follow the original authors' code/README for D4RL -v2 data):
+  α_cql 5.0: README ("min_q_weight 5.0 or 10.0"), young-geng 5.0; CORL's locomotion configs use 10.0.
+  policy lr 1e-4: README and cql_mujoco_new.py; the README says its values differ from the paper's because
+      the D4RL datasets changed (the paper's, quoted in aviralkumar2907/CQL#5 as policy_lr 3e-5 with the
+      Lagrange threshold 10, were tuned on -v0 data). CORL keeps 3e-5; young-geng uses 3e-4.
+  fixed α_cql, no Lagrange: README for Gym (lagrange_thresh −1), young-geng and CORL alike.
+  3 × 256 hidden layers for actor and critics: cql_mujoco_new.py (CORL also 3; young-geng 2).
+  bc_steps 40 000: cql_mujoco_new.py policy_eval_start (CORL's configs 0; young-geng none).
+  raw states and rewards: the reference normalises neither (CORL normalises both on locomotion).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from baselines.common import (
+    LogScalar,
+    Normalizer,
+    OfflineAlgorithm,
+    TanhGaussianActor,
+    TwinCritic,
+    finite_metrics,
+    frozen_copy,
+    make_adam,
+    polyak_,
+    require_continuous,
+    seeded_init,
+)
+from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.samplers import TransitionBatch
+
+
+@dataclass
+class Config(TrainingConfig):
+    # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: inherited; batch 256 and 1000 updates
+    # per epoch as cql_mujoco_new.py (which runs 3000 epochs; 1e6 matches the other baselines and CORL).
+    cql_alpha: float = 5.0  # α_cql, weight of the conservative penalty (README min_q_weight; see module doc)
+    cql_n_actions: int = 10  # N sampled actions per proposal (num_random; all three sources agree)
+    cql_temperature: float = 1.0  # temperature of the log-sum-exp (temp)
+    policy_lr: float = 1e-4  # actor Adam lr, also the entropy temperature's (README; see module doc)
+    critic_lr: float = 3e-4  # qf_lr (all three sources)
+    discount: float = 0.99  # γ
+    tau: float = 0.005  # Polyak rate of the target critic, every update (soft_target_tau)
+    bc_steps: int = 40_000  # initial updates whose actor loss is BC (policy_eval_start)
+    target_entropy: float | None = None  # H̄; None = −dim(A) (all three sources)
+    hidden_dims: tuple[int, ...] = (256, 256, 256)  # actor and each critic (cql_mujoco_new.py [M, M, M])
+    normalize_states: bool = False  # the reference does not; CORL does
+    state_eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(self.hidden_dims)
+        if self.cql_n_actions < 1:
+            raise ValueError(f"cql_n_actions must be ≥ 1, got {self.cql_n_actions}")
+
+
+# The CQL paper reports kitchen results, but neither its released code nor its README gives kitchen
+# settings we could verify, so kitchen tasks run with the defaults above.
+KITCHEN_OVERRIDES: dict[str, object] = {}
+
+
+class CQL(OfflineAlgorithm):
+    name = "cql"
+
+    def __init__(self, config: Config, setup: TrainingSetup):
+        obs_dim, act_dim = require_continuous(self.name, setup)
+        super().__init__(setup, setup.dataset)
+        self.config = config
+        self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
+        with seeded_init(setup.seed):
+            self.normalizer = Normalizer(setup.action_space, obs_dim)
+            if config.normalize_states:
+                self.normalizer.fit(setup.dataset, config.state_eps)
+            # rlkit initialises the last layers from U(±1e-3) (policy) and U(±3e-3) (Q-functions).
+            self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden_dims, final_init=1e-3)
+            self.critic = TwinCritic(obs_dim, act_dim, config.hidden_dims, final_init=3e-3)
+            self.log_alpha = LogScalar(0.0)
+        for module in (self.normalizer, self.actor, self.critic, self.log_alpha):
+            module.to(self.device)
+        self.critic_target = frozen_copy(self.critic)
+        self.optimizers = {"all": make_adam([
+            {"params": self.actor.parameters(), "lr": config.policy_lr},
+            {"params": self.critic.parameters(), "lr": config.critic_lr},
+            {"params": self.log_alpha.parameters(), "lr": config.policy_lr},
+        ], self.device)}
+
+    def networks(self):
+        return {"normalizer": self.normalizer, "actor": self.actor, "critic": self.critic,
+                "critic_target": self.critic_target, "log_alpha": self.log_alpha}
+
+    def update(self, batch: TransitionBatch) -> dict[str, float]:
+        c, step = self.config, self.step + 1
+        obs = self.normalizer.observations(batch.observations)
+        next_obs = self.normalizer.observations(batch.next_observations)
+        actions = self.normalizer.unit_actions(batch.actions)
+        (b, act_dim), n = actions.shape, c.cql_n_actions
+
+        # One actor pass over [s; s′]; 1 + N reparameterised samples per state from that one distribution.
+        mean, log_std = self.actor(torch.cat([obs, next_obs]))
+        noise = torch.randn((2 * b, n + 1, act_dim), generator=self.generator, device=self.device)
+        sampled, log_pis = TanhGaussianActor.sample(mean[:, None], log_std[:, None], noise)
+        new_actions, log_pi = sampled[:b, 0], log_pis[:b, 0]  # the only samples that carry gradients
+        sampled, log_pis = sampled.detach(), log_pis.detach()
+
+        # Entropy temperature (its loss sees log π as a constant; the other losses see α as one).
+        log_alpha = self.log_alpha.value
+        alpha = log_alpha.exp().detach()
+        alpha_loss = -(log_alpha * (log_pi.detach() + self.target_entropy)).mean()
+
+        # Actor: maximise min Q − α log π (critic weights detached), or the data's log-likelihood at first.
+        if step <= c.bc_steps:
+            objective = TanhGaussianActor.log_prob(mean[:b], log_std[:b], actions)
+        else:
+            objective = self.critic(obs, new_actions, detach_params=True).min(0).values
+        actor_loss = (alpha * log_pi - objective).mean()
+
+        # Critic target: min over target twins at a′ ~ π(s′), no entropy bonus.
+        with torch.no_grad():
+            target_q = self.critic_target(next_obs, sampled[b:, 0]).min(0).values
+            y = batch.rewards + c.discount * (1.0 - batch.dones) * target_q
+
+        # All critic queries in one ensemble pass: the data action, N uniform, N from π(s), N from π(s′).
+        uniform = torch.rand((b, n, act_dim), generator=self.generator, device=self.device) * 2.0 - 1.0
+        queries = torch.cat([actions[:, None], uniform, sampled[:b, 1:], sampled[b:, 1:]], dim=1)
+        q_all = self.critic(obs[:, None].expand(b, 1 + 3 * n, obs.shape[-1]), queries)  # (2, B, 1 + 3N)
+        q_data = q_all[..., 0]
+        bellman_loss = (q_data - y).square().mean(1).sum()
+        # Importance weights: the uniform density on [-1, 1]^A is 0.5^A; policy samples use their log π.
+        log_density = torch.cat([torch.full((b, n), act_dim * math.log(0.5), device=self.device),
+                                 log_pis[:b, 1:], log_pis[b:, 1:]], dim=1)
+        t = c.cql_temperature
+        logsumexp = torch.logsumexp((q_all[..., 1:] - log_density) / t, dim=-1) * t  # (2, B)
+        cql_gap = (logsumexp - q_data).mean(1)  # (2,)
+        critic_loss = bellman_loss + c.cql_alpha * cql_gap.sum()
+
+        optimizer = self.optimizers["all"]
+        optimizer.zero_grad(set_to_none=True)
+        (actor_loss + alpha_loss + critic_loss).backward()
+        optimizer.step()
+        polyak_(self.critic_target, self.critic, c.tau)
+
+        self.step = step
+        return finite_metrics(step, actor_loss=actor_loss, alpha_loss=alpha_loss, alpha=alpha,
+                              log_pi=log_pi.mean(), critic_loss=critic_loss, bellman_loss=bellman_loss,
+                              cql_gap=cql_gap.mean(), q_data_mean=q_data.mean(), target_q_mean=target_q.mean(),
+                              q_random_mean=q_all[..., 1:1 + n].mean(), q_logsumexp_mean=logsumexp.mean())
+
+
+def build(config: Config, setup: TrainingSetup) -> CQL:
+    return CQL(config, setup)

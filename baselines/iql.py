@@ -1,0 +1,193 @@
+"""IQL (Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022).
+
+Never queries Q at actions outside the dataset: V(s) is fitted as an upper expectile of Q̄(s, a) over the
+dataset's actions, Q regresses r + γ·V(s′), and the policy is extracted by advantage-weighted regression.
+
+Per update, in the order of the reference (ikostrikov/implicit_q_learning, learner.py `_update_jit`):
+1. value:  L_V = E[|τ − 1(u < 0)|·u²], u = min_i Q̄_i(s, a) − V(s)       (target critic, expectile τ);
+2. actor:  L_π = −E[min(exp(β·(min_i Q̄_i(s, a) − V(s))), 100)·log π(a|s)]   (with the updated V);
+3. critic: L_Q = Σ_i E[(Q_i(s, a) − r − γ(1 − d)·V(s′))²]                  (with the updated V);
+4. Q̄ ← Polyak(Q̄, Q, 0.005).
+Steps 2 and 3 touch disjoint parameters and read the same V, so they share one backward and one fused
+optimizer step. The actor's learning rate follows a cosine decay from actor_lr to 0 over num_steps.
+
+Actor: Gaussian, as in the paper and reference code — mean tanh(MLP(s)), state-independent log σ; evaluation
+acts with the mean. (CORL's IQL configs switch to a deterministic MSE actor on several locomotion datasets;
+`deterministic_actor=True` gives that variant.) Differences from CORL's iql.py, which follow the reference:
+the critic loss sums the two Qs' MSEs (CORL averages them), the actor's advantage uses V after its update
+(CORL uses V before), orthogonal init (Flax default_init), and no state normalization by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from baselines.common import (
+    DeterministicActor,
+    GaussianActor,
+    Normalizer,
+    OfflineAlgorithm,
+    TwinCritic,
+    ValueNetwork,
+    finite_metrics,
+    frozen_copy,
+    make_adam,
+    polyak_,
+    require_continuous,
+    seeded_init,
+)
+from trainers.datasets import TrajectoryDataset
+from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.samplers import TransitionBatch
+
+
+@dataclass
+class Config(TrainingConfig):
+    # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: train_offline.py flags (max_steps,
+    # eval_interval, eval_episodes, batch_size), inherited from TrainingConfig.
+    expectile: float = 0.7  # τ of the value's expectile regression (configs/mujoco_config.py)
+    temperature: float = 3.0  # β, inverse temperature of the advantage weights (mujoco_config.py)
+    max_weight: float = 100.0  # exp(β·A) is clipped at this (actor.py)
+    discount: float = 0.99  # γ (mujoco_config.py)
+    tau: float = 0.005  # Polyak rate of the target critic (mujoco_config.py)
+    actor_lr: float = 3e-4  # initial actor lr, cosine-decayed to 0 over num_steps (mujoco_config.py, learner.py)
+    value_lr: float = 3e-4  # (mujoco_config.py)
+    critic_lr: float = 3e-4  # (mujoco_config.py)
+    hidden_dims: tuple[int, ...] = (256, 256)  # actor, value and each critic (mujoco_config.py)
+    actor_dropout: float = 0.0  # dropout after the actor's hidden layers (0 = none on locomotion; kitchen 0.1)
+    deterministic_actor: bool = False  # False: the paper's Gaussian actor; True: CORL's advantage-weighted MSE
+    # Rewards × scale_target / (max − min trajectory return) over the training set (train_offline.py normalize,
+    # applied to halfcheetah/hopper/walker2d only there). Set False for tasks the reference leaves unscaled.
+    normalize_rewards: bool = True
+    # train_offline.py multiplies by 1000 = the locomotion horizon (CORL's modify_reward multiplies by
+    # max_episode_steps); None uses the task's horizon, i.e. exactly 1000 on locomotion, and keeps the mean
+    # per-step reward of a best-minus-worst trajectory at 1 on shorter tasks (reacher2d: 100).
+    reward_scale_target: float | None = None
+    normalize_states: bool = False  # the reference feeds raw states; CORL standardises them (normalize: true)
+    state_eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(self.hidden_dims)
+        if not 0.0 < self.expectile < 1.0:
+            raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
+        if not 0.0 <= self.actor_dropout < 1.0:
+            raise ValueError(f"actor_dropout must be in [0, 1), got {self.actor_dropout}")
+
+
+# configs/kitchen_config.py: β 0.5, policy dropout 0.1, same expectile 0.7 (everything else as mujoco_config.py);
+# train_offline.py scales rewards for halfcheetah/hopper/walker2d only, so kitchen rewards stay as they are.
+KITCHEN_OVERRIDES: dict[str, object] = {"expectile": 0.7, "temperature": 0.5, "actor_dropout": 0.1,
+                                        "normalize_rewards": False}
+
+
+def reward_scale(dataset: TrajectoryDataset | None, config: Config, horizon: int) -> float:
+    """scale_target / (max − min) of the trajectory returns; 1 when disabled, without data (the value is then
+    restored from the checkpoint) or when every trajectory has the same return (the reference would divide
+    by zero)."""
+    if not config.normalize_rewards or dataset is None:
+        return 1.0
+    returns = dataset.episode_returns()
+    spread = float(returns.max() - returns.min())
+    target = config.reward_scale_target if config.reward_scale_target is not None else float(horizon)
+    return target / spread if spread > 0 else 1.0
+
+
+class IQL(OfflineAlgorithm):
+    name = "iql"
+
+    def __init__(self, config: Config, setup: TrainingSetup):
+        obs_dim, act_dim = require_continuous(self.name, setup)
+        super().__init__(setup, setup.dataset)
+        self.config = config
+        self.reward_scale = reward_scale(setup.dataset, config, setup.task.horizon)
+        init = {"orthogonal": True}
+        with seeded_init(setup.seed):
+            self.normalizer = Normalizer(setup.action_space, obs_dim)
+            if config.normalize_states:
+                self.normalizer.fit(setup.dataset, config.state_eps)
+            actor_cls = DeterministicActor if config.deterministic_actor else GaussianActor
+            self.actor = actor_cls(obs_dim, act_dim, config.hidden_dims, dropout=config.actor_dropout, **init)
+            self.value = ValueNetwork(obs_dim, config.hidden_dims, **init)
+            self.critic = TwinCritic(obs_dim, act_dim, config.hidden_dims, **init)
+        for module in (self.normalizer, self.actor, self.value, self.critic):
+            module.to(self.device)
+        self.critic_target = frozen_copy(self.critic)
+        self.optimizers = {
+            "value": make_adam([{"params": self.value.parameters(), "lr": config.value_lr}], self.device),
+            # group 0 (actor) has its lr rewritten every step by the cosine schedule
+            "actor_critic": make_adam([{"params": self.actor.parameters(), "lr": config.actor_lr},
+                                       {"params": self.critic.parameters(), "lr": config.critic_lr}], self.device),
+        }
+
+    def networks(self):
+        return {"normalizer": self.normalizer, "actor": self.actor, "value": self.value, "critic": self.critic,
+                "critic_target": self.critic_target}
+
+    def extra_state(self):
+        return {"reward_scale": self.reward_scale}
+
+    def load_extra_state(self, state):
+        self.reward_scale = float(state["reward_scale"])
+
+    def actor_lr(self, updates_done: int) -> float:
+        """optax.cosine_decay_schedule(actor_lr, num_steps) at count = updates already done."""
+        fraction = min(updates_done, self.config.num_steps) / max(self.config.num_steps, 1)
+        return self.config.actor_lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+    def update(self, batch: TransitionBatch) -> dict[str, float]:
+        c, step = self.config, self.step + 1
+        obs = self.normalizer.observations(batch.observations)
+        next_obs = self.normalizer.observations(batch.next_observations)
+        actions = self.normalizer.unit_actions(batch.actions)
+        rewards = batch.rewards * self.reward_scale
+
+        # 1. Value: expectile regression towards the target critic's min over the twins.
+        with torch.no_grad():
+            target_q = self.critic_target(obs, actions).min(0).values
+        u = target_q - self.value(obs)
+        value_loss = (torch.abs(c.expectile - (u < 0).float()) * u.square()).mean()
+        self.optimizers["value"].zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.optimizers["value"].step()
+
+        # The updated V at s (advantages) and at s′ (critic targets), in one forward.
+        with torch.no_grad():
+            v, next_v = self.value(torch.cat([obs, next_obs])).chunk(2)
+            advantage = target_q - v
+            weights = torch.exp(c.temperature * advantage).clamp(max=c.max_weight)
+            y = rewards + c.discount * (1.0 - batch.dones) * next_v
+
+        # 2. Actor: advantage-weighted regression (dropout, if any, drawn from the algorithm's generator).
+        dropout = self.generator if c.actor_dropout > 0 else None
+        if c.deterministic_actor:
+            pi = torch.tanh(self.actor.net(obs, dropout))
+            actor_loss = (weights * (pi - actions).square().sum(-1)).mean()
+            log_prob_mean = torch.zeros((), device=self.device)
+        else:
+            log_prob = self.actor.log_prob(obs, actions, dropout)
+            actor_loss = -(weights * log_prob).mean()
+            log_prob_mean = log_prob.mean()
+
+        # 3. Critic: regress r + γ(1 − d)·V(s′), no max over actions anywhere.
+        q = self.critic(obs, actions)
+        critic_loss = (q - y).square().mean(1).sum()
+
+        optimizer = self.optimizers["actor_critic"]
+        optimizer.param_groups[0]["lr"] = self.actor_lr(self.step)
+        optimizer.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        optimizer.step()
+        polyak_(self.critic_target, self.critic, c.tau)  # 4.
+
+        self.step = step
+        return finite_metrics(step, value_loss=value_loss, actor_loss=actor_loss, critic_loss=critic_loss,
+                              v_mean=v.mean(), q1_mean=q[0].mean(), q2_mean=q[1].mean(),
+                              advantage_mean=advantage.mean(), weight_max=weights.max(), log_prob=log_prob_mean,
+                              actor_lr=optimizer.param_groups[0]["lr"])
+
+
+def build(config: Config, setup: TrainingSetup) -> IQL:
+    return IQL(config, setup)

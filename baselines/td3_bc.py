@@ -1,0 +1,130 @@
+"""TD3+BC (Fujimoto & Gu, "A Minimalist Approach to Offline Reinforcement Learning", NeurIPS 2021).
+
+TD3 with one change to the actor: maximise λ·Q(s, π(s)) − (π(s) − a)², where λ = α / mean|Q| keeps the two
+terms on the same scale whatever the reward scale; states are standardised with the dataset's mean and std.
+
+Per update (sfujim/TD3_BC, TD3_BC.py):
+1. critic: y = r + γ(1 − d)·min_i Q̄_i(s′, clip(π̄(s′) + clip(ε, ±c), −1, 1)), ε ~ N(0, σ²); both Qs regress y;
+2. every `policy_delay` updates: the actor step above (through Q1 of the just-updated critic), then Polyak
+   averaging of the target critic AND target actor — targets move only on actor steps.
+
+Defaults are the paper's D4RL locomotion settings; CORL's td3_bc.py and configs use the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from baselines.common import (
+    DeterministicActor,
+    Normalizer,
+    OfflineAlgorithm,
+    TwinCritic,
+    finite_metrics,
+    frozen_copy,
+    make_adam,
+    polyak_,
+    require_continuous,
+    seeded_init,
+)
+from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.samplers import TransitionBatch
+
+
+@dataclass
+class Config(TrainingConfig):
+    # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: TD3_BC/main.py defaults (max_timesteps,
+    # eval_freq, eval_episodes in eval_policy, batch_size), inherited from TrainingConfig.
+    alpha: float = 2.5  # α in λ = α / mean|Q(s, π(s))|: weight of the Q term against BC (paper §5, main.py)
+    discount: float = 0.99  # γ (main.py)
+    tau: float = 0.005  # Polyak rate of both target networks (main.py)
+    policy_noise: float = 0.2  # σ of the target-policy smoothing noise, × the action half-range (main.py)
+    noise_clip: float = 0.5  # c: that noise is clipped to ±c, × the action half-range (main.py)
+    policy_delay: int = 2  # actor and targets update once per this many critic updates (main.py policy_freq)
+    actor_lr: float = 3e-4  # Adam (TD3_BC.py)
+    critic_lr: float = 3e-4  # Adam (TD3_BC.py)
+    hidden_dims: tuple[int, ...] = (256, 256)  # actor and each critic (TD3_BC.py)
+    normalize_states: bool = True  # standardise states with the dataset's mean / (std + eps) (main.py)
+    state_eps: float = 1e-3  # the eps above (utils.py normalize_states)
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(self.hidden_dims)
+        if self.policy_delay < 1:
+            raise ValueError(f"policy_delay must be ≥ 1, got {self.policy_delay}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+
+
+# The paper evaluates on D4RL locomotion and AntMaze only; it gives no kitchen settings, so kitchen tasks run
+# with the defaults above.
+KITCHEN_OVERRIDES: dict[str, object] = {}
+
+
+class TD3BC(OfflineAlgorithm):
+    name = "td3_bc"
+
+    def __init__(self, config: Config, setup: TrainingSetup):
+        obs_dim, act_dim = require_continuous(self.name, setup)
+        super().__init__(setup, setup.dataset)
+        self.config = config
+        with seeded_init(setup.seed):
+            self.normalizer = Normalizer(setup.action_space, obs_dim)
+            if config.normalize_states:
+                self.normalizer.fit(setup.dataset, config.state_eps)
+            self.actor = DeterministicActor(obs_dim, act_dim, config.hidden_dims)
+            self.critic = TwinCritic(obs_dim, act_dim, config.hidden_dims)
+        for module in (self.normalizer, self.actor, self.critic):
+            module.to(self.device)
+        self.actor_target, self.critic_target = frozen_copy(self.actor), frozen_copy(self.critic)
+        self.optimizers = {
+            "actor": make_adam([{"params": self.actor.parameters(), "lr": config.actor_lr}], self.device),
+            "critic": make_adam([{"params": self.critic.parameters(), "lr": config.critic_lr}], self.device),
+        }
+
+    def networks(self):
+        return {"normalizer": self.normalizer, "actor": self.actor, "critic": self.critic,
+                "actor_target": self.actor_target, "critic_target": self.critic_target}
+
+    def update(self, batch: TransitionBatch) -> dict[str, float]:
+        c, step = self.config, self.step + 1
+        obs = self.normalizer.observations(batch.observations)
+        next_obs = self.normalizer.observations(batch.next_observations)
+        actions = self.normalizer.unit_actions(batch.actions)
+
+        # 1. Critic: clipped double-Q target with target-policy smoothing.
+        with torch.no_grad():
+            noise = torch.randn(actions.shape, generator=self.generator, device=self.device)
+            noise = (noise * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
+            next_actions = (self.actor_target(next_obs) + noise).clamp(-1.0, 1.0)
+            target_q = self.critic_target(next_obs, next_actions).min(0).values
+            y = batch.rewards + c.discount * (1.0 - batch.dones) * target_q
+        q = self.critic(obs, actions)  # (2, B)
+        critic_loss = (q - y).square().mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
+        self.optimizers["critic"].zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.optimizers["critic"].step()
+        metrics = {"critic_loss": critic_loss, "q1_mean": q[0].mean(), "q2_mean": q[1].mean(),
+                   "target_q_mean": target_q.mean()}
+
+        # 2. Delayed actor step through Q1 of the updated critic (its weights detached: only the actor learns).
+        if step % c.policy_delay == 0:
+            pi = self.actor(obs)
+            q_pi = self.critic(obs, pi, detach_params=True, member=0)[0]
+            lmbda = c.alpha / q_pi.abs().mean().detach()
+            bc_loss = (pi - actions).square().mean()
+            actor_loss = -lmbda * q_pi.mean() + bc_loss
+            self.optimizers["actor"].zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.optimizers["actor"].step()
+            polyak_(self.critic_target, self.critic, c.tau)
+            polyak_(self.actor_target, self.actor, c.tau)
+            metrics.update(actor_loss=actor_loss, bc_loss=bc_loss, lmbda=lmbda, q_pi_mean=q_pi.mean())
+
+        self.step = step
+        return finite_metrics(step, **metrics)
+
+
+def build(config: Config, setup: TrainingSetup) -> TD3BC:
+    return TD3BC(config, setup)
