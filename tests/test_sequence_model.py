@@ -1,0 +1,157 @@
+"""The trajectory transformer, its presets and the LaMo specifics (LoRA set, language loss, adapters)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from transformers import GPT2Config, GPT2Model
+
+from trainers.algorithm import NonFiniteLossError
+from trainers.datasets import load_d4rl_dataset
+from trainers.gpt2 import GPT2, gpt2_config
+from trainers.registry import ConfigError, TrainingSetup, build_algorithm, make_config
+from trainers.samplers import to_torch
+from trainers.tasks import get_task
+
+TASK = get_task("reacher2d-medium")
+
+
+def setup_for(dataset=None, seed=0) -> TrainingSetup:
+    env = TASK.make_env()
+    spaces = env.observation_space, env.action_space
+    env.close()
+    return TrainingSetup(task=TASK, dataset=dataset, observation_space=spaces[0], action_space=spaces[1],
+                         device=torch.device("cpu"), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A tiny GPT-2 saved with save_pretrained (briefly pre-trained on the built-in corpus)."""
+    from trainers.language import pretrain_tiny_gpt2
+
+    return pretrain_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), steps=20, n_layer=2, n_embd=32, n_head=2,
+                              seq_len=64, batch=4)
+
+
+@pytest.fixture(scope="module")
+def gpt2_small_dir(tmp_path_factory):
+    """GPT-2 small's architecture (config only; weights are never downloaded here)."""
+    directory = tmp_path_factory.mktemp("gpt2-small-config")
+    GPT2Config().save_pretrained(directory)
+    return directory
+
+
+def test_our_gpt2_equals_hugging_face_without_position_embeddings():
+    torch.manual_seed(0)
+    hf = GPT2Model(gpt2_config(2, 64, 4, dropout=0.0, vocab_size=50)).eval()
+    with torch.no_grad():
+        hf.wpe.weight.zero_()
+    ours = GPT2.from_hf(hf).eval()
+    x = torch.randn(3, 10, 64)
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    valid[0, :4] = False  # left padding
+    with torch.no_grad():
+        assert torch.equal(hf(inputs_embeds=x).last_hidden_state, ours(x))
+        theirs = hf(inputs_embeds=x, attention_mask=valid.long()).last_hidden_state
+        mine = ours(x, valid)
+        torch.testing.assert_close(mine[valid], theirs[valid], rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours(x, valid, last_query_only=True)[:, 0], mine[:, -1], rtol=0, atol=1e-5)
+
+
+def test_lamo_trains_exactly_the_lamo_parameter_set_on_gpt2_small(gpt2_small_dir):
+    config = make_config("lamo", {"backbone": str(gpt2_small_dir), "pretrained_weights": False})
+    algorithm = build_algorithm("lamo", config, setup_for())
+    trainable = {name for name, p in algorithm.model.named_parameters() if p.requires_grad}
+    backbone_trainable = {n for n in trainable if n.startswith("backbone.")}
+    lamo_set = re.compile(r"backbone\.base_model\.model\.h\.\d+\.attn\.c_attn\.[qkv]\."
+                          r"(base_layer\.bias|lora_[AB]\.default\.weight)")
+    assert all(lamo_set.fullmatch(name) for name in backbone_trainable), sorted(backbone_trainable)[:3]
+    assert {n.split(".")[0] for n in trainable - backbone_trainable} == {
+        "embed_timestep", "embed_return", "embed_state", "embed_action", "embed_ln", "predict_action"}
+    count = lambda names: sum(p.numel() for n, p in algorithm.model.named_parameters() if n in names)  # noqa: E731
+    backbone_total = sum(p.numel() for n, p in algorithm.model.named_parameters()
+                         if n.startswith("backbone.") and "lora_" not in n)
+    assert count(backbone_trainable) == 12 * (36_864 + 36_864 + 2_304) == 912_384
+    assert backbone_total == 124_439_808  # GPT-2 small
+    assert count(backbone_trainable) / backbone_total == pytest.approx(0.00733, abs=5e-5)
+
+
+@pytest.mark.parametrize("preset, trainable_backbone", [("lamo_full_ft", True), ("wiki_rl", True)])
+def test_full_fine_tuning_presets_train_the_backbone(tiny_lm, preset, trainable_backbone):
+    algorithm = build_algorithm(preset, make_config(preset, {"backbone": str(tiny_lm)}), setup_for())
+    assert all(p.requires_grad for n, p in algorithm.model.backbone.named_parameters() if "wpe" not in n)
+    assert not any("lora" in n for n, _ in algorithm.model.named_parameters())
+
+
+def test_language_loss_on_1024_token_chunks_only_when_lambda_positive(tiny_lm, reacher_medium_path, monkeypatch):
+    seen = []
+    original = GPT2.language_loss
+    monkeypatch.setattr(GPT2, "language_loss", lambda self, tokens: seen.append(tuple(tokens.shape))
+                        or original(self, tokens))
+    dataset = load_d4rl_dataset(reacher_medium_path)
+    rng = np.random.default_rng(0)
+    for coef, expected in ((0.1, [(2, 1025)] * 2), (0.0, [])):
+        seen.clear()
+        overrides = {"backbone": str(tiny_lm), "lm_coef": coef, "lm_corpus": "builtin", "batch_size": 4}
+        algorithm = build_algorithm("lamo", make_config("lamo", overrides), setup_for(dataset))
+        for _ in range(2):
+            metrics = algorithm.update(to_torch(algorithm.sampler.sample(4, rng), "cpu"))
+        assert seen == expected
+        assert ("lm_loss" in metrics) == (coef > 0)
+        assert (algorithm.language is None) == (coef == 0)
+
+
+def test_adapter_and_weights_round_trip_gives_identical_actions(tiny_lm, reacher_medium_path, tmp_path):
+    dataset = load_d4rl_dataset(reacher_medium_path)
+    config = make_config("lamo", {"backbone": str(tiny_lm), "lm_corpus": "builtin", "lm_coef": 0.0})
+    trained = build_algorithm("lamo", config, setup_for(dataset))
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # move LoRA B away from its zero initialisation
+        trained.update(to_torch(trained.sampler.sample(8, rng), "cpu"))
+    files = trained.export(tmp_path / "model")
+    assert (tmp_path / "model" / "adapter" / "adapter_model.safetensors") in files
+    rebuilt = build_algorithm("lamo", config, setup_for(dataset=None, seed=99))
+    rebuilt.load_exported(tmp_path / "model")
+    observations = np.random.default_rng(1).normal(size=(4, 12))
+    policies = [a.policy(4, [76.0, 40.0, 76.0, 40.0]) for a in (trained, rebuilt)]
+    for _ in range(3):
+        actions = [p.act(observations) for p in policies]
+        np.testing.assert_array_equal(actions[0], actions[1])
+        for p in policies:
+            p.observe(np.ones(4), np.zeros(4, bool))
+    # The adapter directory is a real peft adapter: peft loads it onto a fresh backbone.
+    from trainers.language import load_pretrained_gpt2
+
+    peft_model = PeftModel.from_pretrained(GPT2.from_hf(load_pretrained_gpt2(tiny_lm)), tmp_path / "model" / "adapter")
+    lora_b = dict(peft_model.named_parameters())["base_model.model.h.0.attn.c_attn.q.lora_B.default.weight"]
+    expected = dict(trained.model.backbone.named_parameters())["base_model.model.h.0.attn.c_attn.q.lora_B.default.weight"]
+    assert torch.equal(lora_b, expected) and lora_b.abs().sum() > 0
+
+
+def test_bad_inputs_are_named(tiny_lm, tmp_path):
+    with pytest.raises(ConfigError, match="unknown algorithm 'lamo_v2'; valid algorithms: lamo, lamo_no_lm"):
+        make_config("lamo_v2")
+    with pytest.raises(ConfigError, match="unknown hyperparameter.*lora_rank; valid: .*lora_r"):
+        make_config("lamo", {"lora_rank": 8})
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
+        build_algorithm("lamo", make_config("lamo", {"backbone": str(tmp_path / "missing")}), setup_for())
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="'bert'.*not 'gpt2'"):
+        build_algorithm("lamo", make_config("lamo", {"backbone": str(tmp_path / "bert")}), setup_for())
+    with pytest.raises(ValueError, match="n_embd=768 does not match the width 32"):
+        build_algorithm("lamo", make_config("lamo", {"backbone": str(tiny_lm), "n_embd": 768}), setup_for())
+
+
+def test_non_finite_loss_stops_with_step_and_batch_statistics(reacher_medium_path):
+    dataset = load_d4rl_dataset(reacher_medium_path)
+    overrides = {"n_layer": 1, "n_embd": 16, "n_head": 1}
+    algorithm = build_algorithm("dt", make_config("dt", overrides), setup_for(dataset))
+    batch = algorithm.sampler.sample(4, np.random.default_rng(0))
+    batch.states[0, -1, 0] = np.nan
+    with pytest.raises(NonFiniteLossError, match=r"at step 0: .*action_loss=nan.*batch_states_abs_max=nan"):
+        algorithm.update(to_torch(batch, "cpu"))
