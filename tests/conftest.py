@@ -31,6 +31,17 @@ def reacher_medium_path(tmp_path_factory) -> Path:
                         seed=0, num_episodes=60, random_episodes=10)
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance for the session's Train/Tune tests, stopped at the end (ray.shutdown stops the
+    processes ray.init started)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def d4rl_dir(tmp_path, monkeypatch) -> Path:
     """An empty d4rl cache directory, so no test sees a user's real ~/.d4rl."""

@@ -140,7 +140,7 @@ def test_hugging_face_tokenizer_directory_and_vocab_check(tmp_path):
     assert isinstance(tokenizer, HFTokenizer)
     assert tokenizer.eos_id == backend.token_to_id("<|endoftext|>") and tokenizer.vocab_size == backend.get_vocab_size()
     assert tokenizer.encode("the lazy fox") == backend.encode("the lazy fox").ids
-    assert tokenizer.encode_batch(["the lazy fox", "dog"]) == [tokenizer.encode("the lazy fox"), tokenizer.encode("dog")]
+    assert tokenizer.encode_batch(["the lazy fox", "dog"]) == [tokenizer.encode(t) for t in ("the lazy fox", "dog")]
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 100}))
     with pytest.raises(ValueError, match=f"{tokenizer.vocab_size} ids but the model's embedding table only 100"):
         load_tokenizer(tmp_path)

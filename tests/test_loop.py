@@ -22,13 +22,10 @@ TINY_DT = {"n_layer": 1, "n_embd": 32, "n_head": 2, "warmup_steps": 10, "learnin
            "num_steps": 60, "eval_every": 20, "eval_episodes": 1, "batch_size": 16}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=True, configure_logging=False)
+@pytest.fixture(autouse=True)
+def hooks_by_value(local_ray):
     # Hooks defined in this test module must reach the workers by value (tests/ is not a package there).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.shutdown()
 
 
 class KillOnce(LocalReport):
