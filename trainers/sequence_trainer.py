@@ -65,6 +65,8 @@ class Config(TrainingConfig):
     adam_eps: float = 1e-6
     warmup_steps: int = 2500
     grad_clip: float = 0.25
+    # --- numerics ---
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
 
 PRESETS: dict[str, dict] = {
@@ -157,7 +159,8 @@ class SequenceModelAlgorithm:
         warmup = max(1, config.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min((step + 1) / warmup, 1.0))
         self.step = 0
-        self.autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.state_mean = np.zeros(model_config.observation_dim, np.float32)
         self.state_std = np.ones(model_config.observation_dim, np.float32)
         self.sampler = None
