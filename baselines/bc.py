@@ -62,16 +62,21 @@ class BC(OfflineAlgorithm):
     def networks(self):
         return {"normalizer": self.normalizer, "actor": self.actor}
 
+    COMPILABLE = ("loss",)  # see OfflineAlgorithm.compile
+
+    def loss(self, batch: TransitionBatch):
+        pi = self.actor(self.normalizer.observations(batch.observations))
+        loss = (pi - self.normalizer.unit_actions(batch.actions)).square().mean()
+        return loss, {"actor_loss": loss, "action_abs_mean": pi.detach().abs().mean()}
+
     def update(self, batch: TransitionBatch) -> dict[str, float]:
         step = self.step + 1
-        obs = self.normalizer.observations(batch.observations)
-        pi = self.actor(obs)
-        loss = (pi - self.normalizer.unit_actions(batch.actions)).square().mean()
+        loss, metrics = self.loss(batch)
         self.optimizers["actor"].zero_grad(set_to_none=True)
         loss.backward()
         self.optimizers["actor"].step()
         self.step = step
-        return finite_metrics(step, actor_loss=loss, action_abs_mean=pi.detach().abs().mean())
+        return finite_metrics(step, **metrics)
 
 
 def build(config: Config, setup: TrainingSetup) -> BC:

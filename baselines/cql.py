@@ -18,14 +18,14 @@ and one fused Adam step over three param groups. The actor runs once on [s; s′
 ensemble forward.
 
 Defaults, and where the sources differ (we follow the original authors' code/README for D4RL -v2 data):
-  α_cql 5.0: README ("min_q_weight 5.0 or 10.0"), young-geng 5.0; CORL's locomotion configs use 10.0.
+  α_cql 5.0: README ("min_q_weight 5.0 or 10.0"), young-geng 5.0; CORL's default and hopper configs use 10.0.
   policy lr 1e-4: README and cql_mujoco_new.py; the README says its values differ from the paper's because
       the D4RL datasets changed (the paper's, quoted in aviralkumar2907/CQL#5 as policy_lr 3e-5 with the
       Lagrange threshold 10, were tuned on -v0 data). CORL keeps 3e-5; young-geng uses 3e-4.
   fixed α_cql, no Lagrange: README for Gym (lagrange_thresh −1), young-geng and CORL alike.
   3 × 256 hidden layers for actor and critics: cql_mujoco_new.py (CORL also 3; young-geng 2).
   bc_steps 40 000: cql_mujoco_new.py policy_eval_start (CORL's configs 0; young-geng none).
-  raw states and rewards: the reference normalises neither (CORL normalises both on locomotion).
+  raw states and rewards: the reference normalises neither (CORL's hopper-medium-v2 config normalises both).
 """
 
 from __future__ import annotations
@@ -109,16 +109,17 @@ class CQL(OfflineAlgorithm):
         return {"normalizer": self.normalizer, "actor": self.actor, "critic": self.critic,
                 "critic_target": self.critic_target, "log_alpha": self.log_alpha}
 
-    def update(self, batch: TransitionBatch) -> dict[str, float]:
-        c, step = self.config, self.step + 1
-        obs = self.normalizer.observations(batch.observations)
+    COMPILABLE = ("loss",)  # a pure tensor function of the batch and the noise; see OfflineAlgorithm.compile
+
+    def loss(self, batch: TransitionBatch, noise: torch.Tensor, uniform: torch.Tensor, bc_phase: bool):
+        """Entropy-temperature, actor and critic losses, summed (they touch disjoint parameters)."""
+        c = self.config
+        obs, actions = self.normalizer.observations(batch.observations), self.normalizer.unit_actions(batch.actions)
         next_obs = self.normalizer.observations(batch.next_observations)
-        actions = self.normalizer.unit_actions(batch.actions)
-        (b, act_dim), n = actions.shape, c.cql_n_actions
+        b, n = actions.shape[0], c.cql_n_actions
 
         # One actor pass over [s; s′]; 1 + N reparameterised samples per state from that one distribution.
         mean, log_std = self.actor(torch.cat([obs, next_obs]))
-        noise = torch.randn((2 * b, n + 1, act_dim), generator=self.generator, device=self.device)
         sampled, log_pis = TanhGaussianActor.sample(mean[:, None], log_std[:, None], noise)
         new_actions, log_pi = sampled[:b, 0], log_pis[:b, 0]  # the only samples that carry gradients
         sampled, log_pis = sampled.detach(), log_pis.detach()
@@ -129,7 +130,7 @@ class CQL(OfflineAlgorithm):
         alpha_loss = -(log_alpha * (log_pi.detach() + self.target_entropy)).mean()
 
         # Actor: maximise min Q − α log π (critic weights detached), or the data's log-likelihood at first.
-        if step <= c.bc_steps:
+        if bc_phase:
             objective = TanhGaussianActor.log_prob(mean[:b], log_std[:b], actions)
         else:
             objective = self.critic(obs, new_actions, detach_params=True).min(0).values
@@ -141,30 +142,36 @@ class CQL(OfflineAlgorithm):
             y = batch.rewards + c.discount * (1.0 - batch.dones) * target_q
 
         # All critic queries in one ensemble pass: the data action, N uniform, N from π(s), N from π(s′).
-        uniform = torch.rand((b, n, act_dim), generator=self.generator, device=self.device) * 2.0 - 1.0
         queries = torch.cat([actions[:, None], uniform, sampled[:b, 1:], sampled[b:, 1:]], dim=1)
         q_all = self.critic(obs[:, None].expand(b, 1 + 3 * n, obs.shape[-1]), queries)  # (2, B, 1 + 3N)
         q_data = q_all[..., 0]
         bellman_loss = (q_data - y).square().mean(1).sum()
         # Importance weights: the uniform density on [-1, 1]^A is 0.5^A; policy samples use their log π.
-        log_density = torch.cat([torch.full((b, n), act_dim * math.log(0.5), device=self.device),
+        log_density = torch.cat([torch.full((b, n), actions.shape[1] * math.log(0.5), device=obs.device),
                                  log_pis[:b, 1:], log_pis[b:, 1:]], dim=1)
         t = c.cql_temperature
         logsumexp = torch.logsumexp((q_all[..., 1:] - log_density) / t, dim=-1) * t  # (2, B)
         cql_gap = (logsumexp - q_data).mean(1)  # (2,)
         critic_loss = bellman_loss + c.cql_alpha * cql_gap.sum()
+        return actor_loss + alpha_loss + critic_loss, {
+            "actor_loss": actor_loss, "alpha_loss": alpha_loss, "alpha": alpha, "log_pi": log_pi.mean(),
+            "critic_loss": critic_loss, "bellman_loss": bellman_loss, "cql_gap": cql_gap.mean(),
+            "q_data_mean": q_data.mean(), "target_q_mean": target_q.mean(),
+            "q_random_mean": q_all[..., 1:1 + n].mean(), "q_logsumexp_mean": logsumexp.mean()}
 
+    def update(self, batch: TransitionBatch) -> dict[str, float]:
+        c, step = self.config, self.step + 1
+        (b, act_dim), n = batch.actions.shape, c.cql_n_actions
+        noise = torch.randn((2 * b, n + 1, act_dim), generator=self.generator, device=self.device)
+        uniform = torch.rand((b, n, act_dim), generator=self.generator, device=self.device) * 2.0 - 1.0
+        loss, metrics = self.loss(batch, noise, uniform, step <= c.bc_steps)
         optimizer = self.optimizers["all"]
         optimizer.zero_grad(set_to_none=True)
-        (actor_loss + alpha_loss + critic_loss).backward()
+        loss.backward()
         optimizer.step()
         polyak_(self.critic_target, self.critic, c.tau)
-
         self.step = step
-        return finite_metrics(step, actor_loss=actor_loss, alpha_loss=alpha_loss, alpha=alpha,
-                              log_pi=log_pi.mean(), critic_loss=critic_loss, bellman_loss=bellman_loss,
-                              cql_gap=cql_gap.mean(), q_data_mean=q_data.mean(), target_q_mean=target_q.mean(),
-                              q_random_mean=q_all[..., 1:1 + n].mean(), q_logsumexp_mean=logsumexp.mean())
+        return finite_metrics(step, **metrics)
 
 
 def build(config: Config, setup: TrainingSetup) -> CQL:

@@ -12,8 +12,8 @@ Steps 2 and 3 touch disjoint parameters and read the same V, so they share one b
 optimizer step. The actor's learning rate follows a cosine decay from actor_lr to 0 over num_steps.
 
 Actor: Gaussian, as in the paper and reference code — mean tanh(MLP(s)), state-independent log σ; evaluation
-acts with the mean. (CORL's IQL configs switch to a deterministic MSE actor on several locomotion datasets;
-`deterministic_actor=True` gives that variant.) Differences from CORL's iql.py, which follow the reference:
+acts with the mean. (CORL's configs use a deterministic MSE actor for some datasets, hopper-medium-v2 among
+them; `deterministic_actor=True` gives that variant.) Differences from CORL's iql.py, which follow the reference:
 the critic loss sums the two Qs' MSEs (CORL averages them), the actor's advantage uses V after its update
 (CORL uses V before), orthogonal init (Flax default_init), and no state normalization by default.
 """
@@ -137,56 +137,62 @@ class IQL(OfflineAlgorithm):
         fraction = min(updates_done, self.config.num_steps) / max(self.config.num_steps, 1)
         return self.config.actor_lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
-    def update(self, batch: TransitionBatch) -> dict[str, float]:
-        c, step = self.config, self.step + 1
-        obs = self.normalizer.observations(batch.observations)
-        next_obs = self.normalizer.observations(batch.next_observations)
-        actions = self.normalizer.unit_actions(batch.actions)
-        rewards = batch.rewards * self.reward_scale
+    COMPILABLE = ("value_loss", "actor_critic_loss")  # pure tensor functions; see OfflineAlgorithm.compile
 
-        # 1. Value: expectile regression towards the target critic's min over the twins.
+    def value_loss(self, batch: TransitionBatch):
+        """1. Expectile regression of V(s) towards the target critic's min over the twins."""
+        obs, actions = self.normalizer.observations(batch.observations), self.normalizer.unit_actions(batch.actions)
         with torch.no_grad():
             target_q = self.critic_target(obs, actions).min(0).values
         u = target_q - self.value(obs)
-        value_loss = (torch.abs(c.expectile - (u < 0).float()) * u.square()).mean()
-        self.optimizers["value"].zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.optimizers["value"].step()
+        loss = (torch.abs(self.config.expectile - (u < 0).float()) * u.square()).mean()
+        return loss, target_q, {"value_loss": loss}
 
-        # The updated V at s (advantages) and at s′ (critic targets), in one forward.
+    def actor_critic_loss(self, batch: TransitionBatch, target_q: torch.Tensor, dropout: torch.Generator | None):
+        """2. and 3., both reading the updated V (at s for advantages, at s′ for targets, in one forward)."""
+        c = self.config
+        obs, actions = self.normalizer.observations(batch.observations), self.normalizer.unit_actions(batch.actions)
         with torch.no_grad():
+            next_obs = self.normalizer.observations(batch.next_observations)
             v, next_v = self.value(torch.cat([obs, next_obs])).chunk(2)
             advantage = target_q - v
             weights = torch.exp(c.temperature * advantage).clamp(max=c.max_weight)
-            y = rewards + c.discount * (1.0 - batch.dones) * next_v
-
-        # 2. Actor: advantage-weighted regression (dropout, if any, drawn from the algorithm's generator).
-        dropout = self.generator if c.actor_dropout > 0 else None
+            y = batch.rewards * self.reward_scale + c.discount * (1.0 - batch.dones) * next_v
+        # 2. Actor: advantage-weighted regression (dropout masks, if any, from the algorithm's generator).
         if c.deterministic_actor:
             pi = torch.tanh(self.actor.net(obs, dropout))
             actor_loss = (weights * (pi - actions).square().sum(-1)).mean()
-            log_prob_mean = torch.zeros((), device=self.device)
+            log_prob_mean = torch.zeros((), device=obs.device)
         else:
             log_prob = self.actor.log_prob(obs, actions, dropout)
             actor_loss = -(weights * log_prob).mean()
             log_prob_mean = log_prob.mean()
-
-        # 3. Critic: regress r + γ(1 − d)·V(s′), no max over actions anywhere.
+        # 3. Critic: regress r + γ(1 − d)·V(s′); no max over actions anywhere.
         q = self.critic(obs, actions)
         critic_loss = (q - y).square().mean(1).sum()
+        return actor_loss + critic_loss, {
+            "actor_loss": actor_loss, "critic_loss": critic_loss, "v_mean": v.mean(), "q1_mean": q[0].mean(),
+            "q2_mean": q[1].mean(), "advantage_mean": advantage.mean(), "weight_max": weights.max(),
+            "log_prob": log_prob_mean}
 
+    def update(self, batch: TransitionBatch) -> dict[str, float]:
+        step = self.step + 1
+        loss, target_q, metrics = self.value_loss(batch)
+        self.optimizers["value"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["value"].step()
+
+        dropout = self.generator if self.config.actor_dropout > 0 else None
+        loss, actor_critic_metrics = self.actor_critic_loss(batch, target_q, dropout)
         optimizer = self.optimizers["actor_critic"]
         optimizer.param_groups[0]["lr"] = self.actor_lr(self.step)
         optimizer.zero_grad(set_to_none=True)
-        (actor_loss + critic_loss).backward()
+        loss.backward()
         optimizer.step()
-        polyak_(self.critic_target, self.critic, c.tau)  # 4.
+        polyak_(self.critic_target, self.critic, self.config.tau)  # 4.
 
         self.step = step
-        return finite_metrics(step, value_loss=value_loss, actor_loss=actor_loss, critic_loss=critic_loss,
-                              v_mean=v.mean(), q1_mean=q[0].mean(), q2_mean=q[1].mean(),
-                              advantage_mean=advantage.mean(), weight_max=weights.max(), log_prob=log_prob_mean,
-                              actor_lr=optimizer.param_groups[0]["lr"])
+        return finite_metrics(step, **metrics, **actor_critic_metrics, actor_lr=optimizer.param_groups[0]["lr"])
 
 
 def build(config: Config, setup: TrainingSetup) -> IQL:

@@ -87,41 +87,50 @@ class TD3BC(OfflineAlgorithm):
         return {"normalizer": self.normalizer, "actor": self.actor, "critic": self.critic,
                 "actor_target": self.actor_target, "critic_target": self.critic_target}
 
-    def update(self, batch: TransitionBatch) -> dict[str, float]:
-        c, step = self.config, self.step + 1
-        obs = self.normalizer.observations(batch.observations)
-        next_obs = self.normalizer.observations(batch.next_observations)
-        actions = self.normalizer.unit_actions(batch.actions)
+    # The losses are pure tensor functions of their inputs (noise included), so `compile()` can hand them to
+    # torch.compile; update() does the sampling, backward passes and optimizer steps in eager mode.
+    COMPILABLE = ("critic_loss", "actor_loss")
 
-        # 1. Critic: clipped double-Q target with target-policy smoothing.
+    def critic_loss(self, batch: TransitionBatch, noise: torch.Tensor):
+        """1. Both Qs regress the clipped double-Q target with target-policy smoothing."""
+        c = self.config
+        obs, actions = self.normalizer.observations(batch.observations), self.normalizer.unit_actions(batch.actions)
         with torch.no_grad():
-            noise = torch.randn(actions.shape, generator=self.generator, device=self.device)
+            next_obs = self.normalizer.observations(batch.next_observations)
             noise = (noise * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
             next_actions = (self.actor_target(next_obs) + noise).clamp(-1.0, 1.0)
             target_q = self.critic_target(next_obs, next_actions).min(0).values
             y = batch.rewards + c.discount * (1.0 - batch.dones) * target_q
         q = self.critic(obs, actions)  # (2, B)
-        critic_loss = (q - y).square().mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
-        self.optimizers["critic"].zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.optimizers["critic"].step()
-        metrics = {"critic_loss": critic_loss, "q1_mean": q[0].mean(), "q2_mean": q[1].mean(),
-                   "target_q_mean": target_q.mean()}
+        loss = (q - y).square().mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
+        return loss, {"critic_loss": loss, "q1_mean": q[0].mean(), "q2_mean": q[1].mean(),
+                      "target_q_mean": target_q.mean()}
 
-        # 2. Delayed actor step through Q1 of the updated critic (its weights detached: only the actor learns).
-        if step % c.policy_delay == 0:
-            pi = self.actor(obs)
-            q_pi = self.critic(obs, pi, detach_params=True, member=0)[0]
-            lmbda = c.alpha / q_pi.abs().mean().detach()
-            bc_loss = (pi - actions).square().mean()
-            actor_loss = -lmbda * q_pi.mean() + bc_loss
+    def actor_loss(self, batch: TransitionBatch):
+        """2. −λ·Q1(s, π(s)) + (π(s) − a)², through the just-updated critic with its weights detached."""
+        obs, actions = self.normalizer.observations(batch.observations), self.normalizer.unit_actions(batch.actions)
+        pi = self.actor(obs)
+        q_pi = self.critic(obs, pi, detach_params=True, member=0)[0]
+        lmbda = self.config.alpha / q_pi.abs().mean().detach()
+        bc_loss = (pi - actions).square().mean()
+        loss = -lmbda * q_pi.mean() + bc_loss
+        return loss, {"actor_loss": loss, "bc_loss": bc_loss, "lmbda": lmbda, "q_pi_mean": q_pi.mean()}
+
+    def update(self, batch: TransitionBatch) -> dict[str, float]:
+        c, step = self.config, self.step + 1
+        noise = torch.randn(batch.actions.shape, generator=self.generator, device=self.device)
+        loss, metrics = self.critic_loss(batch, noise)
+        self.optimizers["critic"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["critic"].step()
+        if step % c.policy_delay == 0:  # delayed actor step, then both targets move
+            loss, actor_metrics = self.actor_loss(batch)
             self.optimizers["actor"].zero_grad(set_to_none=True)
-            actor_loss.backward()
+            loss.backward()
             self.optimizers["actor"].step()
             polyak_(self.critic_target, self.critic, c.tau)
             polyak_(self.actor_target, self.actor, c.tau)
-            metrics.update(actor_loss=actor_loss, bc_loss=bc_loss, lmbda=lmbda, q_pi_mean=q_pi.mean())
-
+            metrics.update(actor_metrics)
         self.step = step
         return finite_metrics(step, **metrics)
 

@@ -2,11 +2,13 @@
 simulator, exact checkpoints and exports, determinism, and errors on bad input.
 
 Everything runs single-threaded (small networks gain nothing from a second thread, and one thread keeps the
-timings steady when the machine is shared); the whole file takes a few minutes on two cores.
+timings steady when the machine is shared); the whole file takes about a minute and a half on two cores, most
+of it in the five learning tests.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import fields
 
@@ -194,6 +196,31 @@ def test_bc_has_no_critic_and_updates_only_its_actor(spaces, small, name):
         np.testing.assert_allclose(algorithm.normalizer.obs_mean.numpy(), kept.state_statistics(1e-3)[0])
 
 
+def test_ensemble_critic_matches_separate_networks_and_cpu_blocking(monkeypatch):
+    """Member i of the ensemble is the MLP with weights[·][i]; row blocking on CPU changes nothing but speed."""
+    from baselines.common import EnsembleMLP
+
+    torch.manual_seed(0)
+    ensemble, x = EnsembleMLP(2, 5, (16, 16), 1), torch.randn(50, 5)
+    out = ensemble(x)
+    for i in range(2):
+        h = x
+        for layer, (w, b) in enumerate(zip(ensemble.weights, ensemble.biases)):
+            h = h @ w[i] + b[i]
+            h = torch.relu(h) if layer < 2 else h
+        torch.testing.assert_close(out[i], h)
+        torch.testing.assert_close(ensemble(x, member=i)[0], h)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in ensemble.parameters()]
+    ensemble.zero_grad()
+    monkeypatch.setattr(EnsembleMLP, "CPU_BLOCK_ROWS", 7)
+    blocked = ensemble(x)
+    blocked.square().sum().backward()
+    torch.testing.assert_close(blocked, out)
+    for grad, p in zip(grads, ensemble.parameters()):
+        torch.testing.assert_close(p.grad, grad)
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_algorithm_protocol_fused_adam_and_defaults(spaces, small, name):
     algorithm, _ = build(name, spaces, small)
@@ -202,8 +229,9 @@ def test_algorithm_protocol_fused_adam_and_defaults(spaces, small, name):
     assert all(optimizer.defaults.get("fused") for optimizer in algorithm.optimizers.values())
     config = make_config(name)
     assert (config.num_steps, config.eval_every, config.eval_episodes, config.batch_size) == (1_000_000, 5000, 10, 256)
-    module = __import__(f"baselines.{MODULE_NAME[name]}", fromlist=["KITCHEN_OVERRIDES"])
-    assert set(module.KITCHEN_OVERRIDES) <= {f.name for f in fields(config)}
+    kitchen = importlib.import_module(f"baselines.{MODULE_NAME[name]}").KITCHEN_OVERRIDES
+    assert set(kitchen) <= {f.name for f in fields(config)}
+    make_config(name, kitchen)  # valid values too
 
 
 def test_published_defaults():
@@ -263,11 +291,12 @@ def test_learns_well_above_a_random_policy(spaces, request, random_score, name, 
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
-def test_checkpoint_round_trip_reproduces_actions_and_the_next_update(spaces, small, name):
+def test_checkpoint_round_trip_reproduces_actions_and_the_next_update(spaces, small, tmp_path, name):
     algorithm, config = build(name, spaces, small, normalize_states=True)
     rng = np.random.default_rng(0)
     train(algorithm, 3, rng)
-    state = algorithm.state_dict()
+    torch.save(algorithm.state_dict(), tmp_path / "checkpoint.pt")  # as the worker loop stores it
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     fresh = build_algorithm(name, config, make_setup(spaces, small, seed=123))  # other seed: all must come from state
     fresh.load_state_dict(state)
     observations = small.observations[:64]
@@ -276,6 +305,22 @@ def test_checkpoint_round_trip_reproduces_actions_and_the_next_update(spaces, sm
     assert fresh.update(batch) == algorithm.update(batch)  # every loss and statistic, bit for bit
     assert fresh.step == algorithm.step == 4
     np.testing.assert_array_equal(actions_on(fresh, observations), actions_on(algorithm, observations))
+
+
+@pytest.mark.parametrize("overrides", [{"deterministic_actor": True}, "kitchen"], ids=["deterministic", "kitchen"])
+def test_iql_variants_resume_exactly(spaces, small, overrides):
+    """The deterministic-actor variant and the kitchen settings (actor dropout, whose masks come from the
+    checkpointed generator, so a resumed run continues bit for bit)."""
+    from baselines.iql import KITCHEN_OVERRIDES
+
+    overrides = KITCHEN_OVERRIDES if overrides == "kitchen" else overrides
+    algorithm, config = build("iql", spaces, small, **overrides)
+    rng = np.random.default_rng(0)
+    train(algorithm, 3, rng)
+    fresh = build_algorithm("iql", config, make_setup(spaces, small, seed=9))
+    fresh.load_state_dict(algorithm.state_dict())
+    batch = batch_of(algorithm, rng)
+    assert fresh.update(batch) == algorithm.update(batch)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

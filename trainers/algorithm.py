@@ -60,6 +60,12 @@ class Algorithm(Protocol):
     def export(self, directory: Path) -> list[Path]:  # final weights as safetensors (+ adapters), for artifacts
         ...
 
+    def load_exported(self, directory: Path) -> None:  # the inverse, on an algorithm built with dataset=None
+        ...
+
+    # Optional: `distribute(wrap)` — replace the training objective's modules with wrap(module) (DDP). The loop
+    # runs an algorithm with more than one worker only if it has this method.
+
 
 class StatelessPolicy:
     """A Policy around a function of the current observations alone (baselines, behaviour policies)."""
