@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baselines.common import DeterministicActor, Normalizer, OfflineAlgorithm, finite_metrics, make_adam, \
-    require_continuous, seeded_init
+from baselines.common import DeterministicActor, OfflineAlgorithm, finite_metrics, make_adam, \
+    seeded_init
 from trainers.datasets import top_fraction_by_return
 from trainers.registry import TrainingConfig, TrainingSetup
 from trainers.samplers import TransitionBatch
@@ -44,16 +44,13 @@ class BC(OfflineAlgorithm):
     name = "bc"
 
     def __init__(self, config: Config, setup: TrainingSetup):
-        obs_dim, act_dim = require_continuous(self.name, setup)
         dataset = setup.dataset
         if dataset is not None and config.top_fraction < 1.0:
             dataset = top_fraction_by_return(dataset, config.top_fraction)
-        super().__init__(setup, dataset)
-        self.config, self.dataset = config, dataset
+        super().__init__(config, setup, dataset)
+        obs_dim, act_dim = self.obs_dim, self.act_dim
+        self.dataset = dataset
         with seeded_init(setup.seed):
-            self.normalizer = Normalizer(setup.action_space, obs_dim)
-            if config.normalize_states:
-                self.normalizer.fit(dataset, config.state_eps)
             self.actor = DeterministicActor(obs_dim, act_dim, config.hidden_dims)
         self.normalizer.to(self.device)
         self.actor.to(self.device)

@@ -336,7 +336,12 @@ class OfflineAlgorithm:
     return_conditioned = False
     EXPORT_FILE = "policy.safetensors"
 
-    def __init__(self, setup: TrainingSetup, dataset: TrajectoryDataset | None):
+    def __init__(self, config: Any, setup: TrainingSetup, dataset: TrajectoryDataset | None):
+        """Checks the action space, then sets up what every baseline has: config, device, sampler over `dataset`
+        (None when rebuilt from exported weights), the state normalizer (fitted when `config.normalize_states`)
+        and the noise generator. Subclasses build their networks after this, under `seeded_init`."""
+        self.obs_dim, self.act_dim = require_continuous(self.name, setup)
+        self.config = config
         self.device = torch.device(setup.device)
         self.step = 0  # completed gradient updates
         # None when rebuilt without data (evaluation of exported weights); nothing can be trained then.
@@ -344,7 +349,9 @@ class OfflineAlgorithm:
         self.generator = make_generator(self.device, setup.seed)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.actor: nn.Module
-        self.normalizer: Normalizer
+        self.normalizer = Normalizer(setup.action_space, self.obs_dim)
+        if config.normalize_states:
+            self.normalizer.fit(dataset, config.state_eps)
 
     COMPILABLE: tuple[str, ...] = ()  # methods that are pure tensor functions (the losses)
 

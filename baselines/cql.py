@@ -37,7 +37,6 @@ import torch
 
 from baselines.common import (
     LogScalar,
-    Normalizer,
     OfflineAlgorithm,
     TanhGaussianActor,
     TwinCritic,
@@ -45,7 +44,6 @@ from baselines.common import (
     frozen_copy,
     make_adam,
     polyak_,
-    require_continuous,
     seeded_init,
 )
 from trainers.registry import TrainingConfig, TrainingSetup
@@ -84,14 +82,10 @@ class CQL(OfflineAlgorithm):
     name = "cql"
 
     def __init__(self, config: Config, setup: TrainingSetup):
-        obs_dim, act_dim = require_continuous(self.name, setup)
-        super().__init__(setup, setup.dataset)
-        self.config = config
+        super().__init__(config, setup, setup.dataset)
+        obs_dim, act_dim = self.obs_dim, self.act_dim
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
         with seeded_init(setup.seed):
-            self.normalizer = Normalizer(setup.action_space, obs_dim)
-            if config.normalize_states:
-                self.normalizer.fit(setup.dataset, config.state_eps)
             # rlkit initialises the last layers from U(±1e-3) (policy) and U(±3e-3) (Q-functions).
             self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden_dims, final_init=1e-3)
             self.critic = TwinCritic(obs_dim, act_dim, config.hidden_dims, final_init=3e-3)

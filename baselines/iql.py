@@ -28,7 +28,6 @@ import torch
 from baselines.common import (
     DeterministicActor,
     GaussianActor,
-    Normalizer,
     OfflineAlgorithm,
     TwinCritic,
     ValueNetwork,
@@ -36,7 +35,6 @@ from baselines.common import (
     frozen_copy,
     make_adam,
     polyak_,
-    require_continuous,
     seeded_init,
 )
 from trainers.datasets import TrajectoryDataset
@@ -99,15 +97,11 @@ class IQL(OfflineAlgorithm):
     name = "iql"
 
     def __init__(self, config: Config, setup: TrainingSetup):
-        obs_dim, act_dim = require_continuous(self.name, setup)
-        super().__init__(setup, setup.dataset)
-        self.config = config
+        super().__init__(config, setup, setup.dataset)
+        obs_dim, act_dim = self.obs_dim, self.act_dim
         self.reward_scale = reward_scale(setup.dataset, config, setup.task.horizon)
         init = {"orthogonal": True}
         with seeded_init(setup.seed):
-            self.normalizer = Normalizer(setup.action_space, obs_dim)
-            if config.normalize_states:
-                self.normalizer.fit(setup.dataset, config.state_eps)
             actor_cls = DeterministicActor if config.deterministic_actor else GaussianActor
             self.actor = actor_cls(obs_dim, act_dim, config.hidden_dims, dropout=config.actor_dropout, **init)
             self.value = ValueNetwork(obs_dim, config.hidden_dims, **init)

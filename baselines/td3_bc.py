@@ -19,14 +19,12 @@ import torch
 
 from baselines.common import (
     DeterministicActor,
-    Normalizer,
     OfflineAlgorithm,
     TwinCritic,
     finite_metrics,
     frozen_copy,
     make_adam,
     polyak_,
-    require_continuous,
     seeded_init,
 )
 from trainers.registry import TrainingConfig, TrainingSetup
@@ -66,13 +64,9 @@ class TD3BC(OfflineAlgorithm):
     name = "td3_bc"
 
     def __init__(self, config: Config, setup: TrainingSetup):
-        obs_dim, act_dim = require_continuous(self.name, setup)
-        super().__init__(setup, setup.dataset)
-        self.config = config
+        super().__init__(config, setup, setup.dataset)
+        obs_dim, act_dim = self.obs_dim, self.act_dim
         with seeded_init(setup.seed):
-            self.normalizer = Normalizer(setup.action_space, obs_dim)
-            if config.normalize_states:
-                self.normalizer.fit(setup.dataset, config.state_eps)
             self.actor = DeterministicActor(obs_dim, act_dim, config.hidden_dims)
             self.critic = TwinCritic(obs_dim, act_dim, config.hidden_dims)
         for module in (self.normalizer, self.actor, self.critic):

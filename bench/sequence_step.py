@@ -29,7 +29,6 @@ from trainers.language import ByteTokenizer
 from trainers.registry import TrainingSetup, build_algorithm, make_config
 from trainers.samplers import to_torch
 from trainers.tasks import get_task
-from trainers.trajectory_model import TrajectoryModelConfig
 
 
 def hopper_like(n_episodes: int = 20, length: int = 200, seed: int = 0) -> TrajectoryDataset:

@@ -14,6 +14,7 @@ import ray
 from safetensors.torch import load_file
 
 from trainers.loop import LocalReport, TrialConfig, load_policy
+from trainers.make_dataset import make_dataset
 from trainers.evaluation import evaluate_batched
 from trainers.train import main as train_main
 from trainers.train import run_trial
@@ -45,6 +46,12 @@ class KillOnce(LocalReport):
 def trial(tmp_path: Path, name: str, dataset: Path, **overrides) -> TrialConfig:
     return TrialConfig(algorithm="dt", task="reacher2d-medium", ratio=0.5, seed=3, dataset_path=str(dataset),
                        hyperparameters=TINY_DT | overrides, output_dir=str(tmp_path / name), log_every=10)
+
+
+@pytest.fixture(scope="module")
+def hopper_random_path(tmp_path_factory) -> Path:
+    return make_dataset("hopper-random-gen", out=tmp_path_factory.mktemp("hopper") / "h.hdf5", num_steps=3000,
+                        random_episodes=2)
 
 
 def metrics_lines(output: str) -> list[dict]:
@@ -84,18 +91,28 @@ def test_two_workers_keep_parameters_identical(local_ray, tmp_path, reacher_medi
     assert len(losses) == 2 and all(np.isfinite(losses))
 
 
-def test_artifacts_rebuild_the_policy(local_ray, tmp_path, reacher_medium_path):
-    config = trial(tmp_path, "artifacts", reacher_medium_path, num_steps=20, eval_every=20, eval_episodes=2)
+@pytest.mark.parametrize("algorithm, hyperparameters", [
+    ("dt", TINY_DT | {"num_steps": 20, "eval_every": 20, "eval_episodes": 2}),
+    ("iql", {"hidden_dims": (32, 32), "num_steps": 20, "eval_every": 20, "eval_episodes": 2, "batch_size": 16}),
+    ("bc_10", {"hidden_dims": (32, 32), "num_steps": 20, "eval_every": 20, "eval_episodes": 2, "batch_size": 16}),
+])
+def test_artifacts_rebuild_the_policy(local_ray, tmp_path, hopper_random_path, algorithm, hyperparameters):
+    # Hopper's dense rewards make equal returns a real check of equal actions.
+    config = TrialConfig(algorithm=algorithm, task="hopper-random-gen", ratio=1.0, seed=3, log_every=10,
+                         dataset_path=str(hopper_random_path), hyperparameters=hyperparameters,
+                         output_dir=str(tmp_path / algorithm))
     assert run_trial(config, report=LocalReport(config.output_dir, quiet=True)).error is None
     out = Path(config.output_dir)
     resolved = json.loads((out / "config.json").read_text())
-    assert resolved["trial"]["algorithm"] == "dt" and resolved["algorithm_config"]["n_embd"] == 32
+    assert resolved["trial"]["algorithm"] == algorithm and resolved["algorithm_config"]["num_steps"] == 20
     make_policy, task = load_policy(out)
     rows = (out / "eval_episodes.csv").read_text().splitlines()
     final_returns = [float(r.split(",")[4]) for r in rows[1:]]
+    targets = task.target_returns if algorithm == "dt" else None
     again = evaluate_batched(task, make_policy, num_episodes=2, seed=config.eval_seed + config.seed,
-                             target_returns=task.target_returns)
+                             target_returns=targets)
     assert [float(x) for t in again.targets for x in t.returns] == final_returns
+    assert len(set(final_returns)) > 1
 
 
 def test_cli_rejects_unknown_names_before_starting_ray(capsys, monkeypatch):

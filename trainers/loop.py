@@ -98,7 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     task = get_task(trial.task)
     dataset = subsample_trajectories(load_task_dataset(task, trial.dataset_path), trial.ratio, trial.seed)
-    config = make_config(trial.algorithm, trial.hyperparameters)
+    config = make_config(trial.algorithm, trial.hyperparameters, task)
     env = task.make_env()
     setup = TrainingSetup(task=task, dataset=dataset, observation_space=env.observation_space,
                           action_space=env.action_space, device=device, seed=trial.seed)

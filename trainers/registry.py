@@ -88,10 +88,13 @@ def config_fields(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(_module(name).Config)]
 
 
-def make_config(name: str, overrides: Mapping[str, Any] | None = None):
-    """The algorithm's Config with its preset applied, then the given overrides (checked by name)."""
+def make_config(name: str, overrides: Mapping[str, Any] | None = None, task: Task | None = None):
+    """The algorithm's Config: its preset, then its paper's kitchen settings when the task is a kitchen task
+    (the module's KITCHEN_OVERRIDES), then the given overrides (checked by name)."""
     entry, module = _entry(name), _module(name)
     values = dict(module.PRESETS[entry.preset]) if entry.preset else {}
+    if task is not None and task.domain == "kitchen":
+        values.update(getattr(module, "KITCHEN_OVERRIDES", {}))
     overrides = dict(overrides or {})
     valid = config_fields(name)
     unknown = sorted(set(overrides) - set(valid))
