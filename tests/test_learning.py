@@ -52,12 +52,15 @@ def train(tmp_path, algorithm, data, hyperparameters) -> float:
     trial = TrialConfig(algorithm=algorithm, task=TASK.name, ratio=1.0, seed=0, dataset_path=str(data),
                         hyperparameters=hyperparameters | EVAL, output_dir=str(tmp_path / algorithm))
     assert run_trial(trial, report=LocalReport(trial.output_dir, quiet=True)).error is None
-    return final_score(trial.output_dir)
+    score = final_score(trial.output_dir)
+    print(f"{algorithm}: normalized score {score:.1f} after {hyperparameters['num_steps']} steps")  # pytest -s
+    return score
 
 
 def test_decision_transformer_learns_reacher(local_ray, tmp_path, medium_data, random_policy_score):
     score = train(tmp_path, "dt", medium_data, {"n_embd": 64, "n_head": 2, "learning_rate": 1e-3,
                                                 "warmup_steps": 100, "num_steps": 1500, "eval_every": 1500})
+    print(f"random policy: {random_policy_score:.1f}")
     assert score > random_policy_score + 10, (score, random_policy_score)
 
 
@@ -66,4 +69,5 @@ def test_lamo_with_a_pretrained_tiny_lm_learns_reacher(local_ray, tmp_path, medi
     score = train(tmp_path, "lamo", medium_data, {"backbone": str(tiny_pretrained_lm), "lm_corpus": "builtin",
                                                   "lm_seq_len": 256, "learning_rate": 1e-3, "warmup_steps": 100,
                                                   "num_steps": 800, "eval_every": 800})
+    print(f"random policy: {random_policy_score:.1f}")
     assert score > random_policy_score + 10, (score, random_policy_score)

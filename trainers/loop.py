@@ -72,8 +72,17 @@ class LocalReport:
     SHOWN = ("train/loss", "train/lm_loss", "train/steps_per_second", "dataset/trajectories")
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
+def _rng_states(rng: np.random.Generator) -> dict:
+    """This rank's random streams: batch sampling, and torch's (dropout) on CPU and CUDA."""
+    return {"sampler": rng.bit_generator.state, "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def _restore_rng_states(rng: np.random.Generator, states: dict, device: torch.device) -> None:
+    rng.bit_generator.state = states["sampler"]
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def _save_checkpoint(directory: Path, state: dict) -> None:
@@ -118,11 +127,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = _load_checkpoint(Path(directory))
         algorithm.load_state_dict(state["algorithm"])
         step, history = state["step"], state["history"]
-        if len(state["sampler_rng"]) == world:
-            rng.bit_generator.state = state["sampler_rng"][rank]
-        else:  # resumed with another number of workers: a fresh stream, still determined by (seed, rank, step)
+        if len(state["rng"]) == world:
+            _restore_rng_states(rng, state["rng"][rank], device)
+        else:  # resumed with another number of workers: fresh streams, still determined by (seed, rank, step)
             rng = np.random.default_rng([trial.seed, rank, step])
-        torch.set_rng_state(state["torch_rng"])
+            torch.manual_seed(trial.seed * 7919 + rank + step)
 
     evaluator = None
     if rank == 0:
@@ -142,9 +151,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             running[name].append(value)
         step += 1
         if rank == 0 and (step % trial.log_every == 0 or step == config.num_steps):
+            steps_in_window = len(next(iter(running.values())))
             elapsed = time.perf_counter() - started
             report(step, {f"train/{k}": float(np.mean(v)) for k, v in running.items()}
-                   | {"train/steps_per_second": trial.log_every / max(elapsed, 1e-9)}, [])
+                   | {"train/steps_per_second": steps_in_window / max(elapsed, 1e-9)}, [])
             running.clear()
             started = time.perf_counter()
         if step % config.eval_every == 0 or step == config.num_steps:
@@ -160,6 +170,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     divergence = _parameter_divergence(algorithm) if world > 1 else None
     if rank == 0:
+        if last_result is None:  # resumed after the last checkpoint: the per-episode file still needs a run
+            last_result = evaluator.run(algorithm.policy, seed=trial.eval_seed + trial.seed)
         files = _write_artifacts(trial, config, algorithm, last_result, history)
         report(step, {} if divergence is None else {"distributed/max_parameter_difference": divergence}, files)
         evaluator.close()
@@ -181,21 +193,20 @@ def _report_with_checkpoint(algorithm, rng, step: int, history: list, metrics: d
     import ray.train
     import torch.distributed as dist
 
-    rng_states = [_rng_state(rng)]
+    rng_states = [_rng_states(rng)]
     if world > 1:
         rng_states = [None] * world
-        dist.all_gather_object(rng_states, _rng_state(rng))
+        dist.all_gather_object(rng_states, _rng_states(rng))
     if rank != 0:
         ray.train.report({"step": step}, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as directory:
-        _save_checkpoint(Path(directory), {"algorithm": algorithm.state_dict(), "sampler_rng": rng_states,
-                                           "torch_rng": torch.get_rng_state(), "step": step, "history": history})
+        _save_checkpoint(Path(directory), {"algorithm": algorithm.state_dict(), "rng": rng_states,
+                                           "step": step, "history": history})
         ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def _write_artifacts(trial: TrialConfig, config, algorithm, result: EvaluationResult | None,
-                     history: list) -> list[Path]:
+def _write_artifacts(trial: TrialConfig, config, algorithm, result: EvaluationResult, history: list) -> list[Path]:
     """The files a finished trial leaves: exported weights (LoRA adapter via peft), resolved config,
     per-episode returns of the final evaluation and the evaluation history."""
     out = Path(trial.output_dir)
@@ -204,10 +215,7 @@ def _write_artifacts(trial: TrialConfig, config, algorithm, result: EvaluationRe
     resolved = {"trial": asdict(trial), "algorithm_config": asdict(config)}
     (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
     (out / "evaluations.json").write_text(json.dumps(history, indent=2))
-    files += [out / "config.json", out / "evaluations.json"]
-    if result is not None:
-        files.append(result.write_csv(out / "eval_episodes.csv"))
-    return files
+    return files + [out / "config.json", out / "evaluations.json", result.write_csv(out / "eval_episodes.csv")]
 
 
 def load_policy(output_dir: str | os.PathLike, device: str = "cpu") -> tuple[Callable, Any]:
