@@ -19,11 +19,13 @@ from typing import Literal
 
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainers.algorithm import check_finite
 from trainers.gpt2 import GPT2, gpt2_config, random_gpt2
+from trainers.language import LanguageBatches, load_pretrained_gpt2
 from trainers.registry import TrainingConfig, TrainingSetup
 from trainers.samplers import WindowBatch, WindowSampler
 from trainers.sequence_policy import ContextPolicy
@@ -91,9 +93,7 @@ def build_backbone(config: Config) -> GPT2:
                              "backbone is None")
         width = config.n_embd or 128
         return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout))
-    from trainers import language
-
-    hf = language.load_pretrained_gpt2(config.backbone, random_init=not config.pretrained_weights,
+    hf = load_pretrained_gpt2(config.backbone, random_init=not config.pretrained_weights,
                                        dropout=config.dropout)
     if config.n_embd is not None and config.n_embd != hf.config.n_embd:
         raise ValueError(f"n_embd={config.n_embd} does not match the width {hf.config.n_embd} of backbone "
@@ -106,8 +106,6 @@ LORA_TARGETS = r"h\.\d+\.attn\.c_attn\.(q|k|v)"
 
 def apply_lora(backbone: GPT2, config: Config) -> nn.Module:
     """Freeze the backbone and add LoRA to c_attn's q, k and v (their biases stay trainable), via peft."""
-    from peft import LoraConfig, get_peft_model
-
     for parameter in backbone.parameters():
         parameter.requires_grad_(False)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -170,8 +168,6 @@ class SequenceModelAlgorithm:
                                          self.state_std, max_timestep=task.horizon)
         self.language = None
         if config.lm_coef > 0 and setup.dataset is not None:
-            from trainers.language import LanguageBatches
-
             self.language = LanguageBatches.for_backbone(config.backbone, config.lm_corpus, config.lm_sequences,
                                                          config.lm_seq_len, seed=setup.seed)
 
@@ -250,10 +246,7 @@ class SequenceModelAlgorithm:
     def load_exported(self, directory: Path) -> None:
         directory = Path(directory)
         if self.config.adaptation == "lora":
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file as load_adapter
-
-            adapter = load_adapter(directory / "adapter" / "adapter_model.safetensors")
+            adapter = load_file(directory / "adapter" / "adapter_model.safetensors")
             result = set_peft_model_state_dict(self.model.backbone, adapter)
             if getattr(result, "unexpected_keys", None):
                 raise KeyError(f"adapter has unexpected keys: {result.unexpected_keys[:5]}")

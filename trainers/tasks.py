@@ -10,10 +10,8 @@ their scale and the context length K are LaMo's (its experiment.py and the paper
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import gymnasium as gym
@@ -58,11 +56,6 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
-
-
-def d4rl_dataset_dir() -> Path:
-    """The d4rl cache convention: $D4RL_DATASET_DIR, else ~/.d4rl/datasets."""
-    return Path(os.environ.get("D4RL_DATASET_DIR") or Path.home() / ".d4rl" / "datasets").expanduser()
 
 
 # --- locomotion: D4RL v2 datasets, Gymnasium MuJoCo v5 environments -------------------------------------
@@ -132,6 +125,3 @@ for _flavour in ("complete", "partial"):
         horizon=280, context_len=20,
     ))
 
-
-def task_names(domain: Domain | None = None) -> Sequence[str]:
-    return [name for name, task in TASKS.items() if domain is None or task.domain == domain]
