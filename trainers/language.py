@@ -36,7 +36,7 @@ WIKITEXT = {"wikitext-103": "wikitext-103-raw-v1", "wikitext-2": "wikitext-2-raw
 CORPUS_FORMS = "'builtin', 'wikitext-103', 'wikitext-2', a directory of .txt files (recursive) or a .txt file"
 BYTE_TOKENIZER_FILE = "byte_tokenizer.json"
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
-FAST_GELU = "gelu_pytorch_tanh"  # GPT-2's gelu_new, same formula, as one fused kernel (~4x faster on CPU)
+FAST_GELU = "gelu_pytorch_tanh"  # GPT-2's gelu_new, same formula, one fused kernel (a DT-size forward went 77 → 41 ms on CPU)
 PRETRAIN_HINT = "pre-train a local model with `python -m trainers.language pretrain --out DIR` and pass DIR"
 T = TypeVar("T")
 
