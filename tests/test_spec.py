@@ -89,3 +89,33 @@ def test_all_errors_are_reported_together(tmp_path):
 def test_missing_sweep_file(tmp_path):
     with pytest.raises(SpecError, match="no such sweep file"):
         load_spec(tmp_path / "absent.yaml")
+
+
+def test_dry_run_plan_counts_resources_and_compute(tmp_path):
+    from rich.console import Console
+
+    from orchestrator.plan import InsufficientResources, compute_estimate, describe, resource_plan
+
+    spec = load_spec(write(tmp_path, MINIMAL | {
+        "algorithms": [{"name": "dt", "steps": 100, "eval_every": 50}, {"name": "bc", "steps": 100, "eval_every": 50}],
+        "seeds": [0, 1], "training": {"eval_episodes": 2}, "resources": {"cpus_per_worker": 2}}))
+    trials = expand_trials(spec, tmp_path / "out")
+    plan = resource_plan(spec, cluster_cpus=8, cluster_gpus=0)
+    assert (plan.cpus_per_trial, plan.concurrent_trials, plan.limited_by) == (2, 4, "CPUs")
+    estimate = compute_estimate(trials)
+    # dt: 2 evaluations × 2 episodes × 2 targets × 100 steps; bc: the same with one "target"
+    assert estimate.gradient_steps == 4 * 100 and estimate.evaluation_env_steps == 2 * (800 + 400)
+    with pytest.raises(InsufficientResources, match="one trial needs 2 CPUs and 0 GPUs .* the cluster has 1 CPUs"):
+        resource_plan(spec, cluster_cpus=1, cluster_gpus=0)
+    console = Console(record=True, width=120)
+    describe(spec, str(tmp_path / "out"), 8, 0, console)
+    text = console.export_text()
+    assert "4 trials" in text and "4 concurrent trials (limited by CPUs)" in text and "400 gradient steps" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_paper_sweep_is_gpu_bound_on_a_gpu_cluster():
+    from orchestrator.plan import resource_plan
+
+    plan = resource_plan(load_spec(REPO / "sweeps" / "lamo_paper.yaml"), cluster_cpus=64, cluster_gpus=8)
+    assert (plan.gpus_per_trial, plan.concurrent_trials, plan.limited_by) == (1, 8, "GPUs")

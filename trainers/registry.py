@@ -107,5 +107,10 @@ def make_config(name: str, overrides: Mapping[str, Any] | None = None, task: Tas
         raise ConfigError(f"{name}: {error}") from error
 
 
+def return_conditioned(name: str) -> bool:
+    """Whether the algorithm is evaluated once per target return (its module sets RETURN_CONDITIONED)."""
+    return getattr(_module(name), "RETURN_CONDITIONED", False)
+
+
 def build_algorithm(name: str, config, setup: TrainingSetup) -> Algorithm:
     return _module(name).build(config, setup)

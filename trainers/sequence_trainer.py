@@ -32,6 +32,9 @@ from trainers.sequence_policy import ContextPolicy
 from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
 
 
+RETURN_CONDITIONED = True  # evaluated once per target return of the task
+
+
 @dataclass
 class Config(TrainingConfig):
     # --- schedule (LaMo: 100K steps, evaluation every 2500, batch 64) ---
@@ -130,7 +133,7 @@ class TrainingObjective(nn.Module):
 
 class SequenceModelAlgorithm:
     batch_kind = "windows"
-    return_conditioned = True
+    return_conditioned = RETURN_CONDITIONED
 
     def __init__(self, config: Config, setup: TrainingSetup):
         task, device = setup.task, setup.device
