@@ -119,9 +119,9 @@ def apply_lora(backbone: GPT2, config: Config) -> nn.Module:
 class TrainingObjective(nn.Module):
     """Everything one update differentiates, in one forward (so DDP sees one forward per step)."""
 
-    def __init__(self, model: TrajectoryTransformer, lm_coef: float):
+    def __init__(self, model: TrajectoryTransformer):
         super().__init__()
-        self.model, self.lm_coef = model, lm_coef
+        self.model = model
 
     def forward(self, batch: WindowBatch, lm_tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         action_loss = self.model.action_loss(batch.states, batch.actions, batch.returns_to_go, batch.timesteps,
@@ -153,7 +153,7 @@ class SequenceModelAlgorithm:
             dropout=config.dropout, embedding=config.embedding, action_head=config.action_head,
             timestep_after_layernorm=config.timestep_after_layernorm)
         self.model = TrajectoryTransformer(model_config, backbone).to(device)
-        self.objective: nn.Module = TrainingObjective(self.model, config.lm_coef)
+        self.objective: nn.Module = TrainingObjective(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            eps=config.adam_eps, fused=device.type == "cuda")
