@@ -34,6 +34,7 @@ from trainers.samplers import to_torch
 from trainers.tasks import get_task
 
 CHECKPOINT_FILE = "state.pt"
+TRAJECTORY_IDS_FILE = "trajectory_ids.json"  # which episodes of the source file this trial trained on
 
 
 @dataclass
@@ -140,7 +141,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         targets = task.target_returns if algorithm.return_conditioned else None
         evaluator = BatchedEvaluator(task, config.eval_episodes, targets)
         report(step, {"dataset/trajectories": float(dataset.num_episodes),
-                      "dataset/transitions": float(len(dataset))}, [])
+                      "dataset/transitions": float(len(dataset))}, [_write_trajectory_ids(trial, dataset)])
 
     running: dict[str, list[float]] = defaultdict(list)
     started = time.perf_counter()
@@ -204,6 +205,13 @@ def _report_with_checkpoint(algorithm, rng, step: int, history: list, metrics: d
         _save_checkpoint(Path(directory), {"algorithm": algorithm.state_dict(), "rng": rng_states,
                                            "step": step, "history": history})
         ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _write_trajectory_ids(trial: TrialConfig, dataset) -> Path:
+    path = Path(trial.output_dir) / TRAJECTORY_IDS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([int(i) for i in dataset.episode_ids]))
+    return path
 
 
 def _write_artifacts(trial: TrialConfig, config, algorithm, result: EvaluationResult, history: list) -> list[Path]:

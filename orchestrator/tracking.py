@@ -1,0 +1,230 @@
+"""MLflow layout of a sweep: one parent run per sweep, one child run per trial, found again on resume.
+
+Run layout (the aggregator reads exactly this):
+- experiment: the spec's `tracking.experiment`;
+- parent run: name = sweep id, tags `role=sweep`, `sweep_id`, `sweep_name`; params = the spec's grid; the spec
+  file as an artifact; `best/<cell>` metrics and `best/<cell>/config` tags from a search;
+- child run: name = trial id, tags `mlflow.parentRunId` (nesting in the UI), `role=trial`, `sweep_id`,
+  `trial_id`, `algorithm`, `task`, `domain`, `ratio`, `seed`, `trajectory_ids` (compact ranges, e.g. "0-3,7");
+  params = the resolved trial config; metrics with step = gradient step (`train/*`, `eval/target_<R>/*`,
+  `eval/best_normalized_mean`, `cost/wall_seconds`, `cost/gpu_hours`); artifacts = the trial's files
+  (model/ adapter and weights, config.json, evaluations.json, eval_episodes.csv, trajectory_ids.json);
+  status FINISHED, FAILED, or RUNNING while it trains (or when its driver was killed).
+
+A resumed trial finds its run by (sweep_id, trial_id) and continues it; metrics it re-reports for steps
+already logged before a crash are skipped, so a run never holds two values for one step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from trainers.loop import TRAJECTORY_IDS_FILE, TrialConfig
+from trainers.tasks import get_task
+
+PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used; the message names the URI."""
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail before any trial starts when the store behind `uri` cannot be used; writes nothing."""
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///")).resolve()
+        if not database.parent.is_dir():
+            raise TrackingError(f"tracking URI {uri}: directory {database.parent} does not exist")
+        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                if response.status == 200:
+                    return
+                raise TrackingError(f"tracking URI {uri}: /health answered HTTP {response.status}")
+        except (urllib.error.URLError, OSError) as error:
+            raise TrackingError(f"tracking URI {uri} is not reachable ({error}); start the MLflow server or fix "
+                                f"spec.tracking.uri") from None
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as error:  # any store-specific failure (database down, bad credentials)
+        raise TrackingError(f"tracking URI {uri} is not usable: {error}") from None
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite path is the working directory's; Ray workers run elsewhere, so make it absolute."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:  # created meanwhile by another driver
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def find_runs(mlflow_client, experiment: str, **tags: str) -> list:
+    """Active runs whose tags equal the given values, oldest first."""
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    return list(mlflow_client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time ASC"],
+                                          max_results=1000))
+
+
+def compact_ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 3, 7, 9, 10] -> "0-3,7,9-10"."""
+    parts, ids = [], sorted(ids)
+    start = previous = None
+    for i in ids + [None]:
+        if start is not None and (i is None or i != previous + 1):
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        previous = i
+    return ",".join(parts)
+
+
+def _flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flat_params(f"{prefix}{key}.", value)
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:6000]
+    return flat
+
+
+def _log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key, value) for key, value in params.items()]
+    for i in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[i:i + 100])
+
+
+class SweepTracker:
+    """The driver's view of MLflow: the sweep's parent run and its trials' child runs."""
+
+    def __init__(self, uri: str, experiment: str, sweep_id: str):
+        self.uri, self.sweep_id = absolute_uri(uri), sweep_id
+        self.client = client(self.uri)
+        self.experiment_id = experiment_id(self.client, experiment)
+
+    def start_sweep(self, sweep_name: str, params: dict[str, Any], spec_file: Path | None = None) -> str:
+        """The parent run of this sweep: found again on resume, created (with params and the spec) otherwise."""
+        existing = find_runs(self.client, self.experiment_id, role=PARENT_ROLE, sweep_id=self.sweep_id)
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep_id,
+                                     tags={"role": PARENT_ROLE, "sweep_id": self.sweep_id, "sweep_name": sweep_name})
+        _log_params(self.client, run.info.run_id, _flat_params("", params))
+        if spec_file is not None:
+            self.client.log_artifact(run.info.run_id, str(spec_file))
+        return run.info.run_id
+
+    def finish_sweep(self, parent_run_id: str, failed: bool) -> None:
+        self.client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
+
+    def trial_run(self, parent_run_id: str, trial_id: str, trial: TrialConfig, resolved_config: dict) -> str:
+        """The trial's child run, continued when it exists (resume, retry), created with its params otherwise."""
+        existing = find_runs(self.client, self.experiment_id, role=TRIAL_ROLE, sweep_id=self.sweep_id,
+                             trial_id=trial_id)
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        task = get_task(trial.task)
+        run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
+            "mlflow.parentRunId": parent_run_id, "role": TRIAL_ROLE, "sweep_id": self.sweep_id,
+            "trial_id": trial_id, "algorithm": trial.algorithm, "task": trial.task, "domain": task.domain,
+            "ratio": f"{trial.ratio:g}", "seed": str(trial.seed)})
+        trial_fields = {k: v for k, v in asdict(trial).items() if k not in ("hyperparameters", "output_dir")}
+        _log_params(self.client, run.info.run_id, _flat_params("trial.", trial_fields)
+                    | _flat_params("config.", resolved_config))
+        return run.info.run_id
+
+    def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float) -> None:
+        """Close the child run; cost metrics accumulate over resumed attempts."""
+        from mlflow.entities import Metric
+
+        previous = self.client.get_run(run_id).data.metrics.get("cost/wall_seconds", 0.0)
+        total = previous + wall_seconds
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric("cost/wall_seconds", total, now, 0),
+                                               Metric("cost/gpu_hours", total * gpus / 3600, now, 0)])
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+    def record_best(self, parent_run_id: str, cell: str, metric: str, value: float, config: dict) -> None:
+        """A search's best value and configuration for one cell, on the parent run."""
+        from mlflow.entities import Metric, RunTag
+
+        self.client.log_batch(parent_run_id, metrics=[Metric(f"best/{cell}", value, int(time.time() * 1000), 0)],
+                              tags=[RunTag(f"best/{cell}/config", json.dumps(config, sort_keys=True)),
+                                    RunTag(f"best/{cell}/metric", metric)])
+
+
+class MlflowReport:
+    """The loop's ReportHook inside a sweep: metrics (step = gradient step) and files to the trial's child run.
+
+    Picklable (it travels to the rank-0 Train worker); the client is made on first use."""
+
+    def __init__(self, uri: str, run_id: str, output_dir: str):
+        self.uri, self.run_id, self.output_dir = uri, run_id, output_dir
+        self._client = None
+        self._logged_up_to: dict[str, int] = {}
+
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri, "run_id": self.run_id, "output_dir": self.output_dir}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def _connect(self):
+        if self._client is None:
+            self._client = client(self.uri)
+            # A resumed worker re-reports steps between its checkpoint and the crash: remember what is logged.
+            for key in self._client.get_run(self.run_id).data.metrics:
+                history = self._client.get_metric_history(self.run_id, key)
+                self._logged_up_to[key] = max(m.step for m in history)
+        return self._client
+
+    def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        mlflow_client = self._connect()
+        now = int(time.time() * 1000)
+        fresh = [Metric(key, float(value), now, step) for key, value in metrics.items()
+                 if step > self._logged_up_to.get(key, -1)]
+        tags = []
+        for path in map(Path, files):
+            if path.name == TRAJECTORY_IDS_FILE:
+                ids = json.loads(path.read_text())
+                tags.append(RunTag("trajectory_ids", compact_ranges(ids)[:8000]))
+        if fresh or tags:
+            mlflow_client.log_batch(self.run_id, metrics=fresh, tags=tags)
+        for metric in fresh:
+            self._logged_up_to[metric.key] = step
+        root = Path(self.output_dir)
+        for path in map(Path, files):
+            relative = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+            folder = None if relative.parent == Path(".") else str(relative.parent)
+            mlflow_client.log_artifact(self.run_id, str(path), folder)
