@@ -1,0 +1,442 @@
+"""What the aggregator produces from an `Aggregate`: tables (Markdown, CSV, LaTeX, HTML, terminal), PNG plots
+and one self-contained HTML report (images as data URIs, no external JS or CSS).
+
+Every table is built once as a `Table` of display strings and rendered to each format, so the terminal, the
+Markdown file, the LaTeX file and the report always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, safe inside a driver
+
+from orchestrator.aggregate import Aggregate, Cell, domain_order, task_order
+
+SEED_FLAG_NOTE = "[n/k seeds]: the cell has fewer finished seeds than the sweep asked for"
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    bold: list[set[int]] = field(default_factory=list)  # per row, the columns to emphasise (best score)
+    rules: set[int] = field(default_factory=set)  # row indices a horizontal rule goes above
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: list[str], bold: set[int] | None = None, rule: bool = False) -> None:
+        if rule and self.rows:
+            self.rules.add(len(self.rows))
+        self.rows.append(row)
+        self.bold.append(bold or set())
+
+
+def _number(x: float, digits: int = 1) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _interval(estimate: float, ci: tuple[float, float], digits: int = 1) -> str:
+    return f"{_number(estimate, digits)} [{_number(ci[0], digits)}, {_number(ci[1], digits)}]"
+
+
+def ratio_text(ratio: float) -> str:
+    return f"{ratio * 100:g}%"
+
+
+def cell_text(cell: Cell | None) -> str:
+    """"76.2 ± 3.1 (target 40)", with "[2/3 seeds]" when seeds are missing."""
+    if cell is None:
+        return ""
+    text = _number(cell.mean) if cell.n < 2 else f"{cell.mean:.1f} ± {cell.std:.1f}"
+    if cell.target is not None:
+        text += f" (target {cell.target})"
+    if cell.flagged:
+        text += f" [{cell.n}/{cell.asked} seeds]"
+    return text
+
+
+def _best_columns(values: list[float], offset: int) -> set[int]:
+    finite = [v for v in values if not math.isnan(v)]
+    if len(finite) < 2:
+        return set()
+    return {offset + i for i, v in enumerate(values) if v == max(finite)}
+
+
+# --- tables ------------------------------------------------------------------------------------------------
+
+def main_table(result: Aggregate) -> Table:
+    """The paper's layout: rows tasks × ratios grouped by domain, columns algorithms, each domain's average last."""
+    algorithms = result.algorithms
+    table = Table(f"Normalized score, protocol {result.protocol}", ["Task", "Ratio", *algorithms],
+                  notes=[f"Protocol: {result.protocol_text}.", "Cells: mean ± sample std over seeds.", SEED_FLAG_NOTE])
+    summaries = {(s.algorithm, s.domain): s for s in result.domains}
+    for domain in sorted({c.domain for c in result.cells}, key=domain_order):
+        keys = sorted({(c.task, c.ratio) for c in result.cells if c.domain == domain},
+                      key=lambda k: (task_order(k[0]), k[1]))
+        first = True
+        for task, ratio in keys:
+            cells = [result.cell(a, task, ratio) for a in algorithms]
+            table.add([task, ratio_text(ratio), *map(cell_text, cells)],
+                      _best_columns([c.mean if c else math.nan for c in cells], 2), rule=first)
+            first = False
+        averages, texts = [], []
+        for algorithm in algorithms:
+            summary = summaries.get((algorithm, domain))
+            # an average over fewer cells is shown, flagged, and never marked best
+            complete = summary is not None and summary.cells == summary.cells_expected
+            averages.append(summary.mean if complete else math.nan)
+            texts.append("" if summary is None else _number(summary.mean) + (
+                f" [{summary.cells}/{summary.cells_expected} cells]" if summary.cells < summary.cells_expected else ""))
+        table.add([f"Average ({domain})", "", *texts], _best_columns(averages, 2), rule=True)
+    return table
+
+
+def domain_table(result: Aggregate) -> Table:
+    table = Table("Aggregates per domain", ["Domain", "Algorithm", "Mean [95% CI]", "IQM [95% CI]", "Cells", "Runs"],
+                  notes=[f"95% percentile intervals from a stratified bootstrap ({result.resamples} resamples; seeds "
+                         f"resampled within each task × ratio cell). Mean: over cells of the per-cell mean. IQM: "
+                         f"interquartile mean of all run scores (Agarwal et al. 2021)."])
+    previous = None
+    for s in result.domains:
+        table.add([s.domain, s.algorithm, _interval(s.mean, s.mean_ci), _interval(s.iqm, s.iqm_ci),
+                   f"{s.cells}/{s.cells_expected}", str(s.runs)], rule=s.domain != previous)
+        previous = s.domain
+    return table
+
+
+def ratio_table(result: Aggregate) -> Table:
+    algorithms = result.algorithms
+    table = Table("Mean over tasks per data ratio", ["Domain", "Ratio", *algorithms])
+    previous = None
+    for domain, ratio in sorted({(r.domain, r.ratio) for r in result.ratios}, key=lambda k: (domain_order(k[0]), k[1])):
+        tasks = len({c.task for c in result.cells if (c.domain, c.ratio) == (domain, ratio)})
+        values = {r.algorithm: r for r in result.ratios if (r.domain, r.ratio) == (domain, ratio)}
+        texts = [_number(values[a].mean) + ("" if values[a].tasks == tasks else f" [{values[a].tasks}/{tasks} tasks]")
+                 if a in values else "—" for a in algorithms]
+        complete = [values[a].mean if a in values and values[a].tasks == tasks else math.nan for a in algorithms]
+        table.add([domain, ratio_text(ratio), *texts], _best_columns(complete, 2), rule=domain != previous)
+        previous = domain
+    return table
+
+
+def improvement_table(result: Aggregate) -> Table:
+    table = Table("Probability of improvement", ["Domain", "Comparison", "P(X > Y) [95% CI]", "Cells"],
+                  notes=["P(X > Y) per task × ratio cell from the Mann-Whitney U statistic, averaged over the cells "
+                         "both algorithms have; stratified bootstrap interval (rliable)."])
+    for i in result.improvements:
+        table.add([i.domain, f"{i.reference} > {i.baseline}", _interval(i.probability, i.ci, 2), str(i.cells)])
+    return table
+
+
+def cost_table(result: Aggregate) -> Table:
+    table = Table("Cost", ["Algorithm", "Runs", "Wall hours", "GPU-hours"],
+                  notes=["Every run counts, failed and unfinished ones included: their time was spent."])
+    for algorithm in result.algorithms:
+        runs = [r for r in result.runs if r.algorithm == algorithm]
+        table.add([algorithm, str(len(runs)), _number(sum(r.wall_seconds for r in runs) / 3600, 2),
+                   _number(sum(r.gpu_hours for r in runs), 2)])
+    table.add(["Sweep", str(len(result.runs)), _number(sum(r.wall_seconds for r in result.runs) / 3600, 2),
+               _number(sum(r.gpu_hours for r in result.runs), 2)], rule=True)
+    return table
+
+
+def excluded_table(result: Aggregate) -> Table:
+    table = Table("Excluded runs", ["Trial", "Status", "Reason", "Run id"])
+    for run, reason in result.excluded:
+        table.add([run.trial_id, run.status, reason, run.run_id])
+    return table
+
+
+def all_tables(result: Aggregate) -> list[Table]:
+    tables = [main_table(result), domain_table(result), ratio_table(result)]
+    if result.improvements:
+        tables.append(improvement_table(result))
+    return tables + [excluded_table(result), cost_table(result)]
+
+
+# --- renderers ---------------------------------------------------------------------------------------------
+
+def to_markdown(table: Table) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    rows = [[f"**{c}**" if j in bold and c else c for j, c in enumerate(row)] for row, bold in zip(table.rows, table.bold)]
+    lines = [f"### {table.title}", "", line(table.header), line(["---"] * len(table.header)), *map(line, rows)]
+    if not table.rows:
+        lines.append(line(["(none)"] + [""] * (len(table.header) - 1)))
+    return "\n".join(lines + [""] + [f"{n}  " for n in table.notes]) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for plain, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+                           ("±", r"$\pm$"), ("—", "--"), (">", r"$>$")):
+        text = text.replace(plain, escaped)
+    return text
+
+
+def to_latex(table: Table) -> str:
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(table.title)}}}",
+             r"\begin{tabular}{ll" + "r" * (len(table.header) - 2) + "}", r"\toprule",
+             " & ".join(map(_latex_escape, table.header)) + r" \\", r"\midrule"]
+    for i, (row, bold) in enumerate(zip(table.rows, table.bold)):
+        if i in table.rules:
+            lines.append(r"\midrule")
+        cells = [rf"\textbf{{{_latex_escape(c)}}}" if j in bold else _latex_escape(c) for j, c in enumerate(row)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = []
+    for i, (row, bold) in enumerate(zip(table.rows, table.bold)):
+        cells = "".join(f"<td>{'<b>' if j in bold else ''}{html.escape(c)}{'</b>' if j in bold else ''}</td>"
+                        for j, c in enumerate(row))
+        row_class = ' class="rule"' if i in table.rules else ""
+        body.append(f"<tr{row_class}>{cells}</tr>")
+    if not table.rows:
+        body.append(f"<tr><td colspan=\"{len(table.header)}\">(none)</td></tr>")
+    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table.notes)
+    return (f"<h2>{html.escape(table.title)}</h2>\n<table><thead><tr>{head}</tr></thead>\n<tbody>\n"
+            + "\n".join(body) + f"\n</tbody></table>\n{notes}\n")
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _blank(x: float) -> float | str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def write_csvs(result: Aggregate, out: Path) -> list[Path]:
+    """Tidy numeric files next to the display tables, for anyone who wants to re-plot."""
+    scores = {}
+    for c in result.cells:
+        scores.update({run_id: score for run_id, score in zip(c.run_ids, c.scores)})
+    cell_of = {r.run_id: result.cell(*r.cell) for r in result.runs}
+    excluded = dict((r.run_id, reason) for r, reason in result.excluded)
+    cost: dict[tuple, list[float]] = {}
+    for r in result.runs:
+        spent = cost.setdefault(r.cell, [0.0, 0.0])
+        spent[0] += r.wall_seconds
+        spent[1] += r.gpu_hours
+    return [
+        write_csv(out / "cells.csv", ["algorithm", "domain", "task", "ratio", "label", "mean", "std", "n", "asked",
+                                      "fewer_seeds_than_asked", "ci_low", "ci_high", "wall_seconds", "gpu_hours"],
+                  [[c.algorithm, c.domain, c.task, c.ratio, c.label or "", _blank(c.mean), _blank(c.std), c.n, c.asked,
+                    c.flagged, _blank(c.ci[0]), _blank(c.ci[1]), *cost[c.algorithm, c.task, c.ratio]]
+                   for c in result.cells]),
+        write_csv(out / "runs.csv", ["run_id", "trial_id", "algorithm", "domain", "task", "ratio", "seed", "status",
+                                     "label", "score", "excluded", "wall_seconds", "gpu_hours"],
+                  [[r.run_id, r.trial_id, r.algorithm, r.domain, r.task, r.ratio, r.seed, r.status,
+                    (cell_of[r.run_id].label or "") if r.run_id in scores else "", scores.get(r.run_id, ""),
+                    excluded.get(r.run_id, ""), r.wall_seconds, r.gpu_hours] for r in result.runs]),
+        write_csv(out / "domains.csv", ["algorithm", "domain", "mean", "mean_ci_low", "mean_ci_high", "iqm",
+                                        "iqm_ci_low", "iqm_ci_high", "cells", "cells_expected", "runs", "resamples"],
+                  [[s.algorithm, s.domain, s.mean, *s.mean_ci, s.iqm, *s.iqm_ci, s.cells, s.cells_expected, s.runs,
+                    result.resamples] for s in result.domains]),
+        write_csv(out / "ratios.csv", ["algorithm", "domain", "ratio", "mean", "tasks"],
+                  [[r.algorithm, r.domain, r.ratio, r.mean, r.tasks] for r in result.ratios]),
+        write_csv(out / "improvement.csv", ["domain", "reference", "baseline", "probability", "ci_low", "ci_high",
+                                            "cells", "resamples"],
+                  [[i.domain, i.reference, i.baseline, i.probability, *i.ci, i.cells, result.resamples]
+                   for i in result.improvements]),
+    ]
+
+
+# --- plots -------------------------------------------------------------------------------------------------
+
+def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.2)) -> tuple[Figure, list]:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    figure = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    return figure, axes[:n]
+
+
+def _colors(algorithms: list[str]) -> dict[str, str]:
+    return {a: f"C{i % 10}" for i, a in enumerate(algorithms)}
+
+
+def plot_score_vs_ratio(result: Aggregate, path: Path) -> Path:
+    tasks = sorted({c.task for c in result.cells}, key=task_order)
+    figure, axes = _grid(len(tasks))
+    colors = _colors(result.algorithms)
+    for axis, task in zip(axes, tasks):
+        ratios = sorted({c.ratio for c in result.cells if c.task == task})
+        for algorithm in result.algorithms:
+            cells = [c for c in result.cells if (c.algorithm, c.task) == (algorithm, task) and c.n]
+            cells.sort(key=lambda c: c.ratio)
+            if not cells:
+                continue
+            x = [100 * c.ratio for c in cells]
+            axis.plot(x, [c.mean for c in cells], marker="o", color=colors[algorithm], label=algorithm)
+            axis.fill_between(x, [c.ci[0] for c in cells], [c.ci[1] for c in cells], color=colors[algorithm], alpha=0.2)
+        if len(ratios) > 1 and max(ratios) / min(ratios) > 10:
+            axis.set_xscale("log")
+        axis.set(title=task, xlabel="data ratio (%)", ylabel="normalized score")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    figure.suptitle(f"Normalized score vs data ratio ({result.protocol}; bands: 95% bootstrap CI over seeds)")
+    figure.savefig(path, dpi=90)
+    return path
+
+
+def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds at every logged step; a step some seeds lack averages those that have it."""
+    steps = sorted({s for curve in curves for s, _ in curve})
+    table = np.full((len(curves), len(steps)), np.nan)
+    index = {s: j for j, s in enumerate(steps)}
+    for i, curve in enumerate(curves):
+        for s, v in curve:
+            table[i, index[s]] = v
+    return np.array(steps), np.nanmean(table, axis=0)
+
+
+def plot_learning_curves(result: Aggregate, path: Path) -> Path:
+    """One panel per algorithm, one line per task × ratio: the reported target's score, mean over seeds."""
+    runs = {r.run_id: r for r in result.runs}
+    figure, axes = _grid(len(result.algorithms))
+    for axis, algorithm in zip(axes, result.algorithms):
+        cells = [c for c in result.cells if c.algorithm == algorithm and c.n]
+        for cell in cells:
+            steps, mean = _mean_curve([runs[i].curves[cell.label] for i in cell.run_ids])
+            axis.plot(steps, mean, marker=".", label=f"{cell.task} {ratio_text(cell.ratio)}")
+        axis.set(title=algorithm, xlabel="gradient step", ylabel="normalized score")
+        axis.grid(alpha=0.3)
+        if 0 < len(cells) <= 10:
+            axis.legend(fontsize="x-small")
+    figure.suptitle("Learning curves (reported target, mean over seeds)")
+    figure.savefig(path, dpi=90)
+    return path
+
+
+def _intervals(axis, names: list[str], estimates: list[float], cis: list[tuple[float, float]], colors) -> None:
+    y = np.arange(len(names))[::-1]
+    for yi, name, estimate, (low, high) in zip(y, names, estimates, cis):
+        axis.plot([low, high], [yi, yi], linewidth=6, alpha=0.5, color=colors.get(name, "C0"), solid_capstyle="butt")
+        axis.plot([estimate], [yi], marker="|", markersize=14, color="black")
+    axis.set_yticks(y, names)
+    axis.grid(axis="x", alpha=0.3)
+
+
+def plot_aggregate_intervals(result: Aggregate, path: Path) -> Path:
+    """rliable-style interval plot: per domain the mean and IQM with 95 % CIs, and LaMo's probability of
+    improvement over each baseline."""
+    domains = sorted({s.domain for s in result.domains}, key=domain_order)
+    columns = 3 if result.improvements else 2
+    figure = Figure(figsize=(4.5 * columns, 0.5 + max(2.0, 0.4 * len(result.algorithms)) * len(domains)),
+                    layout="constrained")
+    axes = figure.subplots(len(domains), columns, squeeze=False)
+    colors = _colors(result.algorithms)
+    for row, domain in zip(axes, domains):
+        summaries = [s for s in result.domains if s.domain == domain]
+        names = [s.algorithm for s in summaries]
+        _intervals(row[0], names, [s.mean for s in summaries], [s.mean_ci for s in summaries], colors)
+        _intervals(row[1], names, [s.iqm for s in summaries], [s.iqm_ci for s in summaries], colors)
+        row[0].set(title=f"{domain}: mean", xlabel="normalized score")
+        row[1].set(title=f"{domain}: IQM", xlabel="normalized score")
+        if columns == 3:
+            mine = [i for i in result.improvements if i.domain == domain]
+            _intervals(row[2], [i.baseline for i in mine], [i.probability for i in mine], [i.ci for i in mine], colors)
+            if not mine:
+                row[2].text(0.5, 0.5, "no baseline shares a cell", ha="center", va="center", color="gray")
+            row[2].axvline(0.5, linestyle="--", color="gray")
+            row[2].set(title=f"{domain}: P({mine[0].reference if mine else 'lamo'} > baseline)", xlim=(0, 1),
+                       xlabel="probability of improvement")
+    figure.savefig(path, dpi=90)
+    return path
+
+
+# --- report and terminal -----------------------------------------------------------------------------------
+
+_STYLE = """body{font-family:sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:0.5em 0;font-size:14px}th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
+th{background:#eef}td:first-child,th:first-child{text-align:left}tr.rule td{border-top:2px solid #444}
+.note{font-size:12px;color:#555;margin:2px 0}.protocol{background:#ffd;padding:6px;border:1px solid #cc9}
+img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
+
+
+def write_html(result: Aggregate, tables: list[Table], images: list[Path], path: Path) -> Path:
+    figures = "".join(f"<figure><img alt=\"{html.escape(p.stem)}\" src=\"data:image/png;base64,"
+                      f"{base64.b64encode(p.read_bytes()).decode()}\"><figcaption>{html.escape(p.name)}</figcaption>"
+                      f"</figure>\n" for p in images)
+    finished = len(result.runs) - len(result.excluded)
+    page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Sweep {html.escape(result.sweep_id)}</title><style>{_STYLE}</style></head><body>\n"
+            f"<h1>Sweep {html.escape(result.sweep_name)}</h1>\n"
+            f"<p>Sweep id {html.escape(result.sweep_id)}, MLflow parent run {html.escape(result.parent_run_id)}; "
+            f"{finished} finished runs aggregated, {len(result.excluded)} excluded.</p>\n"
+            f"<p class=\"protocol\">Protocol: {html.escape(result.protocol_text)}.</p>\n"
+            + to_html(tables[0]) + "<h2>Plots</h2>\n" + figures + "".join(map(to_html, tables[1:]))
+            + "</body></html>\n")
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_outputs(result: Aggregate, out: Path) -> list[Path]:
+    """Every file of the aggregate into `out`: tables, CSVs, plots and report.html."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables = all_tables(result)
+    files = write_csvs(result, out)
+    main = tables[0]
+    files.append(write_csv(out / "table.csv", main.header, main.rows))
+    files.append(write_csv(out / "cost.csv", tables[-1].header, tables[-1].rows))
+    (out / "tables.md").write_text(f"Sweep {result.sweep_id}. Protocol: {result.protocol_text}.\n\n"
+                                   + "\n".join(map(to_markdown, tables)), encoding="utf-8")
+    (out / "tables.tex").write_text(f"% Sweep {result.sweep_id}. Protocol: {result.protocol_text}.\n"
+                                    + "\n".join(to_latex(t) for t in tables[:-2]), encoding="utf-8")
+    images = [plot_score_vs_ratio(result, out / "score_vs_ratio.png"),
+              plot_learning_curves(result, out / "learning_curves.png"),
+              plot_aggregate_intervals(result, out / "aggregate_intervals.png")]
+    files += [out / "tables.md", out / "tables.tex", *images, write_html(result, tables, images, out / "report.html")]
+    return files
+
+
+def _rich_table(table: Table):
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    rich_table = RichTable(title=table.title, show_lines=False)
+    for i, name in enumerate(table.header):
+        rich_table.add_column(name, justify="left" if i < 2 else "right")
+    for i, (row, bold) in enumerate(zip(table.rows, table.bold)):
+        # Text(), not markup: "[2/3 seeds]" must print as written
+        rich_table.add_row(*(Text(c, style="bold green" if j in bold else "") for j, c in enumerate(row)),
+                           end_section=i + 1 in table.rules)
+    return rich_table
+
+
+def print_summary(result: Aggregate, console) -> None:
+    from rich.text import Text
+
+    tables = all_tables(result)
+    console.print(Text(f"Protocol: {result.protocol_text}.", style="bold"))
+    console.print(_rich_table(tables[0]))
+    for note in tables[0].notes[1:]:
+        console.print(Text(note, style="dim"))
+    console.print(_rich_table(tables[1]))
+    if result.excluded:
+        console.print(Text(f"{len(result.excluded)} run(s) excluded (not FINISHED):", style="yellow"))
+        for run, reason in result.excluded:
+            console.print(Text(f"  {run.trial_id}: {reason} ({run.run_id})"))
+    cost = tables[-1].rows[-1]
+    console.print(Text(f"Cost: {cost[2]} wall hours, {cost[3]} GPU-hours over {cost[1]} runs."))
+    if result.out_dir is not None:
+        logged = (f"; logged to parent run {result.parent_run_id} under {result.artifact_path}/"
+                  if result.artifact_path else "")
+        console.print(Text(f"Tables, plots and report.html in {result.out_dir}{logged}"))

@@ -1,0 +1,343 @@
+"""The aggregator on synthetic sweeps written into a real sqlite MLflow store with the tracking layout.
+
+Per-step scores are chosen so that every expected number below can be checked by hand."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from scipy.stats import mannwhitneyu
+
+from orchestrator.aggregate import (AggregationError, aggregate_sweep, main, mean_of_cell_means,
+                                    probability_of_improvement, stratified_bootstrap)
+from orchestrator.report import cost_table
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENT = "lamo-sweeps"
+DOMAINS = {"reacher2d-medium": "reacher2d", "hopper-medium": "locomotion", "walker2d-medium": "locomotion"}
+
+
+# --- a sweep store with the layout of orchestrator/tracking.py ---------------------------------------------
+
+class SyntheticStore:
+    def __init__(self, root: Path):
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+        self.clock = 1_700_000_000_000
+
+    def sweep(self, name: str, digest: str, seeds: list[int]) -> tuple[str, str]:
+        sweep_id = f"{name}-{digest}"
+        self.clock += 1000
+        run = self.client.create_run(self.experiment_id, run_name=sweep_id, start_time=self.clock,
+                                     tags={"role": "sweep", "sweep_id": sweep_id, "sweep_name": name})
+        self.client.log_param(run.info.run_id, "seeds", str(seeds))
+        return sweep_id, run.info.run_id
+
+    def trial(self, parent: tuple[str, str], algorithm: str, task: str, ratio: float, seed: int,
+              curves: dict[str, list[tuple[int, float]]], num_steps: int | None = 1000,
+              status: str = "FINISHED") -> str:
+        sweep_id, parent_run_id = parent
+        trial_id = f"{algorithm}.{task}.r{ratio:g}.s{seed}"
+        run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
+            "mlflow.parentRunId": parent_run_id, "role": "trial", "sweep_id": sweep_id, "trial_id": trial_id,
+            "algorithm": algorithm, "task": task, "domain": DOMAINS[task], "ratio": f"{ratio:g}", "seed": str(seed)})
+        run_id = run.info.run_id
+        if num_steps is not None:
+            self.client.log_param(run_id, "config.num_steps", str(num_steps))
+        metrics = [Metric(f"eval/{label}/normalized_mean", value, self.clock, step)
+                   for label, curve in curves.items() for step, value in curve]
+        # A misleading per-step maximum over targets: the aggregator must score from the per-target histories.
+        metrics += [Metric("eval/best_normalized_mean", 999.0, self.clock, step) for step, _ in next(iter(curves.values()), [])]
+        if status != "RUNNING":  # cost is logged when a trial ends
+            metrics += [Metric("cost/wall_seconds", 3600.0, self.clock, 0), Metric("cost/gpu_hours", 0.5, self.clock, 0)]
+        self.client.log_batch(run_id, metrics=metrics)
+        if status != "RUNNING":
+            self.client.set_terminated(run_id, status=status)
+        return run_id
+
+
+STEPS = [200, 400, 600, 800, 1000]  # num_steps 1000: the paper window is steps 800 and 1000
+
+
+def flat(value: float) -> list[tuple[int, float]]:
+    return [(s, value) for s in STEPS]
+
+
+def curve(*values: float) -> list[tuple[int, float]]:
+    return list(zip(STEPS, values))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> SyntheticStore:
+    store = SyntheticStore(tmp_path_factory.mktemp("store"))
+
+    # "protocols": one cell per rule to check.
+    sweep = store.sweep("protocols", "aaaaaaaaaa", [0, 1])
+    store.trial(sweep, "lamo", "reacher2d-medium", 1.0, 0,
+                {"target_76": curve(10, 20, 30, 40, 50), "target_40": curve(60, 70, 80, 30, 20)})
+    store.trial(sweep, "lamo", "reacher2d-medium", 1.0, 1,
+                {"target_76": curve(20, 30, 40, 50, 60), "target_40": curve(50, 90, 50, 40, 40)})
+    # Each seed prefers a different target; the cell takes the target with the best mean over seeds (40).
+    store.trial(sweep, "lamo", "reacher2d-medium", 0.1, 0, {"target_76": flat(60), "target_40": flat(50)})
+    store.trial(sweep, "lamo", "reacher2d-medium", 0.1, 1, {"target_76": flat(10), "target_40": flat(30)})
+    # No config.num_steps: the window is the last 20 % of the last evaluation step (>= 400 of 500).
+    store.trial(sweep, "bc", "reacher2d-medium", 1.0, 0,
+                {"policy": [(100, 1.0), (200, 2.0), (300, 3.0), (400, 4.0), (500, 8.0)]}, num_steps=None)
+    store.trial(sweep, "bc", "reacher2d-medium", 1.0, 1, {"policy": flat(10)})
+
+    # "aggregates": two locomotion tasks × two ratios, plus one reacher2d cell; constant curves, score = value.
+    sweep = store.sweep("aggregates", "bbbbbbbbbb", [0, 1])
+    lamo = {("hopper-medium", 0.1): (10, 20), ("hopper-medium", 1.0): (30, 40),
+            ("walker2d-medium", 0.1): (50, 60), ("walker2d-medium", 1.0): (70, 200), ("reacher2d-medium", 1.0): (40, 60)}
+    for (task, ratio), scores in lamo.items():
+        for seed, score in enumerate(scores):
+            store.trial(sweep, "lamo", task, ratio, seed, {"target_3600": flat(score), "target_1800": flat(score - 1)})
+    dt = {("hopper-medium", 0.1): (5, 5), ("hopper-medium", 1.0): (25, 25), ("walker2d-medium", 0.1): (50, 60),
+          ("walker2d-medium", 1.0): (100,)}
+    for (task, ratio), scores in dt.items():
+        for seed, score in enumerate(scores):
+            store.trial(sweep, "dt", task, ratio, seed, {"target_3600": flat(score)})
+    store.trial(sweep, "dt", "walker2d-medium", 1.0, 1, {"target_3600": flat(1000)}, status="FAILED")
+    store.trial(sweep, "bc", "hopper-medium", 1.0, 0, {"policy": flat(12)})
+    store.trial(sweep, "bc", "hopper-medium", 1.0, 1, {"policy": flat(1000)}, status="RUNNING")
+
+    # Bad inputs.
+    store.trial(store.sweep("all-failed", "cccccccccc", [0]), "bc", "hopper-medium", 1.0, 0,
+                {"policy": flat(1)}, status="FAILED")
+    store.trial(store.sweep("early-evals", "dddddddddd", [0]), "bc", "hopper-medium", 1.0, 0,
+                {"policy": [(200, 5.0), (400, 7.0)]})
+    # The same name twice: the name means the most recent one.
+    store.trial(store.sweep("renamed", "eeeeeeeeee", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(1)})
+    store.trial(store.sweep("renamed", "ffffffffff", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(2)})
+    return store
+
+
+def run(store: SyntheticStore, sweep: str, out: Path, protocol: str = "paper", **kwargs):
+    console = Console(file=io.StringIO(), width=200)
+    result = aggregate_sweep(store.uri, EXPERIMENT, sweep, protocol, out, console, resamples=500, **kwargs)
+    return result, console.file.getvalue()
+
+
+@pytest.fixture(scope="module")
+def aggregates(store, tmp_path_factory):
+    return run(store, "aggregates", tmp_path_factory.mktemp("out") / "aggregates")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- protocols ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol, target, mean, seeds", [
+    ("paper", "76", 50.0, [45.0, 55.0]),  # window means: t76 45, 55; t40 25, 40
+    ("last", "76", 55.0, [50.0, 60.0]),   # t76 50, 60; t40 20, 40
+    ("best", "40", 85.0, [80.0, 90.0]),   # t76 50, 60; t40 80, 90
+])
+def test_protocol_scores_and_the_named_best_target(store, tmp_path, protocol, target, mean, seeds):
+    result, printed = run(store, "protocols", tmp_path, protocol, log_artifacts=False)
+    cell = result.cell("lamo", "reacher2d-medium", 1.0)
+    assert cell.target == target and cell.mean == mean and list(cell.scores) == seeds
+    assert cell.std == pytest.approx(np.std(seeds, ddof=1))
+    assert f"{mean:.1f} ± {np.std(seeds, ddof=1):.1f} (target {target})" in printed
+    assert f"Protocol: {protocol}" in printed
+
+
+def test_best_target_is_chosen_per_cell_over_seeds_not_per_seed(store, tmp_path):
+    result, _ = run(store, "protocols", tmp_path, log_artifacts=False)
+    cell = result.cell("lamo", "reacher2d-medium", 0.1)
+    # seed 0 prefers target 76 (60 > 50), seed 1 target 40 (30 > 10); means: t76 35, t40 40
+    assert cell.target == "40" and list(cell.scores) == [50.0, 30.0] and cell.mean == 40.0
+
+
+def test_window_without_num_steps_and_non_return_conditioned_label(store, tmp_path):
+    result, printed = run(store, "protocols", tmp_path, log_artifacts=False)
+    cell = result.cell("bc", "reacher2d-medium", 1.0)
+    assert cell.label == "policy" and cell.target is None
+    assert list(cell.scores) == [6.0, 10.0]  # mean(4, 8) from steps >= 400 of 500; mean(10, 10)
+    assert "8.0 ± 2.8 |" in (tmp_path / "tables.md").read_text()
+    # reacher2d average over the sweep's cells: lamo (50 + 40) / 2, bc 8 over 1 of 2 cells
+    assert [(s.algorithm, s.mean, s.cells, s.cells_expected) for s in result.domains] == [
+        ("lamo", 45.0, 2, 2), ("bc", 8.0, 1, 2)]
+    assert "8.0 [1/2 cells]" in printed
+
+
+# --- aggregates, robust statistics, excluded runs, cost ---------------------------------------------------
+
+def test_domain_averages_iqm_and_ratio_means(aggregates):
+    result, _ = aggregates
+    summary = {(s.algorithm, s.domain): s for s in result.domains}
+    lamo, dt, bc = summary["lamo", "locomotion"], summary["dt", "locomotion"], summary["bc", "locomotion"]
+    assert lamo.mean == (15 + 35 + 55 + 135) / 4  # cell means
+    assert lamo.iqm == (30 + 40 + 50 + 60) / 4  # 8 scores, 2 trimmed from each end
+    assert dt.mean == (5 + 25 + 55 + 100) / 4 and dt.cells == 4 and dt.runs == 7
+    assert dt.iqm == (5 + 25 + 25 + 50 + 60) / 5  # 7 scores, 1 trimmed from each end
+    assert (bc.mean, bc.cells, bc.cells_expected) == (12.0, 1, 4)
+    assert summary["lamo", "reacher2d"].mean == 50.0 and ("dt", "reacher2d") not in summary
+    for s in result.domains:
+        assert s.mean_ci[0] <= s.mean <= s.mean_ci[1] and s.iqm_ci[0] <= s.iqm <= s.iqm_ci[1]
+    ratios = {(r.algorithm, r.domain, r.ratio): (r.mean, r.tasks) for r in result.ratios}
+    assert ratios["lamo", "locomotion", 0.1] == (35.0, 2) and ratios["lamo", "locomotion", 1.0] == (85.0, 2)
+    assert ratios["bc", "locomotion", 1.0] == (12.0, 1)
+    # The chosen target is named: 3600 beats 1800 by one point everywhere.
+    assert {c.target for c in result.cells if c.algorithm == "lamo"} == {"3600"}
+
+
+def test_probability_of_improvement(aggregates):
+    result, _ = aggregates
+    over = {(i.domain, i.baseline): i for i in result.improvements}
+    # per cell: hopper 1.0 and 1.0; walker 0.1 ties half the pairs -> 0.5; walker 1.0 [70, 200] vs [100] -> 0.5
+    assert over["locomotion", "dt"].probability == 0.75 and over["locomotion", "dt"].cells == 4
+    assert over["locomotion", "bc"].probability == 1.0 and over["locomotion", "bc"].cells == 1
+    assert ("reacher2d", "dt") not in over  # no shared cell
+    low, high = over["locomotion", "dt"].ci
+    assert 0.5 <= low <= 0.75 <= high <= 1.0
+    # the same per-cell value as scipy's Mann-Whitney U / (n m)
+    x, y = np.array([50.0, 60.0, 61.0]), np.array([50.0, 55.0])
+    assert probability_of_improvement([x], [y], 10)[0] == mannwhitneyu(x, y).statistic / 6
+
+
+def test_bootstrap_resamples_within_cells():
+    # Resampling within each cell keeps the mean of cell means at 5; pooled resampling would not.
+    assert stratified_bootstrap([np.zeros(3), np.full(3, 10.0)], mean_of_cell_means, 1000) == (5.0, 5.0)
+    low, high = stratified_bootstrap([np.array([0.0, 10.0])], mean_of_cell_means, 1000)
+    assert low == 0.0 and high == 10.0
+
+
+def test_failed_and_unfinished_runs_are_listed_and_excluded(aggregates):
+    result, printed = aggregates
+    assert sorted((r.trial_id, reason) for r, reason in result.excluded) == [
+        ("bc.hopper-medium.r1.s1", "unfinished (RUNNING)"), ("dt.walker2d-medium.r1.s1", "failed")]
+    assert list(result.cell("dt", "walker2d-medium", 1.0).scores) == [100.0]  # not the failed 1000
+    assert "dt.walker2d-medium.r1.s1: failed" in printed and "bc.hopper-medium.r1.s1: unfinished" in printed
+    runs = {row["trial_id"]: row for row in read_csv(result.out_dir / "runs.csv")}
+    assert runs["dt.walker2d-medium.r1.s1"]["score"] == "" and runs["dt.walker2d-medium.r1.s1"]["excluded"] == "failed"
+    assert runs["dt.walker2d-medium.r1.s0"]["score"] == "100.0"
+
+
+def test_fewer_seeds_than_asked_are_flagged(aggregates):
+    result, printed = aggregates
+    assert "100.0 (target 3600) [1/2 seeds]" in printed
+    assert "12.0 [1/2 seeds]" in printed
+    cells = {(r["algorithm"], r["task"], r["ratio"]): r for r in read_csv(result.out_dir / "cells.csv")}
+    assert cells["dt", "walker2d-medium", "1.0"]["fewer_seeds_than_asked"] == "True"
+    assert cells["lamo", "walker2d-medium", "1.0"]["fewer_seeds_than_asked"] == "False"
+
+
+def test_cost_counts_every_run(aggregates):
+    result, printed = aggregates
+    rows = {row[0]: row for row in cost_table(result).rows}
+    assert rows["lamo"] == ["lamo", "10", "10.00", "5.00"]
+    assert rows["dt"] == ["dt", "8", "8.00", "4.00"]  # the failed run's hour was spent too
+    assert rows["Sweep"] == ["Sweep", "20", "19.00", "9.50"]  # the running run has not logged cost yet
+    assert "Cost: 19.00 wall hours, 9.50 GPU-hours over 20 runs." in printed
+
+
+def test_outputs_written_and_logged_to_the_parent_run(store, aggregates):
+    result, _ = aggregates
+    names = {p.name for p in result.files}
+    assert {"tables.md", "tables.tex", "table.csv", "cells.csv", "domains.csv", "improvement.csv", "cost.csv",
+            "score_vs_ratio.png", "learning_curves.png", "aggregate_intervals.png", "report.html"} <= names
+    assert all(p.is_file() and p.stat().st_size > 0 for p in result.files)
+    latex = (result.out_dir / "tables.tex").read_text()
+    assert r"\textbf{135.0 $\pm$ 91.9 (target 3600)}" in latex and "Average (locomotion)" in latex
+    table = {row["Task"]: row for row in read_csv(result.out_dir / "table.csv")}
+    assert list(table)[-1] == "Average (reacher2d)"  # each domain's block ends with its average
+    assert table["Average (locomotion)"]["lamo"] == "60.0" and table["Average (locomotion)"]["bc"] == "12.0 [1/4 cells]"
+    markdown = (result.out_dir / "tables.md").read_text()
+    # an average over fewer cells or tasks than the others is flagged and never marked best
+    assert "| Average (locomotion) |  | **60.0** | 46.2 | 12.0 [1/4 cells] |" in markdown
+    assert "| locomotion | 100% | **85.0** | 62.5 | 12.0 [1/2 tasks] |" in markdown
+    logged = {Path(a.path).name for a in store.client.list_artifacts(result.parent_run_id, "aggregate/paper")}
+    assert names <= logged
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+def test_unknown_sweep_lists_the_sweeps_found(store, tmp_path, capsys):
+    assert main(["--sweep", "nope", "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: unknown sweep 'nope'")
+    assert "protocols (protocols-aaaaaaaaaa" in error and "aggregates (aggregates-bbbbbbbbbb" in error
+
+
+def test_sweep_name_means_the_most_recent_and_id_selects_one(store, tmp_path):
+    assert run(store, "renamed", tmp_path / "a", log_artifacts=False)[0].sweep_id == "renamed-ffffffffff"
+    assert run(store, "renamed-eeeeeeeeee", tmp_path / "b", log_artifacts=False)[0].cells[0].mean == 1.0
+
+
+def test_no_finished_run_is_an_error(store, tmp_path):
+    with pytest.raises(AggregationError, match=r"no finished trial run .*FAILED: 1"):
+        run(store, "all-failed", tmp_path)
+
+
+def test_protocol_needing_missing_evaluations_is_an_error(store, tmp_path):
+    with pytest.raises(AggregationError, match=r"protocol paper needs evaluations at steps >= 80% .*"
+                                               r"bc.hopper-medium.r1.s0 \(last evaluation at step 400 of "
+                                               r"config.num_steps=1000\).*--protocol last"):
+        run(store, "early-evals", tmp_path)
+    assert run(store, "early-evals", tmp_path, "last", log_artifacts=False)[0].cells[0].mean == 7.0
+
+
+def test_unknown_experiment_or_store(store, tmp_path, capsys):
+    with pytest.raises(AggregationError, match=f"no experiment 'other'.*experiments found: .*{EXPERIMENT}"):
+        aggregate_sweep(store.uri, "other", "aggregates")
+    assert main(["--sweep", "x", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no tracking store" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_runs_as_a_script(store, tmp_path):
+    done = subprocess.run([sys.executable, "orchestrator/aggregate.py", "--sweep", "protocols", "--tracking-uri",
+                           store.uri, "--out", str(tmp_path), "--no-log", "--resamples", "100"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "50.0 ± 7.1 (target 76)" in done.stdout and (tmp_path / "report.html").is_file()
+
+
+# --- the HTML report in a real browser ---------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_html_report_renders_in_headless_chromium(aggregates, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip("headless Chromium not installed: apt-get install -y chromium")
+    import matplotlib.image
+
+    report = aggregates[0].out_dir / "report.html"
+    dom = chromium("--dump-dom", report.as_uri(), profile=tmp_path / "profile-dom").stdout
+    assert dom.count("<table>") == 6 and "Average (locomotion)" in dom and "[1/2 seeds]" in dom
+    assert dom.count('<img alt="') == 3 and dom.count('src="data:image/png;base64,') == 3
+    assert "http://" not in dom and "https://" not in dom  # self-contained
+
+    screenshot = tmp_path / "report.png"
+    started = time.monotonic()
+    chromium(f"--screenshot={screenshot}", "--window-size=1280,2000", report.as_uri(), profile=tmp_path / "profile")
+    assert screenshot.is_file(), "chromium wrote no screenshot"
+    pixels = matplotlib.image.imread(screenshot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1280)
+    non_white = (pixels < 0.95).any(axis=-1).mean()
+    assert pixels.std() > 0.05 and non_white > 0.02, (pixels.std(), non_white, time.monotonic() - started)
+    shutil.copy(screenshot, aggregates[0].out_dir / "report_screenshot.png")  # left for a human to look at
