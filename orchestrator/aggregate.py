@@ -43,9 +43,9 @@ if __package__ in (None, ""):  # run as `python orchestrator/aggregate.py`: make
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.tracking import PARENT_ROLE, TRIAL_ROLE, absolute_uri, client  # noqa: E402
-from trainers.registry import ALGORITHMS  # noqa: E402
-from trainers.tasks import TASKS, Domain  # noqa: E402
+from orchestrator.tracking import PARENT_ROLE, TRIAL_ROLE, absolute_uri, client
+from trainers.registry import ALGORITHMS
+from trainers.tasks import TASKS, Domain
 
 PROTOCOLS = {
     "paper": "paper (LaMo): per run and target return, the mean normalized score of the evaluations at steps "
@@ -239,23 +239,32 @@ def _open_store(tracking_uri: str, experiment: str):
 
 
 def find_sweep(mlflow_client, experiment_id: str, sweep: str):
-    """The parent run whose sweep_id is `sweep`, else the most recent one whose sweep_name is `sweep`."""
+    """The sweep's parent run: `sweep` is a sweep id, a sweep name (its most recent sweep), or a parent run id.
+
+    A `--restart` marks the earlier parent runs `superseded=true`; the newest one that is not is the sweep."""
     parents = _search_all(mlflow_client, experiment_id, f"tags.role = '{PARENT_ROLE}'",
                           ["attributes.start_time DESC"])
+    current = [p for p in parents if p.data.tags.get("superseded") != "true"]
     for by in ("sweep_id", "sweep_name"):
-        matches = [p for p in parents if p.data.tags.get(by) == sweep]
+        matches = [p for p in current if p.data.tags.get(by) == sweep] or [p for p in parents
+                                                                           if p.data.tags.get(by) == sweep]
         if matches:
             return matches[0]
-    known = [f"{p.data.tags.get('sweep_name', '?')} ({p.data.tags.get('sweep_id', '?')}, {p.info.status})"
-             for p in parents]
-    raise AggregationError(f"unknown sweep {sweep!r}; sweeps found in this tracking store: "
-                           + (", ".join(known) if known else "none"))
+    by_run_id = [p for p in parents if p.info.run_id == sweep]  # reaches a superseded parent on purpose
+    if by_run_id:
+        return by_run_id[0]
+    known = [f"{p.data.tags.get('sweep_name', '?')} ({p.data.tags.get('sweep_id', '?')}, {p.info.status}"
+             f"{', superseded' if p.data.tags.get('superseded') == 'true' else ''})" for p in parents]
+    more = f" and {len(known) - 30} older" if len(known) > 30 else ""
+    raise AggregationError(f"unknown sweep {sweep!r}; sweeps found in this tracking store, newest first: "
+                           + (", ".join(known[:30]) + more if known else "none"))
 
 
-def read_trial_runs(mlflow_client, experiment_id: str, sweep_id: str) -> list[TrialRun]:
-    """Every trial run of the sweep with its evaluation histories and cost, in grid order."""
+def read_trial_runs(mlflow_client, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
+    """Every trial run under the sweep's parent run, with its evaluation histories and cost, in grid order.
+    (By parent, not by sweep_id: after a restart the superseded parent's runs share the sweep_id.)"""
     runs = []
-    query = f"tags.sweep_id = '{sweep_id}' and tags.role = '{TRIAL_ROLE}'"
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.role = '{TRIAL_ROLE}'"
     for run in _search_all(mlflow_client, experiment_id, query):
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         curves = {}
@@ -267,7 +276,8 @@ def read_trial_runs(mlflow_client, experiment_id: str, sweep_id: str) -> list[Tr
         num_steps = params.get("config.num_steps")
         task = tags.get("task", "?")
         runs.append(TrialRun(
-            run_id=run.info.run_id, trial_id=tags.get("trial_id", run.info.run_name), algorithm=tags.get("algorithm", "?"),
+            run_id=run.info.run_id, trial_id=tags.get("trial_id", run.info.run_name),
+            algorithm=tags.get("algorithm", "?"),
             task=task, domain=tags.get("domain") or (TASKS[task].domain if task in TASKS else "other"),
             ratio=float(tags.get("ratio", "nan")), seed=int(tags.get("seed", -1)), status=run.info.status,
             num_steps=int(float(num_steps)) if num_steps else None, curves=curves,
@@ -318,7 +328,7 @@ def _missing_evaluations(protocol: str, finished: list[TrialRun], scored: dict[s
     need = {"paper": f"evaluations at steps >= {PAPER_WINDOW:.0%} of config.num_steps",
             "last": "at least one evaluation", "best": "at least one evaluation"}[protocol]
     hint = "; --protocol last or best uses earlier evaluations" if protocol == "paper" else ""
-    listed = ", ".join(describe(r) for r in lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
+    listed = ", ".join(map(describe, lacking[:10])) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
     return f"protocol {protocol} needs {need}; {len(lacking)} finished run(s) have none: {listed}{hint}"
 
 
@@ -341,8 +351,9 @@ def build_cells(runs: list[TrialRun], protocol: str, asked: int | None) -> list[
         if done:
             common = set.intersection(*(set(scored[r.run_id]) for r in done))
             if not common:
+                labels = "; ".join(f"{r.trial_id}: {sorted(scored[r.run_id])}" for r in done)
                 raise AggregationError(f"{algorithm} on {task} at ratio {ratio:g}: the finished runs share no eval "
-                                       f"label ({'; '.join(f'{r.trial_id}: {sorted(scored[r.run_id])}' for r in done)})")
+                                       f"label ({labels})")
             means = {lab: np.mean([scored[r.run_id][lab] for r in done]) for lab in common}
             label = max(sorted(common, key=_label_order), key=lambda lab: means[lab])  # max keeps the first of ties
         cells.append(Cell(algorithm=algorithm, domain=cell_runs[0].domain, task=task, ratio=ratio, label=label,
@@ -453,7 +464,7 @@ def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str, protocol: st
     mlflow_client, experiment_id = _open_store(tracking_uri, experiment)
     parent = find_sweep(mlflow_client, experiment_id, sweep)
     sweep_id = parent.data.tags["sweep_id"]
-    runs = read_trial_runs(mlflow_client, experiment_id, sweep_id)
+    runs = read_trial_runs(mlflow_client, experiment_id, parent.info.run_id)
     excluded = [(r, "failed" if r.status == "FAILED" else f"unfinished ({r.status})")
                 for r in runs if r.status != "FINISHED"]
     if len(excluded) == len(runs):
@@ -480,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python orchestrator/aggregate.py", description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", required=True, help="sweep id (<name>-<hash>) or name (its most recent run)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="paper")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default reports/<sweep id>/<protocol>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default reports/<sweep id>/<protocol>)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     parser.add_argument("--experiment", default="lamo-sweeps")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the intervals")

@@ -100,9 +100,9 @@ def main_table(result: Aggregate) -> Table:
 
 def domain_table(result: Aggregate) -> Table:
     table = Table("Aggregates per domain", ["Domain", "Algorithm", "Mean [95% CI]", "IQM [95% CI]", "Cells", "Runs"],
-                  notes=[f"95% percentile intervals from a stratified bootstrap ({result.resamples} resamples; seeds "
-                         f"resampled within each task × ratio cell). Mean: over cells of the per-cell mean. IQM: "
-                         f"interquartile mean of all run scores (Agarwal et al. 2021)."])
+                  notes=[(f"95% percentile intervals from a stratified bootstrap ({result.resamples} resamples; seeds "
+                          f"resampled within each task × ratio cell). Mean: over cells of the per-cell mean. IQM: "
+                          f"interquartile mean of all run scores (Agarwal et al. 2021).")])
     previous = None
     for s in result.domains:
         table.add([s.domain, s.algorithm, _interval(s.mean, s.mean_ci), _interval(s.iqm, s.iqm_ci),
@@ -128,8 +128,8 @@ def ratio_table(result: Aggregate) -> Table:
 
 def improvement_table(result: Aggregate) -> Table:
     table = Table("Probability of improvement", ["Domain", "Comparison", "P(X > Y) [95% CI]", "Cells"],
-                  notes=["P(X > Y) per task × ratio cell from the Mann-Whitney U statistic, averaged over the cells "
-                         "both algorithms have; stratified bootstrap interval (rliable)."])
+                  notes=[("P(X > Y) per task × ratio cell from the Mann-Whitney U statistic, averaged over the cells "
+                          "both algorithms have; stratified bootstrap interval (rliable).")])
     for i in result.improvements:
         table.add([i.domain, f"{i.reference} > {i.baseline}", _interval(i.probability, i.ci, 2), str(i.cells)])
     return table
@@ -166,7 +166,8 @@ def all_tables(result: Aggregate) -> list[Table]:
 def to_markdown(table: Table) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-    rows = [[f"**{c}**" if j in bold and c else c for j, c in enumerate(row)] for row, bold in zip(table.rows, table.bold)]
+    rows = [[f"**{c}**" if j in bold and c else c for j, c in enumerate(row)]
+            for row, bold in zip(table.rows, table.bold)]
     lines = [f"### {table.title}", "", line(table.header), line(["---"] * len(table.header)), *map(line, rows)]
     if not table.rows:
         lines.append(line(["(none)"] + [""] * (len(table.header) - 1)))
@@ -226,7 +227,7 @@ def write_csvs(result: Aggregate, out: Path) -> list[Path]:
     for c in result.cells:
         scores.update({run_id: score for run_id, score in zip(c.run_ids, c.scores)})
     cell_of = {r.run_id: result.cell(*r.cell) for r in result.runs}
-    excluded = dict((r.run_id, reason) for r, reason in result.excluded)
+    excluded = {r.run_id: reason for r, reason in result.excluded}
     cost: dict[tuple, list[float]] = {}
     for r in result.runs:
         spent = cost.setdefault(r.cell, [0.0, 0.0])
@@ -365,7 +366,8 @@ def plot_aggregate_intervals(result: Aggregate, path: Path) -> Path:
 # --- report and terminal -----------------------------------------------------------------------------------
 
 _STYLE = """body{font-family:sans-serif;margin:2em;color:#222;max-width:1400px}
-table{border-collapse:collapse;margin:0.5em 0;font-size:14px}th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:0.5em 0;font-size:14px}
+th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eef}td:first-child,th:first-child{text-align:left}tr.rule td{border-top:2px solid #444}
 .note{font-size:12px;color:#555;margin:2px 0}.protocol{background:#ffd;padding:6px;border:1px solid #cc9}
 img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""

@@ -38,11 +38,13 @@ class SyntheticStore:
         self.experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
         self.clock = 1_700_000_000_000
 
-    def sweep(self, name: str, digest: str, seeds: list[int]) -> tuple[str, str]:
+    def sweep(self, name: str, digest: str, seeds: list[int], superseded: bool = False) -> tuple[str, str]:
         sweep_id = f"{name}-{digest}"
         self.clock += 1000
-        run = self.client.create_run(self.experiment_id, run_name=sweep_id, start_time=self.clock,
-                                     tags={"role": "sweep", "sweep_id": sweep_id, "sweep_name": name})
+        tags = {"role": "sweep", "sweep_id": sweep_id, "sweep_name": name}
+        if superseded:
+            tags["superseded"] = "true"
+        run = self.client.create_run(self.experiment_id, run_name=sweep_id, start_time=self.clock, tags=tags)
         self.client.log_param(run.info.run_id, "seeds", str(seeds))
         return sweep_id, run.info.run_id
 
@@ -60,9 +62,11 @@ class SyntheticStore:
         metrics = [Metric(f"eval/{label}/normalized_mean", value, self.clock, step)
                    for label, curve in curves.items() for step, value in curve]
         # A misleading per-step maximum over targets: the aggregator must score from the per-target histories.
-        metrics += [Metric("eval/best_normalized_mean", 999.0, self.clock, step) for step, _ in next(iter(curves.values()), [])]
+        metrics += [Metric("eval/best_normalized_mean", 999.0, self.clock, step)
+                    for step, _ in next(iter(curves.values()), [])]
         if status != "RUNNING":  # cost is logged when a trial ends
-            metrics += [Metric("cost/wall_seconds", 3600.0, self.clock, 0), Metric("cost/gpu_hours", 0.5, self.clock, 0)]
+            metrics += [Metric("cost/wall_seconds", 3600.0, self.clock, 0),
+                        Metric("cost/gpu_hours", 0.5, self.clock, 0)]
         self.client.log_batch(run_id, metrics=metrics)
         if status != "RUNNING":
             self.client.set_terminated(run_id, status=status)
@@ -101,7 +105,8 @@ def store(tmp_path_factory) -> SyntheticStore:
     # "aggregates": two locomotion tasks × two ratios, plus one reacher2d cell; constant curves, score = value.
     sweep = store.sweep("aggregates", "bbbbbbbbbb", [0, 1])
     lamo = {("hopper-medium", 0.1): (10, 20), ("hopper-medium", 1.0): (30, 40),
-            ("walker2d-medium", 0.1): (50, 60), ("walker2d-medium", 1.0): (70, 200), ("reacher2d-medium", 1.0): (40, 60)}
+            ("walker2d-medium", 0.1): (50, 60), ("walker2d-medium", 1.0): (70, 200),
+            ("reacher2d-medium", 1.0): (40, 60)}
     for (task, ratio), scores in lamo.items():
         for seed, score in enumerate(scores):
             store.trial(sweep, "lamo", task, ratio, seed, {"target_3600": flat(score), "target_1800": flat(score - 1)})
@@ -122,6 +127,10 @@ def store(tmp_path_factory) -> SyntheticStore:
     # The same name twice: the name means the most recent one.
     store.trial(store.sweep("renamed", "eeeeeeeeee", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(1)})
     store.trial(store.sweep("renamed", "ffffffffff", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(2)})
+    # --restart marks earlier parents superseded; this one is even made the newer, so that only the tag decides.
+    store.trial(store.sweep("restarted", "9999999999", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(2)})
+    store.trial(store.sweep("restarted", "9999999999", [0], superseded=True), "bc", "hopper-medium", 1.0, 0,
+                {"policy": flat(1)})
     return store
 
 
@@ -272,12 +281,21 @@ def test_unknown_sweep_lists_the_sweeps_found(store, tmp_path, capsys):
     assert main(["--sweep", "nope", "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: unknown sweep 'nope'")
-    assert "protocols (protocols-aaaaaaaaaa" in error and "aggregates (aggregates-bbbbbbbbbb" in error
+    assert "protocols (protocols-aaaaaaaaaa, RUNNING)" in error and "aggregates (aggregates-bbbbbbbbbb" in error
+    assert "restarted (restarted-9999999999, RUNNING, superseded)" in error
 
 
 def test_sweep_name_means_the_most_recent_and_id_selects_one(store, tmp_path):
     assert run(store, "renamed", tmp_path / "a", log_artifacts=False)[0].sweep_id == "renamed-ffffffffff"
     assert run(store, "renamed-eeeeeeeeee", tmp_path / "b", log_artifacts=False)[0].cells[0].mean == 1.0
+
+
+def test_a_restarted_sweep_reads_its_current_parent_only(store, tmp_path):
+    result, _ = run(store, "restarted-9999999999", tmp_path / "a", log_artifacts=False)
+    assert [c.mean for c in result.cells] == [2.0] and len(result.runs) == 1
+    superseded = [p for p in store.client.search_runs([store.experiment_id], "tags.superseded = 'true'")]
+    result, _ = run(store, superseded[0].info.run_id, tmp_path / "b", log_artifacts=False)  # on purpose, by run id
+    assert [c.mean for c in result.cells] == [1.0]
 
 
 def test_no_finished_run_is_an_error(store, tmp_path):
@@ -304,7 +322,8 @@ def test_unknown_experiment_or_store(store, tmp_path, capsys):
 def test_runs_as_a_script(store, tmp_path):
     done = subprocess.run([sys.executable, "orchestrator/aggregate.py", "--sweep", "protocols", "--tracking-uri",
                            store.uri, "--out", str(tmp_path), "--no-log", "--resamples", "100"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": "200"})
+                          cwd=REPO, check=False, capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert "50.0 ± 7.1 (target 76)" in done.stdout and (tmp_path / "report.html").is_file()
 
@@ -318,7 +337,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                            "--no-first-run", "--disable-background-networking", "--disable-component-update",
                            "--disable-sync", f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
 
 
 def test_html_report_renders_in_headless_chromium(aggregates, tmp_path):
