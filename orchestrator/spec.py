@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainers.loop import TrialConfig
-from trainers.registry import ALGORITHMS, ConfigError, make_config
+from trainers.registry import ALGORITHMS, ConfigError, config_fields, make_config
 from trainers.tasks import TASKS, get_task
 
 
@@ -103,7 +103,24 @@ class SearchSpec(Strict):
             if len(distribution) != 1 or kinds:
                 raise ValueError(f"space.{name}: expected exactly one of uniform, loguniform, int, choice, "
                                  f"got {sorted(distribution)}")
+            (kind, values), = distribution.items()
+            if kind == "choice":
+                if not values:
+                    raise ValueError(f"space.{name}.choice: expected a non-empty list of values")
+                continue
+            if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
+                raise ValueError(f"space.{name}.{kind}: expected [low, high] numbers with low < high, got {values}")
+            if kind == "loguniform" and values[0] <= 0:
+                raise ValueError(f"space.{name}.loguniform: expected low > 0, got {values[0]}")
         return self
+
+    def tune_space(self) -> dict[str, Any]:
+        """The space as Ray Tune domains (int bounds are inclusive)."""
+        from ray import tune
+
+        make = {"uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+                "int": lambda v: tune.randint(int(v[0]), int(v[1]) + 1), "choice": tune.choice}
+        return {name: make[kind](values) for name, d in self.space.items() for kind, values in d.items()}
 
 
 class TrackingSpec(Strict):
@@ -149,8 +166,10 @@ class SweepSpec(Strict):
 
     @property
     def fingerprint(self) -> str:
-        """Stable across machines: the same spec always names the same sweep (and resumes it)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Stable across machines: the same spec always names the same sweep (and resumes it). Where results go
+        and how fast they come (tracking, storage, concurrency) are not part of what the sweep computes."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"tracking", "storage", "concurrency"}),
+                               sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
     @property
@@ -163,13 +182,17 @@ def _location(loc: tuple) -> str:
 
 
 def _hyperparameter_errors(spec: SweepSpec) -> list[str]:
-    """Overrides checked against each algorithm's config now, not when a trial starts."""
+    """Overrides and search-space names checked against each algorithm's config now, not when a trial starts."""
     errors = []
     for i, algorithm in enumerate(spec.algorithms):
         try:
             make_config(algorithm.name, algorithm.overrides)
         except ConfigError as error:
             errors.append(f"algorithms[{i}].overrides: {error}")
+        unknown = sorted(set(spec.search.space) - set(config_fields(algorithm.name)))
+        if spec.search.kind == "optuna" and unknown:
+            errors.append(f"search.space: {', '.join(unknown)} is not a hyperparameter of {algorithm.name} "
+                          f"(algorithms[{i}])")
     return errors
 
 

@@ -2,7 +2,8 @@
 
 Run layout (the aggregator reads exactly this):
 - experiment: the spec's `tracking.experiment`;
-- parent run: name = sweep id, tags `role=sweep`, `sweep_id`, `sweep_name`; params = the spec's grid; the spec
+- parent run: name = sweep id, tags `role=sweep`, `sweep_id`, `sweep_name` (and `superseded=true` once a
+  `--restart` replaced it: the aggregator takes the newest parent that is not superseded); params = the spec's grid; the spec
   file as an artifact; `best/<cell>` metrics and `best/<cell>/config` tags from a search;
 - child run: name = trial id, tags `mlflow.parentRunId` (nesting in the UI), `role=trial`, `sweep_id`,
   `trial_id`, `algorithm`, `task`, `domain`, `ratio`, `seed`, `trajectory_ids` (compact ranges, e.g. "0-3,7");
@@ -11,7 +12,7 @@ Run layout (the aggregator reads exactly this):
   (model/ adapter and weights, config.json, evaluations.json, eval_episodes.csv, trajectory_ids.json);
   status FINISHED, FAILED, or RUNNING while it trains (or when its driver was killed).
 
-A resumed trial finds its run by (sweep_id, trial_id) and continues it; metrics it re-reports for steps
+A resumed trial finds its run by (parent run, trial_id) and continues it; metrics it re-reports for steps
 already logged before a crash are skipped, so a run never holds two values for one step.
 """
 
@@ -74,9 +75,11 @@ def experiment_id(mlflow_client, name: str) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    from mlflow.exceptions import MlflowException
+
     try:
         return mlflow_client.create_experiment(name)
-    except Exception:  # created meanwhile by another driver
+    except MlflowException:  # created meanwhile by another driver
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
@@ -99,6 +102,15 @@ def compact_ranges(ids: list[int]) -> str:
             start = i
         previous = i
     return ",".join(parts)
+
+
+def _trajectory_tag(ids: list[int], limit: int = 8000) -> str:
+    """The ids as ranges; when that is longer than MLflow's tag limit, its start and where the full list is."""
+    ranges = compact_ranges(ids)
+    if len(ranges) <= limit:
+        return ranges
+    note = f"... ({len(ids)} ids in all: see the artifact {TRAJECTORY_IDS_FILE})"
+    return ranges[:limit - len(note)].rsplit(",", 1)[0] + note
 
 
 def _flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
@@ -129,9 +141,10 @@ class SweepTracker:
 
     def start_sweep(self, sweep_name: str, params: dict[str, Any], spec_file: Path | None = None) -> str:
         """The parent run of this sweep: found again on resume, created (with params and the spec) otherwise."""
-        existing = find_runs(self.client, self.experiment_id, role=PARENT_ROLE, sweep_id=self.sweep_id)
+        existing = [run for run in find_runs(self.client, self.experiment_id, role=PARENT_ROLE,
+                                             sweep_id=self.sweep_id) if run.data.tags.get("superseded") != "true"]
         if existing:
-            run_id = existing[0].info.run_id
+            run_id = existing[-1].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_id,
@@ -141,17 +154,32 @@ class SweepTracker:
             self.client.log_artifact(run.info.run_id, str(spec_file))
         return run.info.run_id
 
+    def supersede(self) -> int:
+        """--restart: the sweep's earlier parent runs stay (nothing recorded is lost) but are marked superseded and
+        KILLED, so a fresh parent run and fresh child runs are made. Returns how many were marked."""
+        runs = [run for run in find_runs(self.client, self.experiment_id, role=PARENT_ROLE, sweep_id=self.sweep_id)
+                if run.data.tags.get("superseded") != "true"]
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "superseded", "true")
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(runs)
+
     def finish_sweep(self, parent_run_id: str, failed: bool) -> None:
         self.client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
 
-    def trial_run(self, parent_run_id: str, trial_id: str, trial: TrialConfig, resolved_config: dict) -> str:
-        """The trial's child run, continued when it exists (resume, retry), created with its params otherwise."""
-        existing = find_runs(self.client, self.experiment_id, role=TRIAL_ROLE, sweep_id=self.sweep_id,
-                             trial_id=trial_id)
+    def trial_run(self, parent_run_id: str, trial_id: str, trial: TrialConfig,
+                  resolved_config: dict) -> tuple[str, dict[str, float] | None]:
+        """The trial's child run and, when that run already FINISHED, its latest metrics (nothing to train).
+        An existing unfinished run is continued (resume, retry); otherwise one is created with its params."""
+        existing = find_runs(self.client, self.experiment_id, role=TRIAL_ROLE, trial_id=trial_id,
+                             **{"mlflow.parentRunId": parent_run_id})
         if existing:
-            run_id = existing[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
+            run = existing[0]
+            if run.info.status == "FINISHED":
+                return run.info.run_id, dict(run.data.metrics)
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id, None
         task = get_task(trial.task)
         run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
             "mlflow.parentRunId": parent_run_id, "role": TRIAL_ROLE, "sweep_id": self.sweep_id,
@@ -160,7 +188,7 @@ class SweepTracker:
         trial_fields = {k: v for k, v in asdict(trial).items() if k not in ("hyperparameters", "output_dir")}
         _log_params(self.client, run.info.run_id, _flat_params("trial.", trial_fields)
                     | _flat_params("config.", resolved_config))
-        return run.info.run_id
+        return run.info.run_id, None
 
     def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float) -> None:
         """Close the child run; cost metrics accumulate over resumed attempts."""
@@ -218,7 +246,7 @@ class MlflowReport:
         for path in map(Path, files):
             if path.name == TRAJECTORY_IDS_FILE:
                 ids = json.loads(path.read_text())
-                tags.append(RunTag("trajectory_ids", compact_ranges(ids)[:8000]))
+                tags.append(RunTag("trajectory_ids", _trajectory_tag(ids)))
         if fresh or tags:
             mlflow_client.log_batch(self.run_id, metrics=fresh, tags=tags)
         for metric in fresh:

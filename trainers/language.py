@@ -350,12 +350,9 @@ class LanguageBatches:
 
 # ------------------------------------------------------------ pre-trained GPT-2
 
-def load_pretrained_gpt2(name_or_path: str | Path, random_init: bool = False, dropout: float | None = None, *,
-                         lm_head: bool = False, **config_overrides: Any) -> GPT2Model | GPT2LMHeadModel:
-    """GPT-2 from a local directory or a hub id ('gpt2': needs network or the local HF cache); GPT2Model, or
-    GPT2LMHeadModel with lm_head=True. random_init: its architecture with fresh weights (torch's RNG);
-    dropout sets all three pdrop; config_overrides go to the config as from_pretrained's kwargs do."""
-    cls = GPT2LMHeadModel if lm_head else GPT2Model
+def pretrained_gpt2_config(name_or_path: str | Path) -> dict:
+    """The config.json of a GPT-2 given as a local directory or a hub id; a clear error when it is missing, is
+    not a model directory, or is not a GPT-2 (used to check a sweep's backbones before anything starts)."""
     name, path = str(name_or_path), _local_path(name_or_path)
     if path is None:
         config = _from_hub(lambda **kw: AutoConfig.from_pretrained(name, **kw), name).to_dict()
@@ -369,6 +366,17 @@ def load_pretrained_gpt2(name_or_path: str | Path, random_init: bool = False, dr
         config, where = json.loads((path / "config.json").read_text()), str(path)
     if config.get("model_type") != "gpt2":
         raise ValueError(f"{where} holds a model of type {config.get('model_type')!r} (config.json), not 'gpt2'")
+    return config
+
+
+def load_pretrained_gpt2(name_or_path: str | Path, random_init: bool = False, dropout: float | None = None, *,
+                         lm_head: bool = False, **config_overrides: Any) -> GPT2Model | GPT2LMHeadModel:
+    """GPT-2 from a local directory or a hub id ('gpt2': needs network or the local HF cache); GPT2Model, or
+    GPT2LMHeadModel with lm_head=True. random_init: its architecture with fresh weights (torch's RNG);
+    dropout sets all three pdrop; config_overrides go to the config as from_pretrained's kwargs do."""
+    cls = GPT2LMHeadModel if lm_head else GPT2Model
+    name, path = str(name_or_path), _local_path(name_or_path)
+    config = pretrained_gpt2_config(name_or_path)
     if config.get("activation_function", "gelu_new") == "gelu_new":  # never swap a genuinely different one
         config_overrides.setdefault("activation_function", FAST_GELU)
     if dropout is not None:

@@ -36,21 +36,29 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def run_trial(trial: TrialConfig, num_workers: int = 1, use_gpu: bool = False, storage_path: str | None = None,
-              max_failures: int = 0, report=None):
-    """Fit one TorchTrainer for the trial (starting Ray locally if it is not running) and return its Result."""
+              max_failures: int = 0, report=None, *, cpus_per_worker: float = 1.0, gpus_per_worker: float | None = None,
+              run_name: str | None = None, callbacks: list | None = None):
+    """Fit one TorchTrainer for the trial (starting Ray locally if it is not running) and return its Result.
+
+    A second call with the same run name and storage path resumes the run from its latest checkpoint (Train V2
+    restores a run it finds there), which is how a resumed sweep continues its trials."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
         ray.init(configure_logging=False)
-    storage = Path(storage_path or Path(trial.output_dir) / "ray").resolve()
+    storage = storage_path if storage_path and "://" in storage_path else \
+        str(Path(storage_path or Path(trial.output_dir) / "ray").resolve())  # a URI (s3://, gs://) stays as given
+    gpus = (1.0 if use_gpu else 0.0) if gpus_per_worker is None else gpus_per_worker
+    per_worker = {"CPU": cpus_per_worker} | ({"GPU": gpus} if gpus > 0 else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"trial": asdict(trial), "report": report},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=f"{trial.algorithm}-{trial.task}-{trial.ratio:g}-{trial.seed}",
-                             storage_path=str(storage), failure_config=FailureConfig(max_failures=max_failures)),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
+        run_config=RunConfig(name=run_name or f"{trial.algorithm}-{trial.task}-{trial.ratio:g}-{trial.seed}",
+                             storage_path=storage, failure_config=FailureConfig(max_failures=max_failures),
+                             callbacks=callbacks),
     )
     return trainer.fit()
 

@@ -1,0 +1,65 @@
+"""Running `python orchestrator/sweep.py` as users do (a subprocess with its own local Ray) and reading the sweep's
+MLflow store back; every process a sweep leaves behind is stopped by its process id."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "orchestrator" / "sweep.py"
+
+
+def write_spec(directory: Path, spec: dict, name: str = "sweep.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def tiny_spec(tmp_path: Path, dataset: Path, **fields) -> dict:
+    """A sweep of two quick bc trials on generated reacher2d data, storing everything under tmp_path."""
+    return {"name": "tiny", "algorithms": [{"name": "bc", "overrides": {"hidden_dims": [32, 32]}}],
+            "tasks": [{"name": "reacher2d-medium", "dataset": str(dataset)}], "ratios": [1.0], "seeds": [0, 1],
+            "training": {"steps": 200, "eval_every": 100, "eval_episodes": 4},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, "storage": str(tmp_path / "ray_results")} | fields
+
+
+def stop_process_tree(processes: list[psutil.Process]) -> None:
+    """SIGKILL what is still alive of the given processes (Ray's agents outlive a killed driver)."""
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
+
+
+def run_sweep(spec_path: Path, *args: str, timeout: float = 600, cwd: Path | None = None,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    process = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(spec_path), *args], cwd=cwd or REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **(env or {})})
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        driver = psutil.Process(process.pid)
+        stop_process_tree([driver, *driver.children(recursive=True)])
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+def mlflow_runs(uri: str, experiment: str = "lamo-sweeps") -> tuple[list, list]:
+    """(parent runs, child runs) of the experiment, all statuses."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=1000) if found else []
+    return ([r for r in runs if r.data.tags.get("role") == "sweep"],
+            [r for r in runs if r.data.tags.get("role") == "trial"])

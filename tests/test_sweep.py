@@ -1,0 +1,206 @@
+"""The sweep driver end to end: `python orchestrator/sweep.py` with its own local Ray, real Train trials on
+generated reacher2d data, a real sqlite MLflow store; resume after SIGKILL; an optuna search; bad input refused
+before anything is written."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.sweep import main
+from orchestrator.tracking import compact_ranges
+from tests.sweep_helpers import SWEEP, mlflow_runs, run_sweep, stop_process_tree, tiny_spec, write_spec
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    from trainers.language import pretrain_tiny_gpt2
+
+    return pretrain_tiny_gpt2(tmp_path_factory.mktemp("lm"), steps=20, n_layer=1, n_embd=32, n_head=2, seq_len=64,
+                              batch=4, progress=False)
+
+
+def nothing_written(tmp_path: Path) -> bool:
+    return not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+# ------------------------------------------------------------------------------------------------ refused early
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, reacher_medium_path, capsys):
+    spec = write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, ratios=[0.1, 1.0]))
+    assert main(["--spec", str(spec), "--dry-run", "--cpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials" in out and "resources: 8 concurrent trials" in out and "compute: 800 gradient steps" in out
+    assert nothing_written(tmp_path)
+
+
+def test_dry_run_of_the_paper_grid_works_without_its_files(capsys):
+    assert main(["--spec", "sweeps/lamo_paper.yaml", "--dry-run", "--cpus", "64", "--gpus", "8"]) == 0
+    assert "684 trials" in capsys.readouterr().out
+
+
+def test_missing_dataset_and_model_are_all_named_before_anything_starts(tmp_path, capsys):
+    spec = tiny_spec(tmp_path, tmp_path / "nowhere.hdf5")
+    spec["algorithms"].append({"name": "lamo", "overrides": {"backbone": str(tmp_path / "no-such-model")}})
+    assert main(["--spec", str(write_spec(tmp_path, spec))]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.hdf5" in err and "python -m trainers.make_dataset --task reacher2d-medium" in err
+    assert "no-such-model" in err and "does not exist" in err
+    assert nothing_written(tmp_path)
+
+
+def test_unreachable_tracking_server_is_named_at_start(tmp_path, reacher_medium_path, capsys):
+    uri = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    spec = write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, tracking={"uri": uri}))
+    assert main(["--spec", str(spec)]) == 2
+    assert f"tracking URI {uri} is not reachable" in capsys.readouterr().err
+    assert nothing_written(tmp_path)
+
+
+def test_a_trial_larger_than_the_machine_is_refused_before_ray_starts(tmp_path, reacher_medium_path, capsys):
+    spec = write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, resources={"num_workers": 4096}))
+    assert main(["--spec", str(spec)]) == 2
+    assert "one trial needs 4096 CPUs" in capsys.readouterr().err
+    assert nothing_written(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ real sweeps
+
+def test_sweep_runs_trials_as_nested_mlflow_runs_with_their_artifacts(tmp_path, reacher_medium_path, tiny_gpt2):
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], ratios=[0.5])
+    spec["algorithms"].append({"name": "lamo", "overrides": {
+        "backbone": str(tiny_gpt2), "lm_corpus": "builtin", "lm_seq_len": 64, "lm_sequences": 2}})
+    result = run_sweep(write_spec(tmp_path, spec))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 trials finished, 0 failed" in result.stdout
+
+    uri = spec["tracking"]["uri"]
+    (parent,), children = mlflow_runs(uri)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_name"] == "tiny"
+    assert sorted(c.data.tags["trial_id"] for c in children) == ["bc.reacher2d-medium.r0.5.s0",
+                                                                 "lamo.reacher2d-medium.r0.5.s0"]
+    client = MlflowClient(uri)
+    for child in children:
+        tags = child.data.tags
+        assert child.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id and tags["sweep_id"] == parent.data.tags["sweep_id"]
+        assert (tags["task"], tags["ratio"], tags["seed"], tags["domain"]) == ("reacher2d-medium", "0.5", "0",
+                                                                               "reacher2d")
+        assert child.data.params["config.num_steps"] == "200"
+        label = "policy" if tags["algorithm"] == "bc" else "target_40"
+        history = client.get_metric_history(child.info.run_id, f"eval/{label}/normalized_mean")
+        assert sorted(m.step for m in history) == [100, 200]
+        directory = Path(client.download_artifacts(child.info.run_id, "", str(tmp_path / tags["trial_id"])))
+        ids = json.loads((directory / "trajectory_ids.json").read_text())
+        assert len(ids) == child.data.metrics["dataset/trajectories"] and tags["trajectory_ids"] == compact_ranges(ids)
+        assert json.loads((directory / "config.json").read_text())["trial"]["algorithm"] == tags["algorithm"]
+        assert (directory / "eval_episodes.csv").read_text().count("\n") == 1 + 4 * (1 if label == "policy" else 2)
+        assert child.data.metrics["cost/wall_seconds"] > 0
+    lamo = next(c for c in children if c.data.tags["algorithm"] == "lamo")
+    adapter = Path(client.download_artifacts(lamo.info.run_id, "model/adapter", str(tmp_path / "adapter")))
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+
+
+def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_path, reacher_medium_path):
+    """A short trial finishes, a long one has checkpoints, the driver is SIGKILLed; the same command again
+    completes the sweep: the finished trial is not trained again, the long one continues from its checkpoint."""
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], algorithms=[
+        {"name": "bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 100, "eval_every": 100},
+        {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 6000, "eval_every": 500}])
+    path, uri = write_spec(tmp_path, spec), spec["tracking"]["uri"]
+    driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    tree = [psutil.Process(driver.pid)]
+    try:
+        for line in driver.stdout:
+            if line.startswith("done bc."):
+                break
+        deadline = time.time() + 300
+        checkpoints = str(tmp_path / "ray_results" / "tiny-*" / "train" / "td3_bc.*" / "checkpoint_*")
+        while not glob.glob(checkpoints) and time.time() < deadline:
+            time.sleep(0.5)
+        assert glob.glob(checkpoints), "the long trial never checkpointed"
+        tree += psutil.Process(driver.pid).children(recursive=True)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        stop_process_tree(tree)  # Ray's agents outlive their driver
+
+    _, before = mlflow_runs(uri)
+    finished = {c.data.tags["trial_id"]: c.data.metrics["cost/wall_seconds"] for c in before
+                if c.info.status == "FINISHED"}
+    assert list(finished) == ["bc.reacher2d-medium.r1.s0"]
+
+    result = run_sweep(path, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "resuming the sweep" in result.stdout
+    parents, children = mlflow_runs(uri)
+    assert len(parents) == 1 and len(children) == 2  # no duplicate runs
+    by_id = {c.data.tags["trial_id"]: c for c in children}
+    bc, td3 = by_id["bc.reacher2d-medium.r1.s0"], by_id["td3_bc.reacher2d-medium.r1.s0"]
+    assert bc.data.metrics["cost/wall_seconds"] == finished[bc.data.tags["trial_id"]]  # not trained again
+    assert td3.info.status == "FINISHED" and td3.data.metrics["resumed_from_step"] >= 500
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(td3.info.run_id, "eval/policy/normalized_mean")]
+    assert steps == sorted(set(steps)) and steps[-1] == 6000  # every evaluation once, none lost
+
+
+def test_optuna_search_in_one_cell_records_the_best_on_the_parent(tmp_path, reacher_medium_path):
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], search={
+        "kind": "optuna", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "samples": 3})
+    result = run_sweep(write_spec(tmp_path, spec))
+    assert result.returncode == 0, result.stdout[-3000:]
+    (parent,), children = mlflow_runs(spec["tracking"]["uri"])
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    learning_rates = {float(c.data.params["config.lr"]) for c in children}
+    assert len(learning_rates) == 3 and all(1e-4 <= lr <= 1e-2 for lr in learning_rates)
+    finals = {float(c.data.params["config.lr"]): c.data.metrics["eval/best_normalized_mean"] for c in children}
+    cell = "bc.reacher2d-medium.r1"
+    best_lr = json.loads(parent.data.tags[f"best/{cell}/config"])["lr"]
+    assert parent.data.metrics[f"best/{cell}"] == max(finals.values()) == finals[best_lr]
+
+
+def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_medium_path):
+    """The same command as a Ray job on a `ray start --head` cluster on 127.0.0.1, stopped by process id."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    gcs_port, dashboard_port = ports
+    temp_dir = Path(f"/tmp/ray-sweep-test-{os.getpid()}")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    bin_dir = Path(sys.executable).parent
+    start = subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={gcs_port}",
+                            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                            f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--resources",
+                            '{"trial_slot": 2}', f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    started = [p for p in psutil.process_iter(["cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])]
+    try:
+        assert start.returncode == 0, start.stderr[-2000:]
+        spec = write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, seeds=[0]))
+        job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address",
+                              f"http://127.0.0.1:{dashboard_port}", "--working-dir", ".", "--", "python",
+                              "orchestrator/sweep.py", "--spec", str(spec)],
+                             capture_output=True, text=True, env=env, timeout=600, cwd=Path(SWEEP).parents[1])
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "joined Ray at" in job.stdout and "1 trials finished, 0 failed" in job.stdout
+        (parent,), (child,) = mlflow_runs(spec_uri := tiny_spec(tmp_path, reacher_medium_path)["tracking"]["uri"])
+        assert child.info.status == "FINISHED" and spec_uri.endswith("mlflow.db")
+    finally:
+        started += [p for p in psutil.process_iter(["cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])]
+        stop_process_tree(list({p.pid: p for p in started}.values()))
