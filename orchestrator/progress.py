@@ -20,8 +20,9 @@ def _cell(trial) -> str:
 
 
 class SweepProgress(Callback):
-    def __init__(self, metric: str, mode: str = "max", interval_s: float = 30.0, console: Console | None = None):
-        self.metric, self.mode, self.interval_s = metric, mode, interval_s
+    def __init__(self, metric: str, mode: str = "max", slots: int = 1, interval_s: float = 30.0,
+                 console: Console | None = None):
+        self.metric, self.mode, self.slots, self.interval_s = metric, mode, max(1, slots), interval_s
         self.total = 0  # trials in the current Tuner (Tune creates them lazily, so `trials` can be shorter)
         self.console = console or Console(highlight=False, soft_wrap=True)
         self._reset()
@@ -33,7 +34,8 @@ class SweepProgress(Callback):
         self.trial_started: dict[str, float] = {}
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; the console does not travel
-        return {"metric": self.metric, "mode": self.mode, "interval_s": self.interval_s, "total": self.total}
+        return {"metric": self.metric, "mode": self.mode, "slots": self.slots, "interval_s": self.interval_s,
+                "total": self.total}
 
     def __setstate__(self, state: dict) -> None:
         total = state.pop("total")
@@ -66,7 +68,7 @@ class SweepProgress(Callback):
                f"elapsed {_duration(elapsed)}"
         if self.trial_seconds and (running or pending):
             mean = sum(self.trial_seconds) / len(self.trial_seconds)
-            line += f", ~{_duration(mean * (pending + running / 2) / max(running, 1))} left"
+            line += f", ~{_duration(mean * (pending + running / 2) / self.slots)} left"
         return line
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:

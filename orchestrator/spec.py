@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -124,7 +125,9 @@ class SearchSpec(Strict):
 
 
 class TrackingSpec(Strict):
-    uri: str = "sqlite:///mlflow.db"  # any MLflow tracking URI; a relative sqlite path is the working directory's
+    # Any MLflow tracking URI; a relative sqlite path is the working directory's. Unset: $MLFLOW_TRACKING_URI (set
+    # on every node of the cluster configs), else sqlite:///mlflow.db.
+    uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
     experiment: str = "lamo-sweeps"
 
 
@@ -144,7 +147,9 @@ class SweepSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    storage: str = "ray_results"  # Ray results directory (made absolute) or a URI such as s3://bucket/path
+    # Ray results: a directory (made absolute) or a URI such as s3://bucket/path (query options kept, e.g.
+    # ?endpoint_override=minio:9000&scheme=http). Unset: $LAMO_SWEEPS_STORAGE, else ray_results.
+    storage: str = Field(default_factory=lambda: os.environ.get("LAMO_SWEEPS_STORAGE") or "ray_results")
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
 
     @field_validator("algorithms", "tasks", mode="before")

@@ -30,6 +30,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, replace
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 
@@ -53,9 +54,16 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
-def sweep_root(spec: SweepSpec) -> str:
-    storage = spec.storage if is_uri(spec.storage) else str(Path(spec.storage).resolve())
-    return f"{storage.rstrip('/')}/{spec.sweep_id}"
+def storage_join(base: str, *parts: str) -> str:
+    """base/part/...: for a URI the parts go into its path, before any query (s3://b/p?endpoint_override=...)."""
+    if not is_uri(base):
+        return str(Path(base).resolve().joinpath(*parts))
+    url = urlsplit(base)
+    return urlunsplit(url._replace(path="/".join([url.path.rstrip("/"), *parts])))
+
+
+def sweep_root(spec: SweepSpec, *parts: str) -> str:
+    return storage_join(spec.storage, spec.sweep_id, *parts)
 
 
 def outputs_root(spec: SweepSpec) -> str:
@@ -63,7 +71,7 @@ def outputs_root(spec: SweepSpec) -> str:
     else in the node's temporary directory."""
     if is_uri(spec.storage):
         return str(Path(tempfile.gettempdir()) / "lamo-sweeps" / spec.sweep_id / "trials")
-    return f"{sweep_root(spec)}/trials"
+    return sweep_root(spec, "trials")
 
 
 # ------------------------------------------------------------------------------------------------ preflight
@@ -183,7 +191,7 @@ def run_grid(spec: SweepSpec, entries: list[dict], context: SweepContext, plan, 
             run_config=tune.RunConfig(name="tune", storage_path=root, callbacks=[progress], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=spec.concurrency.trial_retries)))
 
-    return [_make_tuner(f"{root}/tune", restart, build, console).fit()]
+    return [_make_tuner(sweep_root(spec, "tune"), restart, build, console).fit()]
 
 
 def run_search(spec: SweepSpec, entries: list[dict], context: SweepContext, plan, restart: bool, progress,
@@ -215,7 +223,7 @@ def run_search(spec: SweepSpec, entries: list[dict], context: SweepContext, plan
 
         console.print(f"search in cell {cell}: {search.samples} samples of {', '.join(search.space)}")
         progress.total = search.samples
-        grid = _make_tuner(f"{root}/search-{cell}", restart, build, console).fit()
+        grid = _make_tuner(sweep_root(spec, f"search-{cell}"), restart, build, console).fit()
         best = grid.get_best_result(metric=search.metric, mode=search.mode, filter_nan_and_inf=True)
         if best.metrics and search.metric in best.metrics:
             tracker.record_best(context.parent_run_id, cell, search.metric, best.metrics[search.metric],
@@ -238,6 +246,17 @@ def _supersede_storage(spec: SweepSpec, console: Console) -> None:
         console.print(f"--restart: previous results kept in {kept}")
 
 
+def report_results(uri: str, spec: SweepSpec, console: Console) -> None:
+    """The aggregated table (paper protocol) in the terminal; tables, plots and the HTML report in
+    reports/<sweep id>/paper and on the parent run. A sweep whose runs cannot be aggregated still succeeded."""
+    from orchestrator.aggregate import AggregationError, aggregate_sweep
+
+    try:
+        aggregate_sweep(uri, spec.tracking.experiment, spec.sweep_id, "paper", console=console)
+    except AggregationError as error:
+        console.print(f"aggregation skipped: {error}")
+
+
 def run_sweep(spec: SweepSpec, spec_file: Path, restart: bool = False, autoscaling: bool = False,
               console: Console | None = None) -> int:
     import ray
@@ -256,13 +275,13 @@ def run_sweep(spec: SweepSpec, spec_file: Path, restart: bool = False, autoscali
             _supersede_storage(spec, console)
             console.print(f"--restart: {tracker.supersede()} earlier parent run(s) marked superseded")
         parent = tracker.start_sweep(spec.name, spec.model_dump(mode="json", exclude={"tracking"}), spec_file)
-        context = SweepContext(uri, spec.tracking.experiment, spec.sweep_id, parent, f"{sweep_root(spec)}/train",
+        context = SweepContext(uri, spec.tracking.experiment, spec.sweep_id, parent, sweep_root(spec, "train"),
                                spec.resources.num_workers, spec.resources.cpus_per_worker,
                                spec.resources.gpus_per_worker, spec.concurrency.worker_retries)
         entries = [{"trial_id": Path(t.output_dir).name, "trial": asdict(t)} for t in trials]
         console.print(f"sweep {spec.sweep_id}: {len(trials)} trials, up to {plan.concurrent_trials} at once; "
                       f"MLflow {uri} (experiment {spec.tracking.experiment}, parent run {parent})")
-        progress = SweepProgress(spec.search.metric, spec.search.mode, console=console)
+        progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)
         if spec.search.kind == "optuna":
             grids = run_search(spec, entries, context, plan, restart, progress, tracker, console)
         else:
@@ -274,6 +293,8 @@ def run_sweep(spec: SweepSpec, spec_file: Path, restart: bool = False, autoscali
             console.print(f"  failed: {str(error).splitlines()[0][:300]}")
         failed = bool(errors)
         tracker.finish_sweep(parent, failed=failed)
+        if finished:
+            report_results(uri, spec, console)
     finally:
         if started_here:
             ray.shutdown()

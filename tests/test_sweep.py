@@ -7,6 +7,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,26 +183,36 @@ def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_mediu
             ports.append(s.getsockname()[1])
     gcs_port, dashboard_port = ports
     temp_dir = Path(f"/tmp/ray-sweep-test-{os.getpid()}")  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # Ray's token authentication
     bin_dir = Path(sys.executable).parent
     start = subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={gcs_port}",
                             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                             f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--resources",
                             '{"trial_slot": 2}', f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                            capture_output=True, text=True, env=env, timeout=120)
-    started = [p for p in psutil.process_iter(["cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])]
+
+    def cluster_processes() -> list[psutil.Process]:
+        """The head's processes (named by the temp dir) and their children (agents rename themselves)."""
+        roots = [p for p in psutil.process_iter(["cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])]
+        return roots + [child for root in roots for child in root.children(recursive=True)]
+
+    started = cluster_processes()
     try:
         assert start.returncode == 0, start.stderr[-2000:]
         spec = write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, seeds=[0]))
-        job = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address",
-                              f"http://127.0.0.1:{dashboard_port}", "--working-dir", ".", "--", "python",
-                              "orchestrator/sweep.py", "--spec", str(spec)],
-                             capture_output=True, text=True, env=env, timeout=600, cwd=Path(SWEEP).parents[1])
+        submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}",
+                  "--working-dir", ".", "--", "python", "orchestrator/sweep.py", "--spec", str(spec)]
+        for _ in range(30):  # the head's job agent needs a few seconds after `ray start` returns
+            job = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=600, cwd=SWEEP.parents[1])
+            if "No available agent to submit job" not in job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "joined Ray at" in job.stdout and "1 trials finished, 0 failed" in job.stdout
         (parent,), (child,) = mlflow_runs(spec_uri := tiny_spec(tmp_path, reacher_medium_path)["tracking"]["uri"])
         assert child.info.status == "FINISHED" and spec_uri.endswith("mlflow.db")
     finally:
-        started += [p for p in psutil.process_iter(["cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])]
+        started += cluster_processes()
         stop_process_tree(list({p.pid: p for p in started}.values()))
+        shutil.rmtree(temp_dir, ignore_errors=True)
