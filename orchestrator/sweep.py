@@ -161,8 +161,6 @@ def connect_ray(spec: SweepSpec, autoscaling: bool, console: Console):
     return plan, False
 
 
-
-
 def _make_tuner(path: str, restart: bool, build, console: Console):
     """Restore the Tune experiment at `path` when it exists (resuming errored and unfinished trials), else
     build a new one."""
@@ -238,8 +236,6 @@ def run_search(spec: SweepSpec, entries: list[dict], context: SweepContext, plan
 
 def _supersede_storage(spec: SweepSpec, console: Console) -> None:
     root = Path(sweep_root(spec))
-    if is_uri(spec.storage):
-        raise SweepInputError(f"--restart with storage {spec.storage}: remove {root} yourself, then run again")
     if root.exists():
         kept = root.with_name(f"{root.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
         root.rename(kept)
@@ -264,6 +260,9 @@ def run_sweep(spec: SweepSpec, spec_file: Path, restart: bool = False, autoscali
     from orchestrator.progress import SweepProgress
 
     console = console or Console(highlight=False, soft_wrap=True)
+    if restart and is_uri(spec.storage):
+        raise SweepInputError(f"--restart with storage {spec.storage}: remove {sweep_root(spec)} yourself (earlier "
+                              f"results are only moved aside on a local directory), then run without --restart")
     trials = prepare_trials(expand_trials(spec, outputs_root(spec)))
     uri = absolute_uri(spec.tracking.uri)
     check_tracking_uri(uri)
@@ -313,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=float, help="--dry-run: plan for this many CPUs (default: this machine's)")
     parser.add_argument("--gpus", type=float, help="--dry-run: plan for this many GPUs (default: this machine's)")
     args = parser.parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
+    # Logs (`ray job logs`, CI) are not terminals: give tables room instead of rich's 80 columns.
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
         spec = load_spec(args.spec)
         if args.dry_run:

@@ -46,11 +46,16 @@ def searched_trial(base: dict, sampled: dict[str, Any]) -> tuple[str, dict]:
     return trial_id, trial
 
 
+def resolve_entry(config: dict) -> tuple[str, dict]:
+    """(trial id, TrialConfig fields) of a Tune trial's config: the grid entry, or a search sample of it."""
+    if config.get("search"):
+        return searched_trial(config["entry"], config["search"])
+    return config["entry"]["trial_id"], config["entry"]["trial"]
+
+
 def trial_name(trial) -> str:
-    """The sweep's name for a Tune trial: its grid id, plus the hash of its sampled values in a search."""
-    if trial.config.get("search"):
-        return searched_trial(trial.config["entry"], trial.config["search"])[0]
-    return trial.config["entry"]["trial_id"]
+    """The sweep's name for a Tune trial (its directory and its line in the progress)."""
+    return resolve_entry(trial.config)[0]
 
 
 def trial_driver(config: dict) -> None:
@@ -61,15 +66,13 @@ def trial_driver(config: dict) -> None:
     from trainers.train import run_trial
 
     context = SweepContext(**config["sweep"])
-    trial_id, trial_dict = config["entry"]["trial_id"], config["entry"]["trial"]
-    if config.get("search"):
-        trial_id, trial_dict = searched_trial(config["entry"], config["search"])
-    trial = TrialConfig(**trial_dict)
+    trial_id, fields = resolve_entry(config)
+    trial = TrialConfig(**fields)
     tracker = SweepTracker(context.tracking_uri, context.experiment, context.sweep_id)
     resolved = asdict(make_config(trial.algorithm, trial.hyperparameters, get_task(trial.task)))
     run_id, finished_metrics = tracker.trial_run(context.parent_run_id, trial_id, trial, resolved)
     if finished_metrics is not None:  # trained and closed before the sweep was interrupted
-        tune.report(finished_metrics | {"trial_id": trial_id, "skipped": 1.0})
+        tune.report(finished_metrics | {"skipped": 1.0})
         return
 
     started = time.time()

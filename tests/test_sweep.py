@@ -216,3 +216,22 @@ def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_mediu
         started += cluster_processes()
         stop_process_tree(list({p.pid: p for p in started}.values()))
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_restart_starts_over_and_keeps_what_was_recorded(tmp_path, reacher_medium_path):
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], training={"steps": 100, "eval_every": 100,
+                                                                         "eval_episodes": 2})
+    path, uri = write_spec(tmp_path, spec), spec["tracking"]["uri"]
+    assert run_sweep(path).returncode == 0
+    again = run_sweep(path)  # finished: found again, nothing trained
+    assert again.returncode == 0 and "resuming the sweep" in again.stdout
+    assert len(mlflow_runs(uri)[1]) == 1
+
+    restarted = run_sweep(path, "--restart")
+    assert restarted.returncode == 0, restarted.stdout[-3000:]
+    parents, children = mlflow_runs(uri)
+    old = [p for p in parents if p.data.tags.get("superseded") == "true"]
+    new = [p for p in parents if p.data.tags.get("superseded") != "true"]
+    assert len(old) == 1 and len(new) == 1 and len(children) == 2  # the first attempt's run is still there
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {old[0].info.run_id, new[0].info.run_id}
+    assert len(glob.glob(str(tmp_path / "ray_results" / "tiny-*.superseded-*" / "train"))) == 1

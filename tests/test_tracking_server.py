@@ -26,15 +26,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from orchestrator.tracking import MlflowReport, SweepTracker, TrackingError, check_tracking_uri
-from trainers.loop import TrialConfig
-from trainers.registry import make_config
-from trainers.tasks import get_task
+from orchestrator.tracking import SweepTracker, TrackingError, check_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT = 180  # first start migrates an empty PostgreSQL schema
@@ -269,36 +266,28 @@ def test_server_refuses_a_host_header_outside_allowed_hosts(mlflow_postgres_serv
     assert http_status(f"{mlflow_postgres_server}/health", host="attacker.example:80") == 200  # probes still work
 
 
-def test_trial_logs_through_the_postgres_backed_server(mlflow_postgres_server, postgres_server, local_ray,
-                                                       reacher_medium_path, tmp_path):
+def test_sweep_logs_through_the_postgres_backed_server(mlflow_postgres_server, postgres_server, reacher_medium_path,
+                                                       tmp_path):
+    """`python orchestrator/sweep.py` with tracking.uri = the server: a real one-trial sweep over HTTP."""
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
 
-    from trainers.train import run_trial
+    from tests.sweep_helpers import run_sweep, tiny_spec, write_spec
 
     uri = mlflow_postgres_server
-    check_tracking_uri(uri)
-    tracker = SweepTracker(uri, "it-test", "tiny-0123456789")
-    parent = tracker.start_sweep("tiny", {"algorithms": ["bc"], "tasks": ["reacher2d-medium"]})
-    trial = TrialConfig(algorithm="bc", task="reacher2d-medium", ratio=0.5, seed=0,
-                        hyperparameters={"num_steps": 200, "eval_every": 100, "eval_episodes": 4,
-                                         "hidden_dims": [32, 32]},
-                        dataset_path=str(reacher_medium_path), output_dir=str(tmp_path / "trial"))
-    resolved = asdict(make_config(trial.algorithm, trial.hyperparameters, get_task(trial.task)))
-    opened = tracker.trial_run(parent, "bc-reacher2d-medium-0.5-s0", trial, resolved)
-    run_id = opened[0] if isinstance(opened, tuple) else opened  # (run id, finished metrics) in newer trackers
-
-    started = time.time()
-    result = run_trial(trial, storage_path=str(tmp_path / "ray"), report=MlflowReport(uri, run_id, trial.output_dir))
-    assert result.error is None, result.error
-    tracker.finish_trial(run_id, failed=False, wall_seconds=time.time() - started, gpus=0.0)
-    tracker.finish_sweep(parent, failed=False)
+    spec = tiny_spec(tmp_path, reacher_medium_path, ratios=[0.5], seeds=[0],
+                     tracking={"uri": uri, "experiment": "it-test"})
+    result = run_sweep(write_spec(tmp_path, spec))
+    assert result.returncode == 0, result.stdout[-3000:]
 
     client = MlflowClient(tracking_uri=uri)
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("it-test").experiment_id
+    (parent_run,) = client.search_runs([experiment], "tags.role = 'sweep'")
+    (run,) = client.search_runs([experiment], "tags.role = 'trial'")
+    parent, run_id = parent_run.info.run_id, run.info.run_id
+    assert run.info.status == "FINISHED" and parent_run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent
-    assert run.data.tags["role"] == "trial" and run.data.tags["sweep_id"] == "tiny-0123456789"
+    assert run.data.tags["trial_id"] == "bc.reacher2d-medium.r0.5.s0"
     assert run.data.params["trial.algorithm"] == "bc"
     history = client.get_metric_history(run_id, "eval/policy/normalized_mean")
     assert sorted(m.step for m in history) == [100, 200]
@@ -312,7 +301,7 @@ def test_trial_logs_through_the_postgres_backed_server(mlflow_postgres_server, p
     assert listed["model"].is_dir and client.list_artifacts(run_id, "model"), "model/ holds the exported weights"
     downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.json", tracking_uri=uri,
                                                      dst_path=str(tmp_path / "download"))
-    assert json.loads(Path(downloaded).read_text())["trial"] == asdict(trial)
+    assert json.loads(Path(downloaded).read_text())["trial"]["dataset_path"] == str(reacher_medium_path)
 
     # The runs are rows in PostgreSQL: the server's backend store really is the database.
     connection = postgres_server.connect("mlflow")
