@@ -203,11 +203,12 @@ def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_mediu
         spec = write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, seeds=[0]))
         submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}",
                   "--working-dir", ".", "--", "python", "orchestrator/sweep.py", "--spec", str(spec)]
-        for _ in range(30):  # the head's job agent needs a few seconds after `ray start` returns
+        deadline = time.time() + 240  # the head's job agent registers some seconds after `ray start` returns
+        while True:
             job = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=600, cwd=SWEEP.parents[1])
-            if "No available agent to submit job" not in job.stderr:
+            if "No available agent to submit job" not in job.stdout + job.stderr or time.time() > deadline:
                 break
-            time.sleep(2)
+            time.sleep(3)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "joined Ray at" in job.stdout and "1 trials finished, 0 failed" in job.stdout
         (parent,), (child,) = mlflow_runs(spec_uri := tiny_spec(tmp_path, reacher_medium_path)["tracking"]["uri"])
