@@ -99,30 +99,3 @@ def describe(spec: SweepSpec, output_root: str, cluster_cpus: float, cluster_gpu
                   f"{estimate.evaluation_env_steps:,} evaluation environment steps, in "
                   f"{math.ceil(len(trials) / plan.concurrent_trials)} waves of up to {plan.concurrent_trials} trials")
     console.print(f"tracking: {spec.tracking.uri} (experiment {spec.tracking.experiment}); storage: {spec.storage}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m orchestrator.plan SPEC [--cpus N --gpus N]: validate a sweep file and print its plan."""
-    import argparse
-    import sys
-
-    from orchestrator.spec import SpecError, load_spec
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("spec")
-    parser.add_argument("--cpus", type=float, help="cluster CPUs (default: this machine's)")
-    parser.add_argument("--gpus", type=float, help="cluster GPUs (default: this machine's)")
-    args = parser.parse_args(argv)
-    cpus, gpus = local_resources()
-    try:
-        spec = load_spec(args.spec)
-        describe(spec, os.path.abspath(spec.storage), args.cpus or cpus, args.gpus if args.gpus is not None else gpus,
-                 Console())
-    except (SpecError, InsufficientResources) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

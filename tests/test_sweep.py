@@ -172,23 +172,28 @@ def test_optuna_search_in_one_cell_records_the_best_on_the_parent(tmp_path, reac
     assert parent.data.metrics[f"best/{cell}"] == max(finals.values()) == finals[best_lr]
 
 
-def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_medium_path):
-    """The same command as a Ray job on a `ray start --head` cluster on 127.0.0.1, stopped by process id."""
+def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_medium_path, local_ray):
+    """The same command as a Ray job on a `ray start --head` cluster on 127.0.0.1, stopped by process id — while
+    another local Ray (the session's) runs, as in the full suite."""
     import socket
 
     ports = []
-    for _ in range(2):
+    for _ in range(6):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    gcs_port, dashboard_port = ports
+    # Every port explicit: the session's own local Ray (the local_ray fixture) already holds Ray's default agent
+    # ports, and a head whose dashboard agent cannot bind answers "No available agent to submit job".
+    gcs_port, dashboard_port, agent_port, agent_grpc_port, metrics_port, runtime_env_port = ports
     temp_dir = Path(f"/tmp/ray-sweep-test-{os.getpid()}")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # Ray's token authentication
     bin_dir = Path(sys.executable).parent
     start = subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={gcs_port}",
                             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                            f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--resources",
+                            f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={agent_port}",
+                            f"--dashboard-agent-grpc-port={agent_grpc_port}", f"--metrics-export-port={metrics_port}",
+                            f"--runtime-env-agent-port={runtime_env_port}", "--num-cpus=2", "--resources",
                             '{"trial_slot": 2}', f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                            capture_output=True, text=True, env=env, timeout=120)
 
@@ -200,10 +205,11 @@ def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_mediu
     started = cluster_processes()
     try:
         assert start.returncode == 0, start.stderr[-2000:]
-        spec = write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, seeds=[0]))
+        spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0])
         submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}",
-                  "--working-dir", ".", "--", "python", "orchestrator/sweep.py", "--spec", str(spec)]
-        deadline = time.time() + 240  # the head's job agent registers some seconds after `ray start` returns
+                  "--working-dir", ".", "--", "python", "orchestrator/sweep.py", "--spec",
+                  str(write_spec(tmp_path, spec))]
+        deadline = time.time() + 60  # the head's job agent registers some seconds after `ray start` returns
         while True:
             job = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=600, cwd=SWEEP.parents[1])
             if "No available agent to submit job" not in job.stdout + job.stderr or time.time() > deadline:
@@ -211,8 +217,8 @@ def test_ray_job_submit_to_a_head_started_with_ray_start(tmp_path, reacher_mediu
             time.sleep(3)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "joined Ray at" in job.stdout and "1 trials finished, 0 failed" in job.stdout
-        (parent,), (child,) = mlflow_runs(spec_uri := tiny_spec(tmp_path, reacher_medium_path)["tracking"]["uri"])
-        assert child.info.status == "FINISHED" and spec_uri.endswith("mlflow.db")
+        (parent,), (child,) = mlflow_runs(spec["tracking"]["uri"])
+        assert child.info.status == "FINISHED" and child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     finally:
         started += cluster_processes()
         stop_process_tree(list({p.pid: p for p in started}.values()))
