@@ -10,34 +10,27 @@ return, as CORL's BC-10 % configs do (discount: 1.0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from baselines.common import DeterministicActor, OfflineAlgorithm, finite_metrics, make_adam, \
     seeded_init
 from trainers.datasets import top_fraction_by_return
-from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.algorithm import Fraction, PositiveFloat, PositiveInt, TrainingConfig, TrainingSetup, algorithm_config
 from trainers.samplers import TransitionBatch
 
 
-@dataclass
+@algorithm_config
 class Config(TrainingConfig):
     # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: CORL any_percent_bc.py TrainConfig.
-    top_fraction: float = 1.0  # train on this fraction of trajectories, highest returns first (BC-10 %: 0.1)
-    lr: float = 3e-4  # Adam (CORL any_percent_bc.py)
-    hidden_dims: tuple[int, ...] = (256, 256)  # CORL any_percent_bc.py Actor
+    top_fraction: Fraction = 1.0  # train on this fraction of trajectories, highest returns first (BC-10 %: 0.1)
+    lr: PositiveFloat = 3e-4  # Adam (CORL any_percent_bc.py)
+    hidden_dims: tuple[PositiveInt, ...] = (256, 256)  # CORL any_percent_bc.py Actor
     normalize_states: bool = True  # standardise states with the training set's mean / (std + eps) (CORL)
-    state_eps: float = 1e-3  # (CORL compute_mean_std eps)
-
-    def __post_init__(self) -> None:
-        self.hidden_dims = tuple(self.hidden_dims)
-        if not 0.0 < self.top_fraction <= 1.0:
-            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+    state_eps: PositiveFloat = 1e-3  # (CORL compute_mean_std eps)
 
 
 PRESETS = {"bc": {}, "bc_10": {"top_fraction": 0.1}}
 
 # BC has no task-specific settings in the reference implementations; kitchen runs with the defaults.
-KITCHEN_OVERRIDES: dict[str, object] = {}
+DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {}
 
 
 class BC(OfflineAlgorithm):
@@ -58,8 +51,6 @@ class BC(OfflineAlgorithm):
 
     def networks(self):
         return {"normalizer": self.normalizer, "actor": self.actor}
-
-    COMPILABLE = ("loss",)  # see OfflineAlgorithm.compile
 
     def loss(self, batch: TransitionBatch):
         pi = self.actor(self.normalizer.observations(batch.observations))

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainers.algorithm import StatelessPolicy, check_finite
+from trainers.algorithm import StatelessPolicy, TrainingSetup, check_finite
 from trainers.datasets import TrajectoryDataset
-from trainers.registry import TrainingSetup
 from trainers.samplers import TransitionSampler
 
 # --- checks done in build(), before anything is trained -----------------------------------------------------
@@ -332,7 +331,6 @@ class OfflineAlgorithm:
     and `optimizers`, lists its networks in `networks()`, and implements `update`."""
 
     name: str
-    batch_kind = "transitions"
     return_conditioned = False
     EXPORT_FILE = "policy.safetensors"
 
@@ -353,16 +351,8 @@ class OfflineAlgorithm:
         if config.normalize_states:
             self.normalizer.fit(dataset, config.state_eps)
 
-    COMPILABLE: tuple[str, ...] = ()  # methods that are pure tensor functions (the losses)
-
     def networks(self) -> dict[str, nn.Module]:
         raise NotImplementedError
-
-    def compile(self, mode: str | None = None) -> None:
-        """torch.compile the loss functions (e.g. mode "max-autotune-no-cudagraphs" on CUDA). Backward passes,
-        optimizer steps and noise sampling stay eager; results match eager up to floating-point reassociation."""
-        for name in self.COMPILABLE:
-            setattr(self, name, torch.compile(getattr(self, name), mode=mode))
 
     def extra_state(self) -> dict[str, Any]:
         """Anything else a resumed run needs (e.g. IQL's reward scale)."""

@@ -31,7 +31,6 @@ Defaults, and where the sources differ (we follow the original authors' code/REA
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -46,36 +45,40 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.algorithm import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    TrainingConfig,
+    TrainingSetup,
+    algorithm_config,
+)
 from trainers.samplers import TransitionBatch
 
 
-@dataclass
+@algorithm_config
 class Config(TrainingConfig):
     # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: inherited; batch 256 and 1000 updates
     # per epoch as cql_mujoco_new.py (which runs 3000 epochs; 1e6 matches the other baselines and CORL).
-    cql_alpha: float = 5.0  # α_cql, weight of the conservative penalty (README min_q_weight; see module doc)
-    cql_n_actions: int = 10  # N sampled actions per proposal (num_random; all three sources agree)
-    cql_temperature: float = 1.0  # temperature of the log-sum-exp (temp)
-    policy_lr: float = 1e-4  # actor Adam lr, also the entropy temperature's (README; see module doc)
-    critic_lr: float = 3e-4  # qf_lr (all three sources)
-    discount: float = 0.99  # γ
-    tau: float = 0.005  # Polyak rate of the target critic, every update (soft_target_tau)
-    bc_steps: int = 40_000  # initial updates whose actor loss is BC (policy_eval_start)
+    cql_alpha: NonNegativeFloat = 5.0  # α_cql, weight of the conservative penalty (README min_q_weight; see module doc)
+    cql_n_actions: PositiveInt = 10  # N sampled actions per proposal (num_random; all three sources agree)
+    cql_temperature: PositiveFloat = 1.0  # temperature of the log-sum-exp (temp)
+    policy_lr: PositiveFloat = 1e-4  # actor Adam lr, also the entropy temperature's (README; see module doc)
+    critic_lr: PositiveFloat = 3e-4  # qf_lr (all three sources)
+    discount: Fraction = 0.99  # γ
+    tau: Fraction = 0.005  # Polyak rate of the target critic, every update (soft_target_tau)
+    bc_steps: NonNegativeInt = 40_000  # initial updates whose actor loss is BC (policy_eval_start)
     target_entropy: float | None = None  # H̄; None = −dim(A) (all three sources)
-    hidden_dims: tuple[int, ...] = (256, 256, 256)  # actor and each critic (cql_mujoco_new.py [M, M, M])
+    hidden_dims: tuple[PositiveInt, ...] = (256, 256, 256)  # actor and each critic (cql_mujoco_new.py [M, M, M])
     normalize_states: bool = False  # the reference does not; CORL does
-    state_eps: float = 1e-3
-
-    def __post_init__(self) -> None:
-        self.hidden_dims = tuple(self.hidden_dims)
-        if self.cql_n_actions < 1:
-            raise ValueError(f"cql_n_actions must be ≥ 1, got {self.cql_n_actions}")
+    state_eps: PositiveFloat = 1e-3
 
 
 # The CQL paper reports kitchen results, but neither its released code nor its README gives kitchen
 # settings we could verify, so kitchen tasks run with the defaults above.
-KITCHEN_OVERRIDES: dict[str, object] = {}
+DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {}
 
 
 class CQL(OfflineAlgorithm):
@@ -102,8 +105,6 @@ class CQL(OfflineAlgorithm):
     def networks(self):
         return {"normalizer": self.normalizer, "actor": self.actor, "critic": self.critic,
                 "critic_target": self.critic_target, "log_alpha": self.log_alpha}
-
-    COMPILABLE = ("loss",)  # a pure tensor function of the batch and the noise; see OfflineAlgorithm.compile
 
     def loss(self, batch: TransitionBatch, noise: torch.Tensor, uniform: torch.Tensor, bc_phase: bool):
         """Entropy-temperature, actor and critic losses, summed (they touch disjoint parameters)."""

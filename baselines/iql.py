@@ -21,7 +21,6 @@ the critic loss sums the two Qs' MSEs (CORL averages them), the actor's advantag
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -38,24 +37,33 @@ from baselines.common import (
     seeded_init,
 )
 from trainers.datasets import TrajectoryDataset
-from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.algorithm import (
+    Fraction,
+    OpenUnit,
+    PositiveFloat,
+    PositiveInt,
+    Rate,
+    TrainingConfig,
+    TrainingSetup,
+    algorithm_config,
+)
 from trainers.samplers import TransitionBatch
 
 
-@dataclass
+@algorithm_config
 class Config(TrainingConfig):
     # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: train_offline.py flags (max_steps,
     # eval_interval, eval_episodes, batch_size), inherited from TrainingConfig.
-    expectile: float = 0.7  # τ of the value's expectile regression (configs/mujoco_config.py)
-    temperature: float = 3.0  # β, inverse temperature of the advantage weights (mujoco_config.py)
-    max_weight: float = 100.0  # exp(β·A) is clipped at this (actor.py)
-    discount: float = 0.99  # γ (mujoco_config.py)
-    tau: float = 0.005  # Polyak rate of the target critic (mujoco_config.py)
-    actor_lr: float = 3e-4  # initial actor lr, cosine-decayed to 0 over num_steps (mujoco_config.py, learner.py)
-    value_lr: float = 3e-4  # (mujoco_config.py)
-    critic_lr: float = 3e-4  # (mujoco_config.py)
-    hidden_dims: tuple[int, ...] = (256, 256)  # actor, value and each critic (mujoco_config.py)
-    actor_dropout: float = 0.0  # dropout after the actor's hidden layers (0 = none on locomotion; kitchen 0.1)
+    expectile: OpenUnit = 0.7  # τ of the value's expectile regression (configs/mujoco_config.py)
+    temperature: PositiveFloat = 3.0  # β, inverse temperature of the advantage weights (mujoco_config.py)
+    max_weight: PositiveFloat = 100.0  # exp(β·A) is clipped at this (actor.py)
+    discount: Fraction = 0.99  # γ (mujoco_config.py)
+    tau: Fraction = 0.005  # Polyak rate of the target critic (mujoco_config.py)
+    actor_lr: PositiveFloat = 3e-4  # initial actor lr, cosine-decayed to 0 over num_steps (mujoco_config.py, learner.py)
+    value_lr: PositiveFloat = 3e-4  # (mujoco_config.py)
+    critic_lr: PositiveFloat = 3e-4  # (mujoco_config.py)
+    hidden_dims: tuple[PositiveInt, ...] = (256, 256)  # actor, value and each critic (mujoco_config.py)
+    actor_dropout: Rate = 0.0  # dropout after the actor's hidden layers (0 = none on locomotion; kitchen 0.1)
     deterministic_actor: bool = False  # False: the paper's Gaussian actor; True: CORL's advantage-weighted MSE
     # Rewards × scale_target / (max − min trajectory return) over the training set (train_offline.py normalize,
     # applied to halfcheetah/hopper/walker2d only there). Set False for tasks the reference leaves unscaled.
@@ -63,22 +71,15 @@ class Config(TrainingConfig):
     # train_offline.py multiplies by 1000 = the locomotion horizon (CORL's modify_reward multiplies by
     # max_episode_steps); None uses the task's horizon, i.e. exactly 1000 on locomotion, and keeps the mean
     # per-step reward of a best-minus-worst trajectory at 1 on shorter tasks (reacher2d: 100).
-    reward_scale_target: float | None = None
+    reward_scale_target: PositiveFloat | None = None
     normalize_states: bool = False  # the reference feeds raw states; CORL standardises them (normalize: true)
-    state_eps: float = 1e-3
-
-    def __post_init__(self) -> None:
-        self.hidden_dims = tuple(self.hidden_dims)
-        if not 0.0 < self.expectile < 1.0:
-            raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
-        if not 0.0 <= self.actor_dropout < 1.0:
-            raise ValueError(f"actor_dropout must be in [0, 1), got {self.actor_dropout}")
+    state_eps: PositiveFloat = 1e-3
 
 
 # configs/kitchen_config.py: β 0.5, policy dropout 0.1, same expectile 0.7 (everything else as mujoco_config.py);
 # train_offline.py scales rewards for halfcheetah/hopper/walker2d only, so kitchen rewards stay as they are.
-KITCHEN_OVERRIDES: dict[str, object] = {"expectile": 0.7, "temperature": 0.5, "actor_dropout": 0.1,
-                                        "normalize_rewards": False}
+DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {
+    "kitchen": {"expectile": 0.7, "temperature": 0.5, "actor_dropout": 0.1, "normalize_rewards": False}}
 
 
 def reward_scale(dataset: TrajectoryDataset | None, config: Config, horizon: int) -> float:
@@ -130,8 +131,6 @@ class IQL(OfflineAlgorithm):
         """optax.cosine_decay_schedule(actor_lr, num_steps) at count = updates already done."""
         fraction = min(updates_done, self.config.num_steps) / max(self.config.num_steps, 1)
         return self.config.actor_lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
-
-    COMPILABLE = ("value_loss", "actor_critic_loss")  # pure tensor functions; see OfflineAlgorithm.compile
 
     def value_loss(self, batch: TransitionBatch):
         """1. Expectile regression of V(s) towards the target critic's min over the twins."""

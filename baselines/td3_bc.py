@@ -13,8 +13,6 @@ Defaults are the paper's D4RL locomotion settings; CORL's td3_bc.py and configs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from baselines.common import (
@@ -27,37 +25,38 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.algorithm import (
+    Fraction,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    TrainingConfig,
+    TrainingSetup,
+    algorithm_config,
+)
 from trainers.samplers import TransitionBatch
 
 
-@dataclass
+@algorithm_config
 class Config(TrainingConfig):
     # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: TD3_BC/main.py defaults (max_timesteps,
     # eval_freq, eval_episodes in eval_policy, batch_size), inherited from TrainingConfig.
-    alpha: float = 2.5  # α in λ = α / mean|Q(s, π(s))|: weight of the Q term against BC (paper §5, main.py)
-    discount: float = 0.99  # γ (main.py)
-    tau: float = 0.005  # Polyak rate of both target networks (main.py)
-    policy_noise: float = 0.2  # σ of the target-policy smoothing noise, × the action half-range (main.py)
-    noise_clip: float = 0.5  # c: that noise is clipped to ±c, × the action half-range (main.py)
-    policy_delay: int = 2  # actor and targets update once per this many critic updates (main.py policy_freq)
-    actor_lr: float = 3e-4  # Adam (TD3_BC.py)
-    critic_lr: float = 3e-4  # Adam (TD3_BC.py)
-    hidden_dims: tuple[int, ...] = (256, 256)  # actor and each critic (TD3_BC.py)
+    alpha: NonNegativeFloat = 2.5  # α in λ = α / mean|Q(s, π(s))|: weight of the Q term against BC (paper §5, main.py)
+    discount: Fraction = 0.99  # γ (main.py)
+    tau: Fraction = 0.005  # Polyak rate of both target networks (main.py)
+    policy_noise: NonNegativeFloat = 0.2  # σ of the target-policy smoothing noise, × the action half-range (main.py)
+    noise_clip: NonNegativeFloat = 0.5  # c: that noise is clipped to ±c, × the action half-range (main.py)
+    policy_delay: PositiveInt = 2  # actor and targets update once per this many critic updates (main.py policy_freq)
+    actor_lr: PositiveFloat = 3e-4  # Adam (TD3_BC.py)
+    critic_lr: PositiveFloat = 3e-4  # Adam (TD3_BC.py)
+    hidden_dims: tuple[PositiveInt, ...] = (256, 256)  # actor and each critic (TD3_BC.py)
     normalize_states: bool = True  # standardise states with the dataset's mean / (std + eps) (main.py)
-    state_eps: float = 1e-3  # the eps above (utils.py normalize_states)
-
-    def __post_init__(self) -> None:
-        self.hidden_dims = tuple(self.hidden_dims)
-        if self.policy_delay < 1:
-            raise ValueError(f"policy_delay must be ≥ 1, got {self.policy_delay}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+    state_eps: PositiveFloat = 1e-3  # the eps above (utils.py normalize_states)
 
 
 # The paper evaluates on D4RL locomotion and AntMaze only; it gives no kitchen settings, so kitchen tasks run
 # with the defaults above.
-KITCHEN_OVERRIDES: dict[str, object] = {}
+DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {}
 
 
 class TD3BC(OfflineAlgorithm):
@@ -81,9 +80,8 @@ class TD3BC(OfflineAlgorithm):
         return {"normalizer": self.normalizer, "actor": self.actor, "critic": self.critic,
                 "actor_target": self.actor_target, "critic_target": self.critic_target}
 
-    # The losses are pure tensor functions of their inputs (noise included), so `compile()` can hand them to
-    # torch.compile; update() does the sampling, backward passes and optimizer steps in eager mode.
-    COMPILABLE = ("critic_loss", "actor_loss")
+    # The losses are pure tensor functions of their inputs (noise included); update() does the sampling,
+    # backward passes and optimizer steps. (bench/baselines.py hands the losses to torch.compile.)
 
     def critic_loss(self, batch: TransitionBatch, noise: torch.Tensor):
         """1. Both Qs regress the clipped double-Q target with target-policy smoothing."""

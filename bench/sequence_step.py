@@ -26,7 +26,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from trainers.datasets import TrajectoryDataset, split_episodes
 from trainers.language import ByteTokenizer
-from trainers.registry import TrainingSetup, build_algorithm, make_config
+from trainers.algorithm import TrainingSetup
+from trainers.registry import build_algorithm, make_config
 from trainers.samplers import to_torch
 from trainers.tasks import get_task
 

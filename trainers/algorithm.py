@@ -1,19 +1,99 @@
-"""The two small protocols every algorithm — sequence model or baseline — implements (see DESIGN.md).
+"""The contracts every algorithm — sequence model or baseline — and the trial runtime share (see DESIGN.md).
 
-An algorithm never imports Ray or MLflow: the worker loop drives it through these methods only.
+This module sits at the bottom: algorithms import it, the registry imports the algorithms, the trial core
+imports the registry. Nothing here imports an algorithm, Ray or MLflow.
+
+- `TrainingConfig`: the fields the trial core reads; every algorithm's `Config` extends it. Configs are
+  pydantic dataclasses (`algorithm_config`), so every field is checked for type and range when a config is
+  made — in the sweep's validation pass, long before a trial starts.
+- `TrainingSetup`: what an algorithm is built from besides its hyperparameters.
+- `Algorithm` and `Policy`: what the trial core and the evaluator call.
+- `Distributable`: the optional capability the Ray Train adapter needs for DDP.
+- `ExternalInput`: a file, directory or hub id an algorithm's config names (a backbone, a corpus); the
+  orchestrator checks and localizes what an algorithm declares without knowing its field names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
 
+import gymnasium as gym
 import numpy as np
+import torch
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from trainers.samplers import TransitionBatch, TransitionSampler, WindowBatch, WindowSampler
+if TYPE_CHECKING:
+    from trainers.datasets import TrajectoryDataset
+    from trainers.samplers import TransitionBatch, WindowBatch
+    from trainers.tasks import Task
 
-Batch = WindowBatch | TransitionBatch
+# Field types with their ranges, for the configs' annotations.
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]  # (0, 1]: shares, ratios
+Rate = Annotated[float, Field(ge=0, lt=1)]  # [0, 1): dropout probabilities
+OpenUnit = Annotated[float, Field(gt=0, lt=1)]  # (0, 1): expectiles, discounts below one
+
+
+def algorithm_config(cls):
+    """Make `cls` an algorithm config: a dataclass validated by pydantic on construction (types, ranges,
+    unknown names refused). Numbers written as strings (YAML 1.1 reads `1e-3` as one) are taken as numbers."""
+    return pydantic_dataclass(cls, config=ConfigDict(extra="forbid"))
+
+
+@algorithm_config
+class TrainingConfig:
+    """Fields every algorithm config has; the trial core reads them."""
+
+    num_steps: PositiveInt = 1_000_000  # gradient steps
+    eval_every: PositiveInt = 5000  # gradient steps between evaluations (the last step is always evaluated)
+    eval_episodes: PositiveInt = 10  # episodes per target return per evaluation
+    batch_size: PositiveInt = 256
+
+    @model_validator(mode="after")
+    def evaluation_fits_the_budget(self):
+        if self.eval_every > self.num_steps:
+            raise ValueError(f"eval_every={self.eval_every} is larger than num_steps={self.num_steps}: the cadence "
+                             f"would evaluate only at the last step; lower eval_every or raise num_steps")
+        return self
+
+
+class ConfigError(ValueError):
+    """An unknown algorithm or hyperparameter, or a value of the wrong kind or out of range."""
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What an algorithm is built from besides its hyperparameters."""
+
+    task: Task
+    # The (sub)set of trajectories this trial trains on; None when a policy is rebuilt from exported files for
+    # evaluation — then everything derived from data (normalization statistics) comes from those files.
+    dataset: TrajectoryDataset | None
+    observation_space: gym.spaces.Box
+    action_space: gym.Space
+    device: torch.device
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExternalInput:
+    """Something outside the project an algorithm's config names: a pre-trained model, a text corpus.
+
+    The orchestrator calls `check` for every declared input before anything starts (all problems reported
+    together) and replaces a value that names an existing local path with its absolute path, because trials
+    run in other working directories and on other nodes."""
+
+    field: str  # the config field that names it
+    what: str  # for messages: "pre-trained GPT-2", "language corpus"
+    value: str
+    check: Callable[[str], None]  # raises OSError or ValueError saying why the value cannot be used
 
 
 @runtime_checkable
@@ -32,20 +112,23 @@ class Policy(Protocol):
         ...
 
 
+class Sampler(Protocol):
+    def sample(self, batch_size: int, rng: np.random.Generator) -> WindowBatch | TransitionBatch: ...
+
+
 @runtime_checkable
 class Algorithm(Protocol):
-    """Built by its module's `build(config, setup)` (see trainers/registry.py).
+    """Built by its module's `build(config, setup)`; registered by name in trainers/registry.py.
 
-    The worker loop draws `sampler.sample(config.batch_size, rng)` (NumPy), moves the batch to the algorithm's
+    The trial core draws `sampler.sample(config.batch_size, rng)` (NumPy), moves the batch to the algorithm's
     device as torch tensors (`samplers.to_torch`) and calls `update`. Evaluation asks `policy(n, targets)`
     with the task's target returns when `return_conditioned`, else with None.
     """
 
-    batch_kind: Literal["windows", "transitions"]
     return_conditioned: bool
-    sampler: WindowSampler | TransitionSampler
+    sampler: Sampler | None  # None when built without data (a policy rebuilt from exported files)
 
-    def update(self, batch: Batch) -> dict[str, float]:  # batch fields are torch tensors on the device
+    def update(self, batch: WindowBatch | TransitionBatch) -> dict[str, float]:  # torch tensors on the device
         ...
 
     def policy(self, num_envs: int, target_returns: Sequence[float] | None) -> Policy:
@@ -63,14 +146,23 @@ class Algorithm(Protocol):
     def load_exported(self, directory: Path) -> None:  # the inverse, on an algorithm built with dataset=None
         ...
 
-    # Optional: `distribute(wrap)` — replace the training objective's modules with wrap(module) (DDP). The loop
-    # runs an algorithm with more than one worker only if it has this method.
+
+@runtime_checkable
+class Distributable(Protocol):
+    """An algorithm that can train with more than one worker (DDP). The Ray Train adapter wraps the training
+    objective's modules with `distribute(wrap)` and compares `trainable_state()` across ranks at the end."""
+
+    def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        ...
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        ...
 
 
 class StatelessPolicy:
     """A Policy around a function of the current observations alone (baselines, behaviour policies)."""
 
-    def __init__(self, act_fn):
+    def __init__(self, act_fn: Callable[[np.ndarray], np.ndarray]):
         self._act_fn = act_fn
 
     def act(self, observations: np.ndarray) -> np.ndarray:
@@ -88,6 +180,9 @@ class NonFiniteLossError(FloatingPointError):
         where = f"at step {step}" if step is not None else "during an update"
         details = ", ".join(f"{name}={value:.6g}" for name, value in quantities.items())
         super().__init__(f"non-finite loss {where}: {details}")
+
+    def __reduce__(self):  # travels between Ray processes with its fields
+        return type(self), (self.step, self.quantities)
 
 
 def check_finite(step: int | None, **quantities) -> None:

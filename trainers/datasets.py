@@ -5,6 +5,11 @@ terminals (N,), timeouts (N,), optional next_observations (N, obs_dim) and infos
 Episodes end where terminals OR timeouts is set (both at one step is one end); steps after the last end form
 a trailing episode that is kept and marked truncated.
 
+Episode flags that cannot be trusted — no `timeouts` key, or an episode longer than the task's horizon (an
+environment never runs one) — follow one documented rule, `enforce_horizon`: by default such episodes are
+split every `horizon` steps (the split points become timeouts) and the dataset says so in its `notes`, which
+the sweep prints before it starts and logs with every trial; `long_episodes="refuse"` refuses the file instead.
+
 Data ratios are trajectory-level samples without replacement whose random generator is seeded from
 (dataset identity, ratio, seed), so one cell of a sweep trains on the same trajectories on every machine.
 The official LaMo code drew its subsets from the unseeded global RNG and split episodes across file
@@ -13,6 +18,7 @@ boundaries; neither is reproduced here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -20,7 +26,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import h5py
 import numpy as np
@@ -87,6 +93,7 @@ class TrajectoryDataset:
     episode_ids: np.ndarray | None = None  # ids of the episodes in the source file (set by subsampling)
     metadata: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    notes: tuple[str, ...] = ()  # what was done to the file's episode flags, and why
 
     def __post_init__(self) -> None:
         if self.episode_ids is None:
@@ -240,6 +247,18 @@ def _read(group: h5py.Group, key: str, dtype: type) -> np.ndarray:
     return dataset.astype(dtype)[()] if dataset.dtype != dtype else dataset[()]
 
 
+def _open_hdf5(path: Path) -> h5py.File:
+    """The file opened for reading, or a DatasetError naming it and saying what it is instead (empty, truncated,
+    not HDF5) — h5py's own OSError names neither."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        size = path.stat().st_size
+        what = "an empty file" if size == 0 else \
+            f"not a readable HDF5 file ({size:,} bytes; truncated or another format: {error})"
+        raise DatasetError(f"{path}: {what}; expected D4RL's hdf5 layout") from None
+
+
 def load_d4rl_dataset(path: str | os.PathLike, task: Task | None = None, name: str | None = None) -> TrajectoryDataset:
     """Read, validate and index a D4RL-layout hdf5 file; with a task, also check its spaces."""
     path = Path(path)
@@ -249,7 +268,7 @@ def load_d4rl_dataset(path: str | os.PathLike, task: Task | None = None, name: s
     observation_dim = action_dim = None
     if task is not None:
         observation_dim, action_dim = task_dims(task)
-    with h5py.File(path, "r") as f:
+    with _open_hdf5(path) as f:
         validate_arrays(f, where, observation_dim, action_dim)
         n = f["observations"].shape[0]
         observations = _read(f, "observations", np.float32)
@@ -259,6 +278,7 @@ def load_d4rl_dataset(path: str | os.PathLike, task: Task | None = None, name: s
         timeouts = f["timeouts"][()].reshape(n).astype(bool) if "timeouts" in f else np.zeros(n, bool)
         next_observations = _read(f, "next_observations", np.float32) if "next_observations" in f else None
         metadata = {key: _attr_value(value) for key, value in f.attrs.items()}
+        notes = () if "timeouts" in f else ("the file has no `timeouts` key: episodes end only at terminals",)
     for key, values in (("observations", observations), ("actions", actions), ("rewards", rewards),
                         ("next_observations", next_observations)):
         if values is not None:
@@ -266,14 +286,61 @@ def load_d4rl_dataset(path: str | os.PathLike, task: Task | None = None, name: s
     return TrajectoryDataset(
         name=name or path.stem, observations=observations, actions=actions, rewards=rewards,
         terminals=terminals, timeouts=timeouts, episodes=split_episodes(terminals, timeouts),
-        next_observations=next_observations, metadata=metadata, source=path,
+        next_observations=next_observations, metadata=metadata, source=path, notes=notes,
     )
 
 
-def load_task_dataset(task: Task, path: str | os.PathLike | None = None) -> TrajectoryDataset:
-    """The dataset of a task, found by the d4rl cache convention unless a path is given."""
-    resolved = resolve_dataset_path(task, path)
-    return load_d4rl_dataset(resolved, task=task, name=Path(task.dataset_file).stem)
+LongEpisodes = Literal["split", "refuse"]
+
+
+def enforce_horizon(dataset: TrajectoryDataset, horizon: int, long_episodes: LongEpisodes = "split"
+                    ) -> TrajectoryDataset:
+    """Episodes longer than `horizon` (flags that cannot be trusted) split every `horizon` steps, with a note
+    saying how many and why; or a DatasetError when `long_episodes` is "refuse"."""
+    lengths = dataset.episodes.lengths
+    long = lengths > horizon
+    if not long.any():
+        return dataset
+    where = dataset.source or dataset.name
+    found = f"{int(long.sum())} episode(s) longer than the task's horizon {horizon} (the longest has " \
+            f"{int(lengths.max()):,} steps)"
+    if long_episodes == "refuse":
+        raise DatasetError(f"{where}: {found}: its terminals/timeouts flags do not mark every episode end; fix the "
+                           f"file, or set long_episodes: split to split such episodes at the horizon")
+    within = dataset.timesteps()
+    split_after = (within % horizon == horizon - 1) & ~np.isin(np.arange(len(dataset)), dataset.episodes.ends - 1)
+    timeouts = dataset.timeouts | split_after
+    return replace(dataset, timeouts=timeouts, episodes=split_episodes(dataset.terminals, timeouts),
+                   episode_ids=None, notes=(*dataset.notes, f"{found} were split every {horizon} steps"))
+
+
+def load_task_dataset(task: Task, path: str | os.PathLike | None = None,
+                      long_episodes: LongEpisodes = "split") -> TrajectoryDataset:
+    """The dataset of a task (the d4rl cache convention unless a path is given), validated against the task's
+    spaces and horizon. Read once per process for an unchanged file: trials that follow each other in one
+    process (Ray reuses a sweep's trial actors) share it."""
+    resolved = resolve_dataset_path(task, path).resolve()
+    stat = resolved.stat()
+    return _load_cached(str(resolved), stat.st_size, stat.st_mtime_ns, task.name, long_episodes)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, size: int, mtime_ns: int, task_name: str, long_episodes: LongEpisodes
+                 ) -> TrajectoryDataset:
+    from trainers.tasks import get_task
+
+    task = get_task(task_name)
+    dataset = load_d4rl_dataset(path, task=task, name=Path(task.dataset_file).stem)
+    return enforce_horizon(dataset, task.horizon, long_episodes)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def task_dims(task: Task) -> tuple[int, int]:

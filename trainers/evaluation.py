@@ -27,7 +27,10 @@ from trainers.tasks import Task
 PolicyFactory = Callable[[int, Sequence[float] | None], Policy]  # (num_envs, target_returns) -> Policy
 
 
-def episode_seeds(seed: int, num_episodes: int) -> np.ndarray:
+EvaluationSeed = int | Sequence[int]  # entropy for np.random.SeedSequence, e.g. (eval seed, trial seed, step)
+
+
+def episode_seeds(seed: EvaluationSeed, num_episodes: int) -> np.ndarray:
     """The environment seed of each evaluation episode; the same seeds are used for every target return."""
     return np.random.SeedSequence(seed).generate_state(num_episodes, dtype=np.uint32).astype(np.int64)
 
@@ -120,7 +123,7 @@ class BatchedEvaluator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def run(self, make_policy: PolicyFactory, seed: int) -> EvaluationResult:
+    def run(self, make_policy: PolicyFactory, seed: EvaluationSeed) -> EvaluationResult:
         n_envs = len(self.envs)
         seeds = episode_seeds(seed, self.num_episodes)
         env_seeds = np.tile(seeds, len(self.targets))
@@ -149,13 +152,13 @@ class BatchedEvaluator:
         return EvaluationResult(self.task.name, _group_by_target(self.task, self.targets, seeds, returns, lengths))
 
 
-def evaluate_batched(task: Task, make_policy: PolicyFactory, num_episodes: int, seed: int,
+def evaluate_batched(task: Task, make_policy: PolicyFactory, num_episodes: int, seed: EvaluationSeed,
                      target_returns: Sequence[float] | None = None) -> EvaluationResult:
     with BatchedEvaluator(task, num_episodes, target_returns) as evaluator:
         return evaluator.run(make_policy, seed)
 
 
-def evaluate_sequential(task: Task, make_policy: PolicyFactory, num_episodes: int, seed: int,
+def evaluate_sequential(task: Task, make_policy: PolicyFactory, num_episodes: int, seed: EvaluationSeed,
                         target_returns: Sequence[float] | None = None) -> EvaluationResult:
     """The original protocol: one environment, a fresh batch-1 policy per episode, episodes one after another."""
     targets: list[float | None] = list(target_returns) if target_returns else [None]

@@ -101,6 +101,20 @@ def load_corpus(spec: str | Path, *, cache_dir: str | Path | None = None, split:
     return [document for document in documents if document]
 
 
+def check_corpus(spec: str | Path) -> None:
+    """Raise ValueError when `spec` names no usable corpus, without reading it (a sweep's pre-flight)."""
+    name = str(spec)
+    if name == "builtin" or name in WIKITEXT:  # WikiText's availability offline is reported by _wikitext
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if next(path.rglob("*.txt"), None) is None:
+            raise ValueError(f"corpus directory {path} holds no .txt files; accepted: {CORPUS_FORMS}")
+    elif not (path.is_file() and path.suffix == ".txt"):
+        what = "is not a .txt file" if path.exists() else "is neither a corpus name nor an existing path"
+        raise ValueError(f"corpus {name!r} {what}; accepted: {CORPUS_FORMS}")
+
+
 def _wikitext(config_name: str, split: str) -> list[str]:
     try:
         import datasets

@@ -1,77 +1,56 @@
 """The algorithm registry: one line per algorithm name.
 
-Each algorithm lives in one module that defines a `Config` dataclass (subclass of `TrainingConfig`, its
-comments are the documentation) and `build(config, setup) -> Algorithm`. A line here maps a name to that
-module and, for named presets of one model (LaMo and its ablations, DT, Wiki-RL), to the preset's overrides,
-which the module keeps in its `PRESETS` dict. Modules are imported on first use.
+Each algorithm lives in one module that defines a `Config` (an `algorithm_config` extending `TrainingConfig`,
+its comments are the documentation) and `build(config, setup) -> Algorithm`, and may define:
+- `PRESETS`: named overrides of its Config (LaMo and its ablations, DT and Wiki-RL share one module);
+- `DOMAIN_OVERRIDES`: the settings its paper uses on a domain, e.g. {"kitchen": {...}};
+- `RETURN_CONDITIONED = True`: evaluated once per target return of the task;
+- `DISCRETE_ACTIONS = True`: it can act in a Discrete action space (default: continuous Box only);
+- `external_inputs(config) -> list[ExternalInput]`: models or corpora its config names.
+
+A line here maps a name to that module and, for presets, to the preset's key. Adding an algorithm is one new
+module and one line below. The modules are imported here, at the top: the registry depends on the
+algorithms, never the reverse.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-import gymnasium as gym
-import torch
+from pydantic import ValidationError
 
-from trainers.algorithm import Algorithm
-from trainers.datasets import TrajectoryDataset
+from baselines import bc, cql, iql, td3_bc
+from trainers import sequence_trainer
+from trainers.algorithm import Algorithm, ConfigError, ExternalInput, TrainingConfig, TrainingSetup
 from trainers.tasks import Task
-
-
-@dataclass
-class TrainingConfig:
-    """Fields every algorithm config has; the worker loop reads them."""
-
-    num_steps: int = 1_000_000  # gradient steps
-    eval_every: int = 5000  # gradient steps between evaluations
-    eval_episodes: int = 10  # episodes per target return per evaluation
-    batch_size: int = 256
-
-
-@dataclass(frozen=True)
-class TrainingSetup:
-    """What an algorithm is built from besides its hyperparameters."""
-
-    task: Task
-    # The (sub)set of trajectories this trial trains on; None when a policy is rebuilt from exported files for
-    # evaluation — then everything derived from data (normalization statistics) comes from those files.
-    dataset: TrajectoryDataset | None
-    observation_space: gym.spaces.Box
-    action_space: gym.Space
-    device: torch.device
-    seed: int
 
 
 @dataclass(frozen=True)
 class AlgorithmEntry:
-    module: str
+    module: ModuleType
     preset: str | None = None  # key into the module's PRESETS
 
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     # sequence models (trainers/sequence_trainer.py)
-    "lamo": AlgorithmEntry("trainers.sequence_trainer", "lamo"),
-    "lamo_no_lm": AlgorithmEntry("trainers.sequence_trainer", "lamo_no_lm"),
-    "lamo_random_init": AlgorithmEntry("trainers.sequence_trainer", "lamo_random_init"),
-    "lamo_full_ft": AlgorithmEntry("trainers.sequence_trainer", "lamo_full_ft"),
-    "lamo_linear_emb": AlgorithmEntry("trainers.sequence_trainer", "lamo_linear_emb"),
-    "dt": AlgorithmEntry("trainers.sequence_trainer", "dt"),
-    "wiki_rl": AlgorithmEntry("trainers.sequence_trainer", "wiki_rl"),
+    "lamo": AlgorithmEntry(sequence_trainer, "lamo"),
+    "lamo_no_lm": AlgorithmEntry(sequence_trainer, "lamo_no_lm"),
+    "lamo_random_init": AlgorithmEntry(sequence_trainer, "lamo_random_init"),
+    "lamo_full_ft": AlgorithmEntry(sequence_trainer, "lamo_full_ft"),
+    "lamo_linear_emb": AlgorithmEntry(sequence_trainer, "lamo_linear_emb"),
+    "dt": AlgorithmEntry(sequence_trainer, "dt"),
+    "wiki_rl": AlgorithmEntry(sequence_trainer, "wiki_rl"),
     # baselines
-    "cql": AlgorithmEntry("baselines.cql"),
-    "iql": AlgorithmEntry("baselines.iql"),
-    "td3_bc": AlgorithmEntry("baselines.td3_bc"),
-    "bc": AlgorithmEntry("baselines.bc", "bc"),
-    "bc_10": AlgorithmEntry("baselines.bc", "bc_10"),
+    "cql": AlgorithmEntry(cql),
+    "iql": AlgorithmEntry(iql),
+    "td3_bc": AlgorithmEntry(td3_bc),
+    "bc": AlgorithmEntry(bc, "bc"),
+    "bc_10": AlgorithmEntry(bc, "bc_10"),
 }
-
-
-class ConfigError(ValueError):
-    """An unknown algorithm or hyperparameter, or a value of the wrong kind."""
 
 
 def _entry(name: str) -> AlgorithmEntry:
@@ -80,21 +59,31 @@ def _entry(name: str) -> AlgorithmEntry:
     return ALGORITHMS[name]
 
 
-def _module(name: str):
-    return importlib.import_module(_entry(name).module)
-
-
 def config_fields(name: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(_module(name).Config)]
+    return [f.name for f in dataclasses.fields(_entry(name).module.Config)]
 
 
-def make_config(name: str, overrides: Mapping[str, Any] | None = None, task: Task | None = None):
-    """The algorithm's Config: its preset, then its paper's kitchen settings when the task is a kitchen task
-    (the module's KITCHEN_OVERRIDES), then the given overrides (checked by name)."""
-    entry, module = _entry(name), _module(name)
+def validation_messages(error: ValidationError) -> list[str]:
+    """One line per problem: `field: what was expected, got value`."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        message = problem["msg"].removeprefix("Value error, ")
+        got = problem.get("input")
+        shown = "" if problem["type"] in ("value_error", "missing") or isinstance(got, dict) else f", got {got!r}"
+        lines.append(f"{where}: {message}{shown}")
+    return lines
+
+
+def make_config(name: str, overrides: Mapping[str, Any] | None = None, task: Task | None = None) -> TrainingConfig:
+    """The algorithm's Config: its preset, then its paper's settings for the task's domain (DOMAIN_OVERRIDES),
+    then the given overrides. Unknown names, wrong types and out-of-range values raise ConfigError naming each
+    field."""
+    entry = _entry(name)
+    module = entry.module
     values = dict(module.PRESETS[entry.preset]) if entry.preset else {}
-    if task is not None and task.domain == "kitchen":
-        values.update(getattr(module, "KITCHEN_OVERRIDES", {}))
+    if task is not None:
+        values.update(getattr(module, "DOMAIN_OVERRIDES", {}).get(task.domain, {}))
     overrides = dict(overrides or {})
     valid = config_fields(name)
     unknown = sorted(set(overrides) - set(valid))
@@ -103,14 +92,32 @@ def make_config(name: str, overrides: Mapping[str, Any] | None = None, task: Tas
     values.update(overrides)
     try:
         return module.Config(**values)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{name}: {error}") from error
+    except ValidationError as error:
+        raise ConfigError("; ".join(f"{name}: {line}" for line in validation_messages(error))) from None
+
+
+def config_from_dict(name: str, values: Mapping[str, Any]) -> TrainingConfig:
+    """A config resolved earlier (a trial record's), rebuilt as it was: no preset or domain settings applied."""
+    try:
+        return _entry(name).module.Config(**values)
+    except ValidationError as error:
+        raise ConfigError("; ".join(f"{name}: {line}" for line in validation_messages(error))) from None
 
 
 def return_conditioned(name: str) -> bool:
     """Whether the algorithm is evaluated once per target return (its module sets RETURN_CONDITIONED)."""
-    return getattr(_module(name), "RETURN_CONDITIONED", False)
+    return getattr(_entry(name).module, "RETURN_CONDITIONED", False)
 
 
-def build_algorithm(name: str, config, setup: TrainingSetup) -> Algorithm:
-    return _module(name).build(config, setup)
+def supports_discrete_actions(name: str) -> bool:
+    return getattr(_entry(name).module, "DISCRETE_ACTIONS", False)
+
+
+def external_inputs(name: str, config: TrainingConfig) -> list[ExternalInput]:
+    """The models, corpora or other outside inputs this configuration of the algorithm needs."""
+    declare = getattr(_entry(name).module, "external_inputs", None)
+    return list(declare(config)) if declare is not None else []
+
+
+def build_algorithm(name: str, config: TrainingConfig, setup: TrainingSetup) -> Algorithm:
+    return _entry(name).module.build(config, setup)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -21,12 +21,23 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from pydantic import model_validator
 from torch import nn
 
-from trainers.algorithm import check_finite
+from trainers.algorithm import (
+    ExternalInput,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Rate,
+    TrainingConfig,
+    TrainingSetup,
+    algorithm_config,
+    check_finite,
+)
 from trainers.gpt2 import GPT2, gpt2_config, random_gpt2
-from trainers.language import LanguageBatches, load_pretrained_gpt2
-from trainers.registry import TrainingConfig, TrainingSetup
+from trainers.language import LanguageBatches, check_corpus, load_pretrained_gpt2, pretrained_gpt2_config
 from trainers.samplers import WindowBatch, WindowSampler
 from trainers.sequence_policy import ContextPolicy
 from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
@@ -35,43 +46,50 @@ from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransform
 RETURN_CONDITIONED = True  # evaluated once per target return of the task
 
 
-@dataclass
+@algorithm_config
 class Config(TrainingConfig):
     # --- schedule (LaMo: 100K steps, evaluation every 2500, batch 64) ---
-    num_steps: int = 100_000
-    eval_every: int = 2500
-    eval_episodes: int = 10
-    batch_size: int = 64
+    num_steps: PositiveInt = 100_000
+    eval_every: PositiveInt = 2500
+    eval_episodes: PositiveInt = 10
+    batch_size: PositiveInt = 64
     # --- backbone ---
     backbone: str | None = "gpt2"  # hub id or local directory of a GPT-2; None = build n_layer/n_embd/n_head here
     pretrained_weights: bool = True  # False: the backbone's architecture, randomly initialised
-    n_layer: int = 3  # only when backbone is None
-    n_embd: int | None = None  # model width; None = the backbone's; a value that differs from it is an error
-    n_head: int = 1  # only when backbone is None
-    dropout: float = 0.1
+    n_layer: PositiveInt = 3  # only when backbone is None
+    n_embd: PositiveInt | None = None  # model width; None = the backbone's; a value that differs from it is an error
+    n_head: PositiveInt = 1  # only when backbone is None
+    dropout: Rate = 0.1
     # --- trajectory model ---
-    context_len: int | None = None  # K; None = the task's default (20 locomotion/kitchen, 5 reacher2d)
+    context_len: PositiveInt | None = None  # K; None = the task's default (20 locomotion/kitchen, 5 reacher2d)
     embedding: Literal["linear", "mlp"] = "mlp"  # LaMo: residual MLP embeddings
     action_head: Literal["linear_tanh", "mlp"] = "mlp"  # LaMo: Linear → GELU → Linear, clipped at evaluation
     timestep_after_layernorm: bool = True  # LaMo adds the timestep embedding after the embedding LayerNorm
     # --- adaptation ---
     adaptation: Literal["lora", "full"] = "lora"  # lora: backbone frozen, LoRA on c_attn's q, k, v
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    lora_r: PositiveInt = 16
+    lora_alpha: PositiveInt = 32
+    lora_dropout: Rate = 0.1
     # --- auxiliary language loss (λ · causal-LM cross-entropy) ---
-    lm_coef: float = 0.1  # λ; 0 skips the language forward entirely
+    lm_coef: NonNegativeFloat = 0.1  # λ; 0 skips the language forward entirely
     lm_corpus: str = "wikitext-103"  # "wikitext-103", a directory or file of .txt, or "builtin"
-    lm_sequences: int = 2  # sequences per step
-    lm_seq_len: int = 1024  # tokens per sequence
+    lm_sequences: PositiveInt = 2  # sequences per step
+    lm_seq_len: PositiveInt = 1024  # tokens per sequence
     # --- optimisation (LaMo: AdamW eps 1e-6, lr 1e-4, wd 1e-5, 2500 warm-up steps, clip 0.25) ---
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-5
-    adam_eps: float = 1e-6
-    warmup_steps: int = 2500
-    grad_clip: float = 0.25
+    learning_rate: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 1e-5
+    adam_eps: PositiveFloat = 1e-6
+    warmup_steps: NonNegativeInt = 2500
+    grad_clip: PositiveFloat = 0.25
     # --- numerics ---
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+    @model_validator(mode="after")
+    def language_loss_needs_a_language_model(self):
+        if self.backbone is None and self.lm_coef > 0:
+            raise ValueError(f"lm_coef={self.lm_coef} needs a language model backbone (a hub id or a pre-trained "
+                             f"directory), but backbone is None; set lm_coef to 0 or name a backbone")
+        return self
 
 
 PRESETS: dict[str, dict] = {
@@ -89,15 +107,26 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def external_inputs(config: Config) -> list[ExternalInput]:
+    """The pre-trained backbone (when there is one) and the language corpus (when λ > 0)."""
+    def check_backbone(value: str) -> None:
+        width = pretrained_gpt2_config(value).get("n_embd")
+        if config.n_embd is not None and config.n_embd != width:
+            raise ValueError(f"n_embd={config.n_embd} does not match the width {width} of backbone {value!r}")
+
+    inputs = []
+    if config.backbone is not None:
+        inputs.append(ExternalInput("backbone", "pre-trained GPT-2", config.backbone, check_backbone))
+    if config.lm_coef > 0:
+        inputs.append(ExternalInput("lm_corpus", "language corpus", config.lm_corpus, check_corpus))
+    return inputs
+
+
 def build_backbone(config: Config) -> GPT2:
     if config.backbone is None:
-        if config.lm_coef > 0:
-            raise ValueError("lm_coef > 0 needs a language model backbone (a hub id or a pre-trained directory); "
-                             "backbone is None")
         width = config.n_embd or 128
         return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout))
-    hf = load_pretrained_gpt2(config.backbone, random_init=not config.pretrained_weights,
-                                       dropout=config.dropout)
+    hf = load_pretrained_gpt2(config.backbone, random_init=not config.pretrained_weights, dropout=config.dropout)
     if config.n_embd is not None and config.n_embd != hf.config.n_embd:
         raise ValueError(f"n_embd={config.n_embd} does not match the width {hf.config.n_embd} of backbone "
                          f"{config.backbone!r}")
@@ -132,7 +161,6 @@ class TrainingObjective(nn.Module):
 
 
 class SequenceModelAlgorithm:
-    batch_kind = "windows"
     return_conditioned = RETURN_CONDITIONED
 
     def __init__(self, config: Config, setup: TrainingSetup):

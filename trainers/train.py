@@ -1,10 +1,13 @@
-"""Run one trial by hand, without a sweep: local Ray (or the cluster in RAY_ADDRESS), one TorchTrainer.
+"""Run one trial by hand, without a sweep:
 
     python -m trainers.train --algo lamo --task reacher2d-medium --ratio 0.1 --seed 0 --steps 2000 \\
         --set backbone=models/tiny-gpt2 --set lm_corpus=builtin
 
-Metrics are printed and appended to <output>/metrics.jsonl; the final weights (LoRA adapter via peft,
-safetensors), resolved config and per-episode evaluation returns are written to <output>/.
+One worker runs the trial core right here (no Ray); `--num-workers N` runs N DDP workers in a Ray Train
+TorchTrainer (local Ray, or the cluster in RAY_ADDRESS). Metrics are printed and appended to
+<output>/metrics.jsonl; the final weights (LoRA adapter via peft, safetensors), the trial record and the
+per-episode evaluation returns are written to <output>/. Run the same command again and it resumes from the
+checkpoint in <output>/checkpoint (one worker) or the Ray Train run (several).
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
+from trainers.algorithm import ConfigError
+from trainers.core import LocalReport, run_local
 from trainers.datasets import DatasetError, resolve_dataset_path
-from trainers.loop import LocalReport, TrialConfig, train_loop_per_worker
-from trainers.registry import ALGORITHMS, ConfigError, make_config
+from trainers.record import make_record
+from trainers.registry import ALGORITHMS
 from trainers.tasks import get_task
 
 
@@ -35,34 +39,6 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def run_trial(trial: TrialConfig, num_workers: int = 1, use_gpu: bool = False, storage_path: str | None = None,
-              max_failures: int = 0, report=None, *, cpus_per_worker: float = 1.0, gpus_per_worker: float | None = None,
-              run_name: str | None = None, callbacks: list | None = None):
-    """Fit one TorchTrainer for the trial (starting Ray locally if it is not running) and return its Result.
-
-    A second call with the same run name and storage path resumes the run from its latest checkpoint (Train V2
-    restores a run it finds there), which is how a resumed sweep continues its trials."""
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    if not ray.is_initialized():
-        ray.init(configure_logging=False)
-    storage = storage_path if storage_path and "://" in storage_path else \
-        str(Path(storage_path or Path(trial.output_dir) / "ray").resolve())  # a URI (s3://, gs://) stays as given
-    gpus = (1.0 if use_gpu else 0.0) if gpus_per_worker is None else gpus_per_worker
-    per_worker = {"CPU": cpus_per_worker} | ({"GPU": gpus} if gpus > 0 else {})
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"trial": asdict(trial), "report": report},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
-        run_config=RunConfig(name=run_name or f"{trial.algorithm}-{trial.task}-{trial.ratio:g}-{trial.seed}",
-                             storage_path=storage, failure_config=FailureConfig(max_failures=max_failures),
-                             callbacks=callbacks),
-    )
-    return trainer.fit()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algo", required=True, help=f"one of {', '.join(ALGORITHMS)}")
@@ -74,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
     parser.add_argument("--dataset", help="explicit dataset file (default: the d4rl cache convention)")
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--num-workers", type=int, default=1, help="DDP workers; more than 1 runs on Ray Train")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker (with --num-workers > 1)")
     parser.add_argument("--output", default="outputs/trial", help="directory for metrics and final artifacts")
-    parser.add_argument("--max-failures", type=int, default=0, help="worker-group restarts from the last checkpoint")
+    parser.add_argument("--max-failures", type=int, default=0, help="worker-group restarts (Ray Train)")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
@@ -85,19 +61,27 @@ def main(argv: list[str] | None = None) -> int:
                            ("eval_episodes", args.eval_episodes)):
             if value is not None:
                 overrides[key] = value
-        make_config(args.algo, overrides)  # fail on a bad name, field or missing file before starting Ray
-        resolve_dataset_path(get_task(args.task), args.dataset)
+        resolve_dataset_path(get_task(args.task), args.dataset)  # a missing file is named before any work
+        record = make_record(args.algo, args.task, args.ratio, args.seed, overrides, args.dataset)
     except (ConfigError, DatasetError, KeyError) as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
     output = str(Path(args.output).resolve())
-    trial = TrialConfig(algorithm=args.algo, task=args.task, ratio=args.ratio, seed=args.seed,
-                        hyperparameters=overrides, dataset_path=args.dataset, output_dir=output)
-    result = run_trial(trial, args.num_workers, args.gpu, max_failures=args.max_failures,
-                       report=LocalReport(output))
-    if result.error:
-        print(f"error: trial failed: {result.error}", file=sys.stderr)
-        return 1
+    if args.num_workers == 1:
+        run_local(record, output)
+    else:
+        import ray
+
+        from trainers.distributed import fit_distributed
+
+        if not ray.is_initialized():
+            ray.init(configure_logging=False)
+        result = fit_distributed(record, output, num_workers=args.num_workers, storage=str(Path(output, "ray")),
+                                 run_name=record.trial_id, report=LocalReport(output),
+                                 gpus_per_worker=1.0 if args.gpu else 0.0, max_failures=args.max_failures)
+        if result.error:
+            print(f"error: trial failed: {result.error}", file=sys.stderr)
+            return 1
     print(f"artifacts in {output}")
     return 0
 

@@ -1,0 +1,135 @@
+"""The trial record: one trial, resolved once, carried unchanged from the sweep file to the worker, to MLflow and
+back to the aggregator.
+
+A record holds the trial's identity (`trial_id`, the algorithm × task × ratio × seed cell), the algorithm's
+configuration resolved once (preset, the domain's settings, the sweep's settings and overrides, local paths
+made absolute) and the identity of its dataset (file, digest, episode counts, filled in by the sweep's
+validation pass). `make_record` is the one place a record is made: the sweep spec calls it for every grid
+point and `python -m trainers.train` for its one trial. Nothing downstream re-derives a trial's identity from
+folder names or tags: it reads the record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainers.algorithm import TrainingConfig
+from trainers.datasets import DatasetError, candidate_paths, resolve_dataset_path
+from trainers.registry import config_from_dict, external_inputs, make_config
+from trainers.tasks import get_task
+
+RECORD_FILE = "trial_record.json"  # the record beside a trial's other files
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """Which data a trial trains on. `name` seeds the data-ratio subsets, so the same cell gets the same
+    trajectories on every machine; the counts and digest come from the sweep's validation pass (0 and "" when
+    the record was made without it, e.g. by `python -m trainers.train`)."""
+
+    name: str  # e.g. "hopper-medium-v2", the file's stem
+    source: str  # absolute path of the file
+    digest: str = ""  # SHA-256 of the file's bytes
+    size_bytes: int = 0
+    episodes: int = 0  # in the whole file
+    transitions: int = 0
+    subset_episodes: int = 0  # what the trial's data ratio keeps
+    notes: tuple[str, ...] = ()  # what was done to the file's episodes and why (e.g. split at the horizon)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str  # "<algorithm>.<task>.r<ratio>.s<seed>", plus ".h<hash>" for a search sample
+    algorithm: str
+    task: str
+    domain: str
+    ratio: float
+    seed: int
+    config: dict[str, Any]  # the algorithm's Config, resolved, as JSON values
+    dataset: DatasetIdentity
+    sweep_id: str = ""  # empty outside a sweep
+    sampled: dict[str, Any] = field(default_factory=dict)  # hyperparameters a search sampled (also in config)
+    eval_seed: int = 10_000  # evaluation episodes are seeded from (eval_seed, seed, step)
+    log_every: int = 100  # training metrics are reported every this many steps
+
+    @property
+    def cell(self) -> tuple[str, str, float]:
+        return self.algorithm, self.task, self.ratio
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.config["num_steps"])
+
+    def algorithm_config(self) -> TrainingConfig:
+        """The algorithm's Config object, exactly as resolved when the record was made."""
+        return config_from_dict(self.algorithm, self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialRecord:
+        dataset = dict(values["dataset"])
+        dataset["notes"] = tuple(dataset.get("notes", ()))
+        return cls(**{**values, "dataset": DatasetIdentity(**dataset)})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialRecord:
+        return cls.from_dict(json.loads(text))
+
+    def with_dataset(self, **identity: Any) -> TrialRecord:
+        return dataclasses.replace(self, dataset=dataclasses.replace(self.dataset, **identity))
+
+    def with_sample(self, sampled: dict[str, Any]) -> TrialRecord:
+        """A search sample of this trial: the sampled hyperparameters over its config, named by their hash."""
+        config = config_from_dict(self.algorithm, self.config | sampled)  # checks the sampled values
+        digest = hashlib.sha256(json.dumps(sampled, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return dataclasses.replace(self, trial_id=f"{self.trial_id}.h{digest}", config=_json_values(config),
+                                   sampled=dict(sampled))
+
+
+def trial_id_of(algorithm: str, task: str, ratio: float, seed: int) -> str:
+    return f"{algorithm}.{task}.r{ratio:g}.s{seed}"
+
+
+def _json_values(config: TrainingConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def localize_inputs(algorithm: str, config: TrainingConfig) -> TrainingConfig:
+    """The config with every declared external input that names an existing local path made absolute."""
+    changes = {}
+    for declared in external_inputs(algorithm, config):
+        path = Path(declared.value).expanduser()
+        if path.exists():
+            changes[declared.field] = str(path.resolve())
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def make_record(algorithm: str, task: str, ratio: float = 1.0, seed: int = 0,
+                overrides: dict[str, Any] | None = None, dataset_path: str | None = None, *,
+                sweep_id: str = "", eval_seed: int = 10_000, log_every: int = 100) -> TrialRecord:
+    """Resolve one trial: its task, its algorithm config (ConfigError naming each bad field) and its dataset
+    file (the d4rl cache convention unless a path is given; a missing file is reported by the validation pass,
+    which needs every trial's record first)."""
+    found = get_task(task)
+    config = localize_inputs(algorithm, make_config(algorithm, overrides, found))
+    try:
+        source = resolve_dataset_path(found, dataset_path)
+    except DatasetError:
+        source = candidate_paths(found.dataset_file, dataset_path)[0]
+    name = Path(found.dataset_file).stem
+    return TrialRecord(trial_id=trial_id_of(algorithm, task, ratio, seed), algorithm=algorithm, task=task,
+                       domain=found.domain, ratio=float(ratio), seed=int(seed), config=_json_values(config),
+                       dataset=DatasetIdentity(name=name, source=str(Path(source).resolve())), sweep_id=sweep_id,
+                       eval_seed=eval_seed, log_every=log_every)
+
+
