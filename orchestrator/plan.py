@@ -1,7 +1,11 @@
 """What a sweep will do, computed without starting Ray or writing anything: the trial table, the resource plan
-(how many trials fit at once, what each holds) and an estimate of the compute (gradient steps, evaluation
-environment steps). `python orchestrator/sweep.py --dry-run` prints it; the driver uses the same numbers to
-refuse a sweep the cluster cannot run.
+(what each trial holds, how many run at once on which nodes) and an estimate of the compute (gradient steps,
+evaluation environment steps). `python orchestrator/sweep.py --dry-run` prints it; the driver uses the same
+numbers to refuse a sweep the cluster cannot run.
+
+A trial with one worker trains in its Tune trial's own actor, which holds that worker's CPUs and GPU share on
+one node; a trial with several workers (or `resources.trainer: ray_train`) has a driver holding only a
+`trial_slot` and a Ray Train worker group whose workers may sit on different nodes.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import SweepSpec, expand_trials
-from trainers.loop import TrialConfig
-from trainers.registry import make_config, return_conditioned
+from orchestrator.spec import SweepSpec
+from trainers.record import TrialRecord
+from trainers.registry import return_conditioned
 from trainers.tasks import get_task
 
 
@@ -25,31 +29,51 @@ class ResourcePlan:
     cpus_per_trial: float
     gpus_per_trial: float
     concurrent_trials: int  # how many trials run at once on the given resources
-    limited_by: str  # "CPUs", "GPUs" or "max_concurrent_trials"
+    limited_by: str  # "CPUs", "GPUs", "trial slots" or "max_concurrent_trials"
+    in_place: bool  # one worker in the trial's own actor
 
 
 class InsufficientResources(RuntimeError):
-    """A single trial asks for more than the cluster has: it would wait forever."""
+    """A single trial asks for more than the cluster (or any one of its nodes) has: it would wait forever."""
 
 
-def resource_plan(spec: SweepSpec, cluster_cpus: float, cluster_gpus: float) -> ResourcePlan:
-    """Trials fit by CPUs and GPUs; the trial's driver holds no CPU (only a `trial_slot`), so the workers get
-    every CPU they ask for."""
-    resources = spec.resources
-    cpus = resources.num_workers * resources.cpus_per_worker
-    gpus = resources.num_workers * resources.gpus_per_worker
-    if cpus > cluster_cpus or gpus > cluster_gpus:
+Node = dict[str, float]  # a node's resources: {"CPU": .., "GPU": .., "trial_slot": ..}
+
+
+def resource_plan(spec: SweepSpec, nodes: list[Node]) -> ResourcePlan:
+    """How the spec's trials fit on these nodes; InsufficientResources when one trial cannot fit at all."""
+    r = spec.resources
+    cpus, gpus = r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker
+    shape = (f"{r.num_workers} worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU")
+    total_cpus, total_gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
+
+    def fits(node: Node) -> int:  # how many workers of the spec's shape one node holds
+        counts = [math.floor(node.get("CPU", 0) / r.cpus_per_worker + 1e-9)]
+        if r.gpus_per_worker > 0:
+            counts.append(math.floor(node.get("GPU", 0) / r.gpus_per_worker + 1e-9))
+        return min(counts)
+
+    workers = sum(fits(node) for node in nodes)
+    if cpus > total_cpus or gpus > total_gpus or workers < r.num_workers or \
+            (r.in_place and not any(fits(node) for node in nodes)):
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         raise InsufficientResources(
-            f"one trial needs {cpus:g} CPUs and {gpus:g} GPUs ({resources.num_workers} workers × "
-            f"{resources.cpus_per_worker:g} CPU, {resources.gpus_per_worker:g} GPU) but the cluster has "
-            f"{cluster_cpus:g} CPUs and {cluster_gpus:g} GPUs; lower spec.resources or add nodes")
-    limits = {"CPUs": math.floor(cluster_cpus / cpus)}
-    if gpus > 0:
-        limits["GPUs"] = math.floor(cluster_gpus / gpus + 1e-9)
+            f"one trial needs {cpus:g} CPUs and {gpus:g} GPUs ({shape}, each worker on one node) but the cluster has "
+            f"{total_cpus:g} CPUs and {total_gpus:g} GPUs in {len(nodes)} node(s), the largest with "
+            f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs; lower spec.resources or add nodes")
+    limits = {"CPUs" if r.gpus_per_worker == 0 else "GPUs": workers // r.num_workers}
+    if not r.in_place:
+        slots = sum(n.get("trial_slot", 0) for n in nodes)
+        limits["trial slots"] = int(slots)
+        if slots < 1:
+            raise InsufficientResources(
+                "trials with several workers (or resources.trainer: ray_train) need a node with a 'trial_slot' "
+                "resource for their driver; start a node with --resources='{\"trial_slot\": 8}' "
+                "(cluster/*.yaml and docker-compose.yml do)")
     if spec.concurrency.max_concurrent_trials is not None:
         limits["max_concurrent_trials"] = spec.concurrency.max_concurrent_trials
     limited_by = min(limits, key=limits.get)
-    return ResourcePlan(cpus, gpus, max(1, limits[limited_by]), limited_by)
+    return ResourcePlan(cpus, gpus, max(1, limits[limited_by]), limited_by, r.in_place)
 
 
 @dataclass(frozen=True)
@@ -58,15 +82,15 @@ class ComputeEstimate:
     evaluation_env_steps: int  # upper bound: every evaluation episode runs the task's horizon
 
 
-def compute_estimate(trials: list[TrialConfig]) -> ComputeEstimate:
+def compute_estimate(records: list[TrialRecord]) -> ComputeEstimate:
     gradient = evaluation = 0
-    for trial in trials:
-        task = get_task(trial.task)
-        config = make_config(trial.algorithm, trial.hyperparameters, task)
-        evaluations = math.ceil(config.num_steps / config.eval_every)
-        targets = len(task.target_returns) if return_conditioned(trial.algorithm) else 1
-        gradient += config.num_steps
-        evaluation += evaluations * config.eval_episodes * targets * task.horizon
+    for record in records:
+        task = get_task(record.task)
+        config = record.config
+        evaluations = math.ceil(config["num_steps"] / config["eval_every"])
+        targets = len(task.target_returns) if return_conditioned(record.algorithm) else 1
+        gradient += config["num_steps"]
+        evaluation += evaluations * config["eval_episodes"] * targets * task.horizon
     return ComputeEstimate(gradient, evaluation)
 
 
@@ -77,25 +101,47 @@ def local_resources() -> tuple[float, float]:
     return float(os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
-def describe(spec: SweepSpec, output_root: str, cluster_cpus: float, cluster_gpus: float,
-             console: Console) -> None:
-    trials = expand_trials(spec, output_root)
-    plan = resource_plan(spec, cluster_cpus, cluster_gpus)  # refuse before printing anything
-    table = Table("algorithm", "task", "ratios", "seeds", "trials", "steps each", title=f"sweep {spec.sweep_id}")
-    cells = Counter((t.algorithm, t.task) for t in trials)
+def local_nodes(cpus: float, gpus: float, slots: int | None = None) -> list[Node]:
+    return [{"CPU": cpus, "GPU": gpus, "trial_slot": float(slots if slots is not None else max(1, cpus))}]
+
+
+def describe(spec: SweepSpec, records: list[TrialRecord], console: Console, cpus: float, gpus: float,
+             for_cluster: bool) -> None:
+    """The dry run: trial table, compute estimate and resource plan. On this machine (`for_cluster` False) a
+    sweep too large for it is still described — for the resources it names — with the flags that plan it for a
+    cluster."""
+    table = Table("algorithm", "task", "ratios", "seeds", "trials", "steps each", "eval episodes",
+                  title=f"sweep {spec.sweep_id}")
+    cells = Counter((r.algorithm, r.task) for r in records)
     for (algorithm, task_name), count in cells.items():
-        sample = next(t for t in trials if t.algorithm == algorithm and t.task == task_name)
-        steps = make_config(algorithm, sample.hyperparameters, get_task(task_name)).num_steps
-        ratios = sorted({t.ratio for t in trials if t.algorithm == algorithm and t.task == task_name})
-        table.add_row(algorithm, task_name, ", ".join(f"{r:g}" for r in ratios),
-                      ", ".join(map(str, spec.seeds)), str(count), f"{steps:,}")
+        mine = [r for r in records if (r.algorithm, r.task) == (algorithm, task_name)]
+        ratios = sorted({r.ratio for r in mine})
+        table.add_row(algorithm, task_name, ", ".join(f"{r:g}" for r in ratios), ", ".join(map(str, spec.seeds)),
+                      str(count), f"{mine[0].num_steps:,}", str(mine[0].config["eval_episodes"]))
     console.print(table)
-    estimate = compute_estimate(trials)
-    console.print(f"{len(trials)} trials")
-    console.print(f"resources: {plan.concurrent_trials} concurrent trials (limited by {plan.limited_by}) on "
-                  f"{cluster_cpus:g} CPUs / {cluster_gpus:g} GPUs; each trial {spec.resources.num_workers} "
-                  f"worker(s) × {spec.resources.cpus_per_worker:g} CPU, {spec.resources.gpus_per_worker:g} GPU")
+    console.print(f"{len(records)} trials")
+    r = spec.resources
+    how = "in place (one worker in the Tune trial's actor)" if r.in_place else \
+        f"through Ray Train ({r.num_workers} DDP worker(s); the trial's driver holds a trial_slot)"
+    console.print(f"each trial: {r.num_workers} worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU, "
+                  f"{how}")
+    estimate = compute_estimate(records)
     console.print(f"compute: {estimate.gradient_steps:,} gradient steps and at most "
-                  f"{estimate.evaluation_env_steps:,} evaluation environment steps, in "
-                  f"{math.ceil(len(trials) / plan.concurrent_trials)} waves of up to {plan.concurrent_trials} trials")
+                  f"{estimate.evaluation_env_steps:,} evaluation environment steps")
+    where = "the cluster you named" if for_cluster else "this machine"
+    try:
+        plan = resource_plan(spec, local_nodes(cpus, gpus))
+    except InsufficientResources as error:
+        if for_cluster:
+            raise
+        console.print(f"this machine ({cpus:g} CPUs, {gpus:g} GPUs) cannot run one trial: {error}")
+        console.print("plan it for a cluster with --cpus N --gpus M (the cluster's totals), and run it there: "
+                      "ray job submit --address http://HEAD:8265 --working-dir . -- python orchestrator/sweep.py "
+                      "--spec <this file> (see cluster/*.yaml)")
+    else:
+        console.print(f"resources: {plan.concurrent_trials} concurrent trials (limited by {plan.limited_by}) on "
+                      f"{where}: {cpus:g} CPUs / {gpus:g} GPUs; "
+                      f"{math.ceil(len(records) / plan.concurrent_trials)} waves of up to {plan.concurrent_trials}")
     console.print(f"tracking: {spec.tracking.uri} (experiment {spec.tracking.experiment}); storage: {spec.storage}")
+    console.print("aggregation: protocol paper (LaMo: per target return, the mean of the evaluations after 80 % of "
+                  "training; the best target per cell), also available: last, best")

@@ -1,6 +1,8 @@
-"""Live progress of a sweep, as a Ray Tune callback on the driver: one line per finished or failed trial and a
-status line every `interval_s` — trials done / running / failed / pending, the best score so far per cell
-(algorithm × task × ratio), elapsed and estimated remaining time. Plain lines, so `ray job logs` shows them too.
+"""Live progress of a sweep, as a Ray Tune callback on the driver: one line per finished or failed trial (a
+failure with its exception's own message) and a status line every `interval_s` — trials done / running /
+failed / pending, the best score so far per cell (algorithm × task × ratio), elapsed and estimated remaining
+time, and, while trials cannot reach the tracking server, for how long and how many reports wait. Plain lines,
+so `ray job logs` shows them too.
 """
 
 from __future__ import annotations
@@ -11,12 +13,23 @@ from collections import Counter
 from ray.tune import Callback
 from rich.console import Console
 
-from orchestrator.trial import trial_name
+from orchestrator.trial import record_of, trial_name
 
 
 def _cell(trial) -> str:
-    entry = trial.config["entry"]["trial"]
-    return f"{entry['algorithm']}/{entry['task']}/r{entry['ratio']:g}"
+    algorithm, task, ratio = record_of(trial.config).cell
+    return f"{algorithm}/{task}/r{ratio:g}"
+
+
+def _trial_error(trial) -> str:
+    """The trial's exception as its traceback's last line (the original error below Ray's wrappers), from the
+    error file Tune writes."""
+    try:
+        trace = trial.get_error() or ""
+    except OSError:  # an unreadable error file must not stop the progress
+        trace = ""
+    lines = [line.strip() for line in str(trace).splitlines() if line.strip()]
+    return lines[-1] if lines else "no error recorded"
 
 
 class SweepProgress(Callback):
@@ -79,6 +92,8 @@ class SweepProgress(Callback):
             self.trial_seconds.append(time.time() - self.trial_started.pop(trial.trial_id))
         value = (trial.last_result or {}).get(self.metric)
         score = f"{self.metric} {value:.1f}" if value is not None else "no evaluation"
+        if outcome == "ERROR":
+            score = f"{_trial_error(trial)[:400]} ({score})"
         self.console.print(f"{'done' if outcome == 'TERMINATED' else 'FAILED'} {trial_name(trial)}: {score}  "
                            f"[{self.status_line(trials, trial, outcome)}]")
 
@@ -94,7 +109,19 @@ class SweepProgress(Callback):
         self.last_status = time.time()
         best = self.best_per_cell(trials)
         cells = ", ".join(f"{cell} {value:.1f}" for cell, value in sorted(best.items()))
-        self.console.print(f"[sweep] {self.status_line(trials)}" + (f"; best so far: {cells}" if cells else ""))
+        self.console.print(f"[sweep] {self.status_line(trials)}" + (f"; best so far: {cells}" if cells else "")
+                           + self.tracking_line(trials))
+
+    @staticmethod
+    def tracking_line(trials) -> str:
+        """'; tracking unreachable for 42 s in 2 trials, 17 reports waiting' while any running trial says so."""
+        outages = [(trial.last_result or {}) for trial in trials if trial.status == "RUNNING"]
+        outages = [r for r in outages if r.get("tracking/unreachable_s", 0) > 0]
+        if not outages:
+            return ""
+        longest = max(r["tracking/unreachable_s"] for r in outages)
+        waiting = sum(r.get("tracking/pending", 0) for r in outages)
+        return f"; tracking unreachable for {longest:.0f} s in {len(outages)} trial(s), {waiting:.0f} reports waiting"
 
 
 def _duration(seconds: float) -> str:

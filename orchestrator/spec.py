@@ -1,7 +1,11 @@
 """The sweep file: a pydantic model loaded from YAML, validated whole before anything starts.
 
-Every error names the file, the field path and what was expected, and all errors are reported together.
-`expand_trials` turns a valid spec into the trial grid (algorithm × task × ratio × seed) as TrialConfigs.
+`load_spec` checks every field of the file and, through `expand_trials`, every trial it makes: each algorithm's
+overrides against that algorithm's own config (types and ranges, for every task's domain), every search-space
+bound, duplicate seeds, ratios, algorithms and tasks. Every error names the file, the field path and what was
+expected, and all errors are reported together. Numbers are read as YAML 1.2 reads them (`1e-3` is a number,
+not YAML 1.1's string). `expand_trials` turns a valid spec into the grid (algorithm × task × ratio × seed) of
+trial records (trainers/record.py), the one place a sweep's trials are resolved.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.loop import TrialConfig
-from trainers.registry import ALGORITHMS, ConfigError, config_fields, make_config
+from trainers.algorithm import ConfigError
+from trainers.datasets import LongEpisodes
+from trainers.record import TrialRecord, make_record
+from trainers.registry import ALGORITHMS, config_fields, make_config
 from trainers.tasks import TASKS, get_task
-
 
 class SpecError(ValueError):
     """A sweep file that cannot run; the message lists every problem, one per line."""
@@ -27,6 +32,14 @@ class SpecError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _unique(values: list, what: str) -> list:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(repeated)} (each would run the same "
+                         f"trials twice into one directory and one MLflow run)")
+    return values
 
 
 class AlgorithmSpec(Strict):
@@ -47,13 +60,16 @@ def _check_ratios(ratios: list[float] | None) -> list[float] | None:
     bad = [r for r in ratios or [] if not 0.0 < r <= 1.0]
     if bad:
         raise ValueError(f"data ratios must be in (0, 1], got {bad}")
-    return ratios
+    return _unique(ratios, "ratios") if ratios else ratios
 
 
 class TaskSpec(Strict):
     name: str
     ratios: list[float] | None = Field(default=None, min_length=1)  # this task's ratios instead of the sweep's
     dataset: str | None = None  # explicit file; default: the d4rl cache convention
+    # Episodes longer than the task's horizon mean the file's episode flags cannot be trusted: split them at
+    # the horizon (and say so in the trial's dataset notes) or refuse the file.
+    long_episodes: LongEpisodes = "split"
 
     @field_validator("name")
     @classmethod
@@ -72,12 +88,17 @@ class TrainingSpec(Strict):
     steps: int | None = Field(default=None, gt=0)  # None: each algorithm's default
     eval_every: int | None = Field(default=None, gt=0)
     eval_episodes: int | None = Field(default=None, gt=0)
+    log_every: int = Field(default=100, gt=0)  # training metrics every N steps
+    eval_seed: int = Field(default=10_000, ge=0)  # evaluation episodes are seeded from (eval_seed, seed, step)
 
 
 class ResourcesSpec(Strict):
     num_workers: int = Field(default=1, ge=1)  # Ray Train workers per trial (DDP when > 1)
     gpus_per_worker: float = Field(default=0.0, ge=0.0)  # fractional only with one worker
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    # auto: one worker trains in the Tune trial's own actor, several through a Ray Train TorchTrainer;
+    # ray_train: every trial through a TorchTrainer (a controller actor and placement group per trial).
+    trainer: Literal["auto", "ray_train"] = "auto"
 
     @model_validator(mode="after")
     def fractional_gpus_need_one_worker(self) -> ResourcesSpec:
@@ -85,6 +106,10 @@ class ResourcesSpec(Strict):
             raise ValueError(f"gpus_per_worker={self.gpus_per_worker} is fractional, which needs num_workers: 1 "
                              f"(got {self.num_workers}); DDP needs a whole GPU per worker")
         return self
+
+    @property
+    def in_place(self) -> bool:
+        return self.num_workers == 1 and self.trainer == "auto"
 
 
 class SearchSpec(Strict):
@@ -115,6 +140,10 @@ class SearchSpec(Strict):
                 raise ValueError(f"space.{name}.loguniform: expected low > 0, got {values[0]}")
         return self
 
+    def values_to_check(self) -> dict[str, list[Any]]:
+        """Per searched hyperparameter, the values that bound what a sample can be (both ends, every choice)."""
+        return {name: list(values) for name, d in self.space.items() for values in d.values()}
+
     def tune_space(self) -> dict[str, Any]:
         """The space as Ray Tune domains (int bounds are inclusive)."""
         from ray import tune
@@ -129,6 +158,9 @@ class TrackingSpec(Strict):
     # on every node of the cluster configs), else sqlite:///mlflow.db.
     uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
     experiment: str = "lamo-sweeps"
+    # A trial keeps training while the tracking server is unreachable and delivers everything once it is back;
+    # an outage longer than this fails the trial (its checkpoint intact) instead of holding results in memory.
+    max_outage_s: float = Field(default=900.0, gt=0)
 
 
 class ConcurrencySpec(Strict):
@@ -140,7 +172,7 @@ class ConcurrencySpec(Strict):
 class SweepSpec(Strict):
     name: str
     algorithms: list[AlgorithmSpec] = Field(min_length=1)
-    tasks: list[TaskSpec] = Field(min_length=1)  # names, or {name, ratios, dataset}
+    tasks: list[TaskSpec] = Field(min_length=1)  # names, or {name, ratios, dataset, long_episodes}
     ratios: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -169,12 +201,34 @@ class SweepSpec(Strict):
     def ratios_in_range(cls, ratios: list[float]) -> list[float]:
         return _check_ratios(ratios)
 
+    @field_validator("seeds")
+    @classmethod
+    def seeds_are_distinct_and_non_negative(cls, seeds: list[int]) -> list[int]:
+        negative = [s for s in seeds if s < 0]
+        if negative:
+            raise ValueError(f"seeds must be ≥ 0 (they seed NumPy and torch), got {negative}")
+        return _unique(seeds, "seeds")
+
+    @field_validator("algorithms")
+    @classmethod
+    def algorithms_are_distinct(cls, algorithms: list[AlgorithmSpec]) -> list[AlgorithmSpec]:
+        _unique([a.name for a in algorithms], "algorithm names")
+        return algorithms
+
+    @field_validator("tasks")
+    @classmethod
+    def tasks_are_distinct(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        _unique([t.name for t in tasks], "task names")
+        return tasks
+
     @property
     def fingerprint(self) -> str:
         """Stable across machines: the same spec always names the same sweep (and resumes it). Where results go
-        and how fast they come (tracking, storage, concurrency) are not part of what the sweep computes."""
-        canonical = json.dumps(self.model_dump(mode="json", exclude={"tracking", "storage", "concurrency"}),
-                               sort_keys=True)
+        and how fast they come (tracking, storage, concurrency, whether a trial trains in place) are not part of
+        what the sweep computes."""
+        dump = self.model_dump(mode="json", exclude={"tracking", "storage", "concurrency"})
+        dump["resources"].pop("trainer")
+        canonical = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
     @property
@@ -182,46 +236,24 @@ class SweepSpec(Strict):
         return f"{self.name}-{self.fingerprint}"
 
 
+# --- YAML as the user meant it ---------------------------------------------------------------------------------
+
+class _Yaml12Numbers(yaml.SafeLoader):
+    """PyYAML implements YAML 1.1, where `1e-3` and `1e5` (no dot) are strings; YAML 1.2 and every user read
+    them as numbers."""
+
+
+_Yaml12Numbers.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def _location(loc: tuple) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "(root)"
 
 
-def _hyperparameter_errors(spec: SweepSpec) -> list[str]:
-    """Overrides and search-space names checked against each algorithm's config now, not when a trial starts."""
-    errors = []
-    for i, algorithm in enumerate(spec.algorithms):
-        try:
-            make_config(algorithm.name, algorithm.overrides)
-        except ConfigError as error:
-            errors.append(f"algorithms[{i}].overrides: {error}")
-        unknown = sorted(set(spec.search.space) - set(config_fields(algorithm.name)))
-        if spec.search.kind == "optuna" and unknown:
-            errors.append(f"search.space: {', '.join(unknown)} is not a hyperparameter of {algorithm.name} "
-                          f"(algorithms[{i}])")
-    return errors
-
-
-def load_spec(path: str | Path) -> SweepSpec:
-    """Parse and validate a sweep file; raise SpecError listing every problem as `file: field: expected`."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such sweep file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from error
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping of sweep fields at the top level, got {type(raw).__name__}")
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as error:
-        lines = [f"{path}: {_location(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()]
-        raise SpecError("\n".join(lines)) from None
-    problems = _hyperparameter_errors(spec)
-    if problems:
-        raise SpecError("\n".join(f"{path}: {p}" for p in problems))
-    return spec
-
+# --- whole-sweep checks ----------------------------------------------------------------------------------------
 
 def trial_hyperparameters(spec: SweepSpec, algorithm: AlgorithmSpec) -> dict[str, Any]:
     """Global training settings, then the algorithm's own, then its overrides."""
@@ -234,20 +266,82 @@ def trial_hyperparameters(spec: SweepSpec, algorithm: AlgorithmSpec) -> dict[str
     return values | algorithm.overrides
 
 
-def expand_trials(spec: SweepSpec, output_root: str | Path) -> list[TrialConfig]:
-    """The grid, in a fixed order: algorithm, task, ratio, seed. Each trial's output directory is named by it."""
-    trials = []
-    for algorithm in spec.algorithms:
+def expand_trials(spec: SweepSpec) -> list[TrialRecord]:
+    """The grid as trial records, in a fixed order: algorithm, task, ratio, seed. Raises SpecError listing every
+    algorithm × task whose configuration is invalid."""
+    records, problems = [], {}
+    for i, algorithm in enumerate(spec.algorithms):
+        hyperparameters = trial_hyperparameters(spec, algorithm)
         for task in spec.tasks:
             for ratio in task.ratios or spec.ratios:
                 for seed in spec.seeds:
-                    trial_id = f"{algorithm.name}.{task.name}.r{ratio:g}.s{seed}"
-                    trials.append(TrialConfig(
-                        algorithm=algorithm.name, task=task.name, ratio=ratio, seed=seed,
-                        hyperparameters=trial_hyperparameters(spec, algorithm),
-                        dataset_path=task.dataset, output_dir=str(Path(output_root) / trial_id)))
-    return trials
+                    try:
+                        records.append(make_record(
+                            algorithm.name, task.name, ratio, seed, hyperparameters, task.dataset,
+                            sweep_id=spec.sweep_id, eval_seed=spec.training.eval_seed,
+                            log_every=spec.training.log_every))
+                    except ConfigError as error:
+                        where = f"algorithms[{i}] ({algorithm.name}, with the sweep's training settings)"
+                        problems.setdefault(str(error), f"{where}: {error} (task {task.name})")
+    if problems:
+        raise SpecError("\n".join(problems.values()))
+    return records
 
 
-def total_gradient_steps(spec: SweepSpec, trials: list[TrialConfig]) -> int:
-    return sum(make_config(t.algorithm, t.hyperparameters, get_task(t.task)).num_steps for t in trials)
+def _search_errors(spec: SweepSpec) -> list[str]:
+    """Search-space names and bounds checked against each algorithm's config, for every task's domain."""
+    errors = []
+    if spec.search.kind != "optuna":
+        return errors
+    for i, algorithm in enumerate(spec.algorithms):
+        unknown = sorted(set(spec.search.space) - set(config_fields(algorithm.name)))
+        if unknown:
+            errors.append(f"search.space: {', '.join(unknown)} is not a hyperparameter of {algorithm.name} "
+                          f"(algorithms[{i}])")
+            continue
+        base = trial_hyperparameters(spec, algorithm)
+        for name, values in spec.search.values_to_check().items():
+            for value in values:
+                for task in spec.tasks:
+                    try:
+                        make_config(algorithm.name, base | {name: value}, get_task(task.name))
+                    except ConfigError as error:
+                        errors.append(f"search.space.{name}: the value {value!r} is invalid for {algorithm.name}: "
+                                      f"{error}")
+                        break
+    return list(dict.fromkeys(errors))
+
+
+def read_spec_file(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(f"{path}: no such sweep file")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Numbers)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of sweep fields at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Parse and validate a sweep file; raise SpecError listing every problem as `file: field: expected`."""
+    path = Path(path)
+    raw = read_spec_file(path)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as error:
+        lines = []
+        for e in error.errors():
+            got = "" if e["type"] in ("value_error", "missing") or isinstance(e.get("input"), dict) \
+                else f", got {e.get('input')!r}"
+            lines.append(f"{path}: {_location(e['loc'])}: {e['msg'].removeprefix('Value error, ')}{got}")
+        raise SpecError("\n".join(lines)) from None
+    problems = _search_errors(spec)
+    try:
+        expand_trials(spec)
+    except SpecError as error:
+        problems += str(error).splitlines()
+    if problems:
+        raise SpecError("\n".join(f"{path}: {p}" for p in problems))
+    return spec

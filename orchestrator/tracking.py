@@ -1,35 +1,49 @@
-"""MLflow layout of a sweep: one parent run per sweep, one child run per trial, found again on resume.
+"""MLflow layout of a sweep — the one module that writes it and reads it back.
 
-Run layout (the aggregator reads exactly this):
-- experiment: the spec's `tracking.experiment`;
+Run layout:
+- experiment: the spec's `tracking.experiment`, tagged `mlflow.experimentKind = custom_model_development` so
+  MLflow 3 opens it on the training runs table (not its GenAI view);
 - parent run: name = sweep id, tags `role=sweep`, `sweep_id`, `sweep_name` (and `superseded=true` once a
-  `--restart` replaced it: the aggregator takes the newest parent that is not superseded); params = the spec's grid; the spec
-  file as an artifact; `best/<cell>` metrics and `best/<cell>/config` tags from a search;
-- child run: name = trial id, tags `mlflow.parentRunId` (nesting in the UI), `role=trial`, `sweep_id`,
-  `trial_id`, `algorithm`, `task`, `domain`, `ratio`, `seed`, `trajectory_ids` (compact ranges, e.g. "0-3,7");
-  params = the resolved trial config; metrics with step = gradient step (`train/*`, `eval/target_<R>/*`,
-  `eval/best_normalized_mean`, `cost/wall_seconds`, `cost/gpu_hours`); artifacts = the trial's files
-  (model/ adapter and weights, config.json, evaluations.json, eval_episodes.csv, trajectory_ids.json);
-  status FINISHED, FAILED, or RUNNING while it trains (or when its driver was killed).
+  `--restart` replaced it: the aggregator takes the newest parent that is not superseded); params = the spec's
+  grid; the spec file as an artifact; `best/<cell>` metrics and `best/<cell>/config` tags from a search;
+- child run: name = trial id, tags `mlflow.parentRunId` (nesting in the UI), `role=trial`, `trial_record` (the
+  trial record as JSON: the only carrier of the trial's identity, read back by the aggregator), and for
+  searching and reading in the UI `sweep_id`, `trial_id`, `algorithm`, `task`, `domain`, `ratio`, `seed`,
+  `trajectory_ids` (compact ranges, e.g. "0-3,7"), `dataset.notes`, `error` (the failure, when it failed);
+  params = the record's fields and resolved config; its dataset as an MLflow dataset input (name, SHA-256
+  digest, source file, profile with the episode counts); metrics with step = gradient step (`train/*`,
+  `eval/target_<R>/*`, `eval/best_normalized_mean`, `cost/wall_seconds`, `cost/gpu_hours`); artifacts = the
+  trial's files (model/ adapter and weights, trial_record.json, evaluations.json, eval_episodes.csv,
+  trajectory_ids.json, metrics.jsonl, error.txt when it failed); status FINISHED, FAILED, or RUNNING while it
+  trains (or when its driver was killed).
 
-A resumed trial finds its run by (parent run, trial_id) and continues it; metrics it re-reports for steps
-already logged before a crash are skipped, so a run never holds two values for one step.
+Writing is off the training path: the trial's `MlflowReport` queues what the trial core reports and a thread
+delivers it, retrying while the server is unreachable; the trial only stops, loudly and with its checkpoint
+intact, when an outage outlasts `tracking.max_outage_s`. A resumed trial finds its run by (parent run,
+trial_id) and continues it; metrics it re-reports for steps already logged before a crash are skipped, so a
+run never holds two values for one step.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
-from dataclasses import asdict
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from trainers.loop import TRAJECTORY_IDS_FILE, TrialConfig
-from trainers.tasks import get_task
+from trainers.core import TRAJECTORY_IDS_FILE
+from trainers.record import TrialRecord
 
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
+RECORD_TAG = "trial_record"
+ERROR_TAG = "error"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class TrackingError(RuntimeError):
@@ -141,6 +155,7 @@ class SweepTracker:
 
     def start_sweep(self, sweep_name: str, params: dict[str, Any], spec_file: Path | None = None) -> str:
         """The parent run of this sweep: found again on resume, created (with params and the spec) otherwise."""
+        self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         existing = [run for run in find_runs(self.client, self.experiment_id, role=PARENT_ROLE,
                                              sweep_id=self.sweep_id) if run.data.tags.get("superseded") != "true"]
         if existing:
@@ -168,11 +183,10 @@ class SweepTracker:
     def finish_sweep(self, parent_run_id: str, failed: bool) -> None:
         self.client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
 
-    def trial_run(self, parent_run_id: str, trial_id: str, trial: TrialConfig,
-                  resolved_config: dict) -> tuple[str, dict[str, float] | None]:
+    def trial_run(self, parent_run_id: str, record: TrialRecord) -> tuple[str, dict[str, float] | None]:
         """The trial's child run and, when that run already FINISHED, its latest metrics (nothing to train).
-        An existing unfinished run is continued (resume, retry); otherwise one is created with its params."""
-        existing = find_runs(self.client, self.experiment_id, role=TRIAL_ROLE, trial_id=trial_id,
+        An existing unfinished run is continued (resume, retry); otherwise one is created from the record."""
+        existing = find_runs(self.client, self.experiment_id, role=TRIAL_ROLE, trial_id=record.trial_id,
                              **{"mlflow.parentRunId": parent_run_id})
         if existing:
             run = existing[0]
@@ -180,18 +194,22 @@ class SweepTracker:
                 return run.info.run_id, dict(run.data.metrics)
             self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id, None
-        task = get_task(trial.task)
-        run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
-            "mlflow.parentRunId": parent_run_id, "role": TRIAL_ROLE, "sweep_id": self.sweep_id,
-            "trial_id": trial_id, "algorithm": trial.algorithm, "task": trial.task, "domain": task.domain,
-            "ratio": f"{trial.ratio:g}", "seed": str(trial.seed)})
-        trial_fields = {k: v for k, v in asdict(trial).items() if k not in ("hyperparameters", "output_dir")}
-        _log_params(self.client, run.info.run_id, _flat_params("trial.", trial_fields)
-                    | _flat_params("config.", resolved_config))
+        notes = "; ".join(record.dataset.notes)
+        run = self.client.create_run(self.experiment_id, run_name=record.trial_id, tags={
+            "mlflow.parentRunId": parent_run_id, "role": TRIAL_ROLE, RECORD_TAG: record.to_json(),
+            "sweep_id": record.sweep_id, "trial_id": record.trial_id, "algorithm": record.algorithm,
+            "task": record.task, "domain": record.domain, "ratio": f"{record.ratio:g}", "seed": str(record.seed),
+            **({"dataset.notes": notes[:5000]} if notes else {})})
+        fields = {k: v for k, v in record.to_dict().items() if k not in ("config", "dataset", "sampled")}
+        _log_params(self.client, run.info.run_id, _flat_params("trial.", fields)
+                    | _flat_params("config.", record.config))
+        self.client.log_inputs(run.info.run_id, datasets=[dataset_input(record)])
         return run.info.run_id, None
 
-    def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float) -> None:
-        """Close the child run; cost metrics accumulate over resumed attempts."""
+    def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float,
+                     error: BaseException | None = None) -> None:
+        """Close the child run; cost metrics accumulate over resumed attempts; a failure is recorded with its
+        own message (tag `error`) and traceback (error.txt)."""
         from mlflow.entities import Metric
 
         previous = self.client.get_run(run_id).data.metrics.get("cost/wall_seconds", 0.0)
@@ -199,6 +217,9 @@ class SweepTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric("cost/wall_seconds", total, now, 0),
                                                Metric("cost/gpu_hours", total * gpus / 3600, now, 0)])
+        if error is not None:
+            self.client.set_tag(run_id, ERROR_TAG, failure_message(error)[:5000])
+            self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
     def record_best(self, parent_run_id: str, cell: str, metric: str, value: float, config: dict) -> None:
@@ -210,49 +231,136 @@ class SweepTracker:
                                     RunTag(f"best/{cell}/metric", metric)])
 
 
+def dataset_input(record: TrialRecord):
+    """The trial's data as an MLflow dataset input: the runs table's Dataset column shows name and digest."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    identity = record.dataset
+    profile = {"episodes": identity.episodes, "transitions": identity.transitions,
+               "subset_trajectories": identity.subset_episodes, "ratio": record.ratio}
+    dataset = Dataset(name=identity.name, digest=identity.digest[:36] or "unvalidated", source_type="local",
+                      source=json.dumps({"uri": identity.source}), profile=json.dumps(profile))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+
+
+def failure_message(error: BaseException) -> str:
+    """The exception's own message, below Ray's wrappers (a Ray task error's header names only the actor)."""
+    while True:
+        cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError keeps the original as `cause`
+        if isinstance(cause, BaseException) and cause is not error:
+            error = cause
+            continue
+        return f"{type(error).__name__}: {error}".strip().removesuffix(":")
+
+
 class MlflowReport:
-    """The loop's ReportHook inside a sweep: metrics (step = gradient step) and files to the trial's child run.
+    """The trial core's ReportHook inside a sweep: metrics (step = gradient step) and files go to the trial's
+    child run from a background thread, so a slow or unreachable tracking server never stalls training.
 
-    Picklable (it travels to the rank-0 Train worker); the client is made on first use."""
+    While the server is unreachable the reports wait in memory (they are also in the trial's metrics.jsonl) and
+    are retried; `status()` says how long and how many. An outage longer than `max_outage_s` makes the next
+    report raise TrackingError: the trial fails loudly with its checkpoint intact and resumes when run again.
+    `close()` waits for everything to be delivered."""
 
-    def __init__(self, uri: str, run_id: str, output_dir: str):
-        self.uri, self.run_id, self.output_dir = uri, run_id, output_dir
+    RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0)  # then every 10 s
+
+    def __init__(self, uri: str, run_id: str, run_dir: str, max_outage_s: float = 900.0):
+        self.uri, self.run_id, self.run_dir, self.max_outage_s = uri, run_id, Path(run_dir), max_outage_s
+        # Fail each HTTP call fast and retry here instead: MLflow's own retries (7, with back-off) would hide an
+        # outage for minutes and say nothing.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        self._pending: deque[tuple[int, dict[str, float], list[Path]]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None
+        self._last_error: str = ""
+        self._logged_up_to: dict[str, int] | None = None
         self._client = None
-        self._logged_up_to: dict[str, int] = {}
 
-    def __getstate__(self) -> dict:
-        return {"uri": self.uri, "run_id": self.run_id, "output_dir": self.output_dir}
+    def __getstate__(self) -> dict:  # travels to a Ray Train worker as its settings; the thread starts there
+        return {"uri": self.uri, "run_id": self.run_id, "run_dir": str(self.run_dir),
+                "max_outage_s": self.max_outage_s}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
 
+    def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
+        self._raise_if_outage_too_long()
+        with self._lock:
+            self._pending.append((step, dict(metrics), list(map(Path, files))))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._deliver_forever, name="mlflow-report", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def status(self) -> dict[str, float]:
+        """`tracking/pending` reports waiting, `tracking/unreachable_s` seconds since delivery started failing."""
+        failing = time.time() - self._failing_since if self._failing_since is not None else 0.0
+        return {"tracking/pending": float(len(self._pending)), "tracking/unreachable_s": failing}
+
+    def close(self) -> None:
+        """Return once every report is delivered; raise TrackingError when the outage outlasts the limit."""
+        while self._pending:
+            self._raise_if_outage_too_long()
+            time.sleep(0.05)
+
+    def _raise_if_outage_too_long(self) -> None:
+        if self._failing_since is not None and time.time() - self._failing_since > self.max_outage_s:
+            raise TrackingError(
+                f"tracking URI {self.uri} unreachable for {time.time() - self._failing_since:.0f} s (limit "
+                f"tracking.max_outage_s = {self.max_outage_s:g} s), {len(self._pending)} reports waiting; last error: "
+                f"{self._last_error}. The trial stops with its checkpoint intact; run the sweep again once the "
+                f"server is back")
+
+    def _deliver_forever(self) -> None:
+        attempt = 0
+        while True:
+            self._wake.wait()
+            with self._lock:
+                if not self._pending:
+                    self._wake.clear()
+                    continue
+                item = self._pending[0]
+            try:
+                self._deliver(*item)
+            except Exception as error:  # any transport or server failure: keep the report, retry later
+                if self._failing_since is None:
+                    self._failing_since = time.time()
+                self._last_error = f"{type(error).__name__}: {str(error)[:300]}"
+                time.sleep(self.RETRY_DELAYS_S[min(attempt, len(self.RETRY_DELAYS_S) - 1)])
+                attempt += 1
+                continue
+            with self._lock:
+                self._pending.popleft()
+            self._failing_since, attempt = None, 0
+
     def _connect(self):
         if self._client is None:
             self._client = client(self.uri)
-            # A resumed worker re-reports steps between its checkpoint and the crash: remember what is logged.
+        if self._logged_up_to is None:
+            # A resumed trial re-reports steps between its checkpoint and the crash: remember what is logged.
+            logged = {}
             for key in self._client.get_run(self.run_id).data.metrics:
-                history = self._client.get_metric_history(self.run_id, key)
-                self._logged_up_to[key] = max(m.step for m in history)
+                logged[key] = max(m.step for m in self._client.get_metric_history(self.run_id, key))
+            self._logged_up_to = logged
         return self._client
 
-    def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
+    def _deliver(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
         from mlflow.entities import Metric, RunTag
 
         mlflow_client = self._connect()
         now = int(time.time() * 1000)
         fresh = [Metric(key, float(value), now, step) for key, value in metrics.items()
                  if step > self._logged_up_to.get(key, -1)]
-        tags = []
-        for path in map(Path, files):
-            if path.name == TRAJECTORY_IDS_FILE:
-                ids = json.loads(path.read_text())
-                tags.append(RunTag("trajectory_ids", _trajectory_tag(ids)))
+        tags = [RunTag("trajectory_ids", _trajectory_tag(json.loads(path.read_text())))
+                for path in files if path.name == TRAJECTORY_IDS_FILE]
         if fresh or tags:
             mlflow_client.log_batch(self.run_id, metrics=fresh, tags=tags)
         for metric in fresh:
             self._logged_up_to[metric.key] = step
-        root = Path(self.output_dir)
-        for path in map(Path, files):
-            relative = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+        for path in files:
+            relative = path.relative_to(self.run_dir) if path.is_relative_to(self.run_dir) else Path(path.name)
             folder = None if relative.parent == Path(".") else str(relative.parent)
             mlflow_client.log_artifact(self.run_id, str(path), folder)

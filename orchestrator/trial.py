@@ -1,25 +1,34 @@
-"""One Tune trial of a sweep: find or open the trial's MLflow child run, then fit one Ray Train TorchTrainer.
+"""One Tune trial of a sweep: the trial record's MLflow child run, and the trial core run for it.
 
-This function is the Tune trainable (Train V2 pattern: `ray.tune.*` here, `ray.train.*` in the workers). It is
-scheduled with no CPU (only a `trial_slot`), so every CPU stays with the Train workers. Its Train run is named
-by the trial id under the sweep's storage, so a trial restarted by Tune (retry, or a resumed sweep) continues
-from the run's latest checkpoint; a trial whose MLflow run already finished is not trained again.
+This function is the Tune trainable. A trial with one worker runs the trial core (trainers/core.py) right here,
+in the Tune trial's actor, which holds that worker's resources (CPU, a GPU or a fraction of one): no Ray Train
+controller, placement group or worker actor per trial, and Tune reuses the actor for the next trial, so
+imports, the dataset and CUDA stay warm. Its checkpoints are Tune's (`tune.get_checkpoint` / `tune.report`),
+so a trial restarted by Tune (a retry, or a resumed sweep) continues from its latest one. A trial with more
+workers (DDP), or any trial when `resources.trainer` is `ray_train`, is driven from here — the driver holding
+only a `trial_slot` — through a Ray Train TorchTrainer (trainers/distributed.py), named by the trial id under
+the sweep's storage so that it resumes the same way.
+
+Either way metrics go to metrics.jsonl in the trial's directory and to MLflow off the training path
+(tracking.MlflowReport), a trial whose MLflow run already FINISHED is not trained again, and a failure is
+recorded on its run with the exception's own message before Tune sees it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from orchestrator.tracking import MlflowReport, SweepTracker
-from trainers.loop import TrialConfig
-from trainers.registry import make_config
-from trainers.tasks import get_task
+import torch
 
-TRIAL_DRIVER_RESOURCES = {"cpu": 0, "trial_slot": 1}
+from orchestrator.tracking import MlflowReport, SweepTracker
+from trainers.core import METRICS_FILE, LocalReport, TrialCore, load_checkpoint, save_checkpoint
+from trainers.record import TrialRecord
+
+DRIVER_RESOURCES = {"cpu": 0, "trial_slot": 1}  # a trial that only drives a TorchTrainer
 
 
 @dataclass(frozen=True)
@@ -30,62 +39,116 @@ class SweepContext:
     experiment: str
     sweep_id: str
     parent_run_id: str
+    outputs: str  # trials write their files to <outputs>/<trial id> before they go to MLflow
     train_storage: str  # Ray Train runs: <storage>/<sweep id>/train/<trial id>
     num_workers: int
     cpus_per_worker: float
     gpus_per_worker: float
     worker_retries: int
+    in_place: bool  # one worker run in the trial's own actor (False: always through Ray Train)
+    max_outage_s: float
 
 
-def searched_trial(base: dict, sampled: dict[str, Any]) -> tuple[str, dict]:
-    """A search sample's trial: the cell's trial with the sampled hyperparameters, named by their hash."""
-    digest = hashlib.sha256(json.dumps(sampled, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    trial = dict(base["trial"], hyperparameters=base["trial"]["hyperparameters"] | sampled)
-    trial_id = f"{base['trial_id']}.h{digest}"
-    trial["output_dir"] = f"{trial['output_dir']}.h{digest}"
-    return trial_id, trial
+def trial_resources(context: SweepContext) -> dict[str, float]:
+    """What the Tune trial itself holds: the worker's resources when it trains in place, else a trial slot."""
+    if not context.in_place:
+        return dict(DRIVER_RESOURCES)
+    gpus = context.gpus_per_worker
+    return {"cpu": context.cpus_per_worker} | ({"gpu": gpus} if gpus > 0 else {})
 
 
-def resolve_entry(config: dict) -> tuple[str, dict]:
-    """(trial id, TrialConfig fields) of a Tune trial's config: the grid entry, or a search sample of it."""
-    if config.get("search"):
-        return searched_trial(config["entry"], config["search"])
-    return config["entry"]["trial_id"], config["entry"]["trial"]
+def record_of(config: dict) -> TrialRecord:
+    """The Tune trial's record: the grid's, or a search sample of it."""
+    record = TrialRecord.from_dict(config["record"])
+    return record.with_sample(config["search"]) if config.get("search") else record
 
 
 def trial_name(trial) -> str:
     """The sweep's name for a Tune trial (its directory and its line in the progress)."""
-    return resolve_entry(trial.config)[0]
+    return record_of(trial.config).trial_id
+
+
+class TuneCheckpoints:
+    """The trial core's checkpoints as Tune's; every report also carries the tracking status for the progress."""
+
+    def __init__(self, tracking: MlflowReport):
+        self.tracking = tracking
+
+    def restore(self) -> dict | None:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_checkpoint(Path(directory))
+
+    def save(self, state: dict | None, metrics: dict[str, float]) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(Path(directory), state)
+            tune.report(metrics | self.tracking.status(), checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+class Reports:
+    """metrics.jsonl beside the trial's files, then MLflow (queued, never blocking)."""
+
+    def __init__(self, run_dir: str, tracking: MlflowReport):
+        self.local, self.tracking = LocalReport(run_dir, quiet=True), tracking
+
+    def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
+        self.local(step, metrics, files)
+        self.tracking(step, metrics, files)
+
+    def close(self) -> None:
+        """The local metrics file goes to the run too, then everything still queued is delivered."""
+        metrics_file = self.local.run_dir / METRICS_FILE
+        if metrics_file.is_file():
+            self.tracking(0, {}, [metrics_file])
+        self.tracking.close()
 
 
 def trial_driver(config: dict) -> None:
-    """config = {"entry": {"trial_id", "trial"}, "sweep": SweepContext as dict[, "search": sampled values]}."""
+    """config = {"record": TrialRecord as dict, "sweep": SweepContext as dict[, "search": sampled values]}."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from trainers.train import run_trial
 
     context = SweepContext(**config["sweep"])
-    trial_id, fields = resolve_entry(config)
-    trial = TrialConfig(**fields)
+    record = record_of(config)
+    run_dir = str(Path(context.outputs) / record.trial_id)
     tracker = SweepTracker(context.tracking_uri, context.experiment, context.sweep_id)
-    resolved = asdict(make_config(trial.algorithm, trial.hyperparameters, get_task(trial.task)))
-    run_id, finished_metrics = tracker.trial_run(context.parent_run_id, trial_id, trial, resolved)
+    run_id, finished_metrics = tracker.trial_run(context.parent_run_id, record)
     if finished_metrics is not None:  # trained and closed before the sweep was interrupted
         tune.report(finished_metrics | {"skipped": 1.0})
         return
 
+    tracking = MlflowReport(tracker.uri, run_id, run_dir, context.max_outage_s)
+    reports = Reports(run_dir, tracking)
     started = time.time()
-    failed = True
+    error: BaseException | None = None
     try:
-        result = run_trial(trial, context.num_workers, storage_path=context.train_storage,
-                           max_failures=context.worker_retries, report=MlflowReport(tracker.uri, run_id,
-                                                                                     trial.output_dir),
-                           cpus_per_worker=context.cpus_per_worker, gpus_per_worker=context.gpus_per_worker,
-                           run_name=trial_id, callbacks=[TuneReportCallback()])
-        if result.error:
-            raise result.error
-        failed = False
+        if context.in_place:
+            device = torch.device("cuda") if context.gpus_per_worker > 0 and torch.cuda.is_available() else None
+            TrialCore(record, run_dir, device).run(reports, TuneCheckpoints(tracking))
+        else:
+            _fit_distributed(record, run_dir, context, reports)
+    except BaseException as failure:
+        error = failure
+        raise
     finally:
         gpus = context.num_workers * context.gpus_per_worker
-        tracker.finish_trial(run_id, failed=failed, wall_seconds=time.time() - started, gpus=gpus)
+        tracker.finish_trial(run_id, failed=error is not None, wall_seconds=time.time() - started, gpus=gpus,
+                             error=error)
+
+
+def _fit_distributed(record: TrialRecord, run_dir: str, context: SweepContext, reports: Any) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainers.distributed import fit_distributed
+
+    result = fit_distributed(record, run_dir, num_workers=context.num_workers, storage=context.train_storage,
+                             run_name=record.trial_id, report=reports, cpus_per_worker=context.cpus_per_worker,
+                             gpus_per_worker=context.gpus_per_worker, max_failures=context.worker_retries,
+                             callbacks=[TuneReportCallback()])
+    if result.error:
+        raise result.error

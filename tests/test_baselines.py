@@ -22,7 +22,8 @@ from trainers.algorithm import Algorithm, NonFiniteLossError, StatelessPolicy
 from trainers.datasets import load_d4rl_dataset
 from trainers.evaluation import evaluate_batched
 from trainers.make_dataset import make_dataset
-from trainers.registry import ConfigError, TrainingSetup, build_algorithm, make_config
+from trainers.algorithm import ConfigError, TrainingSetup
+from trainers.registry import build_algorithm, make_config
 from trainers.samplers import TransitionBatch, to_torch
 from trainers.tasks import get_task
 
@@ -225,11 +226,11 @@ def test_ensemble_critic_matches_separate_networks_and_cpu_blocking(monkeypatch)
 def test_algorithm_protocol_fused_adam_and_defaults(spaces, small, name):
     algorithm, _ = build(name, spaces, small)
     assert isinstance(algorithm, Algorithm)
-    assert algorithm.batch_kind == "transitions" and algorithm.return_conditioned is False
+    assert algorithm.return_conditioned is False
     assert all(optimizer.defaults.get("fused") for optimizer in algorithm.optimizers.values())
     config = make_config(name)
     assert (config.num_steps, config.eval_every, config.eval_episodes, config.batch_size) == (1_000_000, 5000, 10, 256)
-    kitchen = importlib.import_module(f"baselines.{MODULE_NAME[name]}").KITCHEN_OVERRIDES
+    kitchen = importlib.import_module(f"baselines.{MODULE_NAME[name]}").DOMAIN_OVERRIDES.get("kitchen", {})
     assert set(kitchen) <= {f.name for f in fields(config)}
     make_config(name, kitchen)  # valid values too
 
@@ -311,9 +312,9 @@ def test_checkpoint_round_trip_reproduces_actions_and_the_next_update(spaces, sm
 def test_iql_variants_resume_exactly(spaces, small, overrides):
     """The deterministic-actor variant and the kitchen settings (actor dropout, whose masks come from the
     checkpointed generator, so a resumed run continues bit for bit)."""
-    from baselines.iql import KITCHEN_OVERRIDES
+    from baselines.iql import DOMAIN_OVERRIDES
 
-    overrides = KITCHEN_OVERRIDES if overrides == "kitchen" else overrides
+    overrides = DOMAIN_OVERRIDES["kitchen"] if overrides == "kitchen" else overrides
     algorithm, config = build("iql", spaces, small, **overrides)
     rng = np.random.default_rng(0)
     train(algorithm, 3, rng)

@@ -1,8 +1,15 @@
+"""The algorithm registry and the algorithms' configs: every field typed and ranged, domain settings, no import
+circle between the contracts, the registry and the algorithms."""
+
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
-from trainers.registry import ALGORITHMS, ConfigError, config_fields, make_config
+from trainers.algorithm import ConfigError
+from trainers.registry import ALGORITHMS, config_fields, external_inputs, make_config
 from trainers.tasks import get_task
 
 
@@ -18,8 +25,48 @@ def test_kitchen_tasks_get_the_papers_kitchen_settings_and_user_overrides_win():
     assert make_config("iql", {"temperature": 1.0}, task=kitchen).temperature == 1.0
 
 
-def test_presets_and_bad_values():
+def test_presets():
     assert make_config("bc_10").top_fraction == 0.1 and make_config("bc").top_fraction != 0.1
     assert make_config("dt").backbone is None and make_config("lamo").backbone == "gpt2"
-    with pytest.raises(ConfigError, match="td3_bc: policy_delay must be ≥ 1"):
-        make_config("td3_bc", {"policy_delay": 0})
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("td3_bc", {"policy_delay": 0}, "td3_bc: policy_delay: Input should be greater than 0, got 0"),
+    ("bc", {"lr": -1e-3}, "bc: lr: Input should be greater than 0, got -0.001"),
+    ("bc", {"lr": "fast"}, "bc: lr: Input should be a valid number, unable to parse string as a number, got 'fast'"),
+    ("iql", {"expectile": 1.0}, "iql: expectile: Input should be less than 1, got 1.0"),
+    ("iql", {"hidden_dims": [32, 0]}, "iql: hidden_dims.1: Input should be greater than 0, got 0"),
+    ("dt", {"num_steps": 2.5}, "dt: num_steps: Input should be a valid integer, got a number with a fractional "
+                               "part, got 2.5"),
+    ("dt", {"embedding": "conv"}, "dt: embedding: Input should be 'linear' or 'mlp', got 'conv'"),
+    ("dt", {"num_steps": 100, "eval_every": 500}, "eval_every=500 is larger than num_steps=100"),
+    ("dt", {"lm_coef": 0.1}, "lm_coef=0.1 needs a language model backbone"),
+    ("cql", {"cql_n_actions": 0, "discount": 1.5}, "cql: cql_n_actions: Input should be greater than 0, got 0; "
+                                                   "cql: discount: Input should be less than or equal to 1, got 1.5"),
+])
+def test_every_field_is_checked_for_type_and_range(name, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        make_config(name, overrides)
+    assert message in str(error.value)
+
+
+def test_numbers_written_as_strings_are_taken_as_numbers():
+    assert make_config("bc", {"lr": "1e-3"}).lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    assert make_config("iql", {"hidden_dims": [64, 64]}).hidden_dims == (64, 64)
+
+
+def test_algorithms_declare_their_external_inputs():
+    lamo = make_config("lamo", {"backbone": "models/x", "lm_corpus": "builtin"})
+    assert [(i.field, i.value) for i in external_inputs("lamo", lamo)] == [("backbone", "models/x"),
+                                                                           ("lm_corpus", "builtin")]
+    assert [i.field for i in external_inputs("lamo_no_lm", make_config("lamo_no_lm"))] == ["backbone"]
+    assert external_inputs("dt", make_config("dt")) == [] and external_inputs("iql", make_config("iql")) == []
+
+
+def test_the_algorithms_never_import_the_registry():
+    """The contracts and every algorithm import in a fresh interpreter without the registry: nothing below it
+    reaches back up (a circle through an algorithm would need that)."""
+    modules = ["trainers.algorithm", "baselines.iql", "baselines.cql", "baselines.bc", "baselines.td3_bc",
+               "trainers.sequence_trainer"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nassert 'trainers.registry' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

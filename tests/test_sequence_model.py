@@ -13,7 +13,8 @@ from transformers import GPT2Config, GPT2Model
 from trainers.algorithm import NonFiniteLossError
 from trainers.datasets import load_d4rl_dataset
 from trainers.gpt2 import GPT2, gpt2_config
-from trainers.registry import ConfigError, TrainingSetup, build_algorithm, make_config
+from trainers.algorithm import ConfigError, TrainingSetup
+from trainers.registry import build_algorithm, make_config
 from trainers.samplers import to_torch
 from trainers.tasks import get_task
 

@@ -8,7 +8,7 @@ from the latest checkpoint when there is one: step counter, algorithm (optimizer
 every random stream, so a resumed trial ends with the weights of an uninterrupted one.
 
 Everything outside the trial comes in through three small interfaces, which the adapters fill:
-- `ReportHook(step, metrics, files)`: where metrics and files go (rank 0 only). `LocalReport` prints and
+- `ReportHook(step, metrics, files)` and `close()`: where metrics and files go (rank 0 only). `LocalReport` prints and
   appends to metrics.jsonl; the sweep adds MLflow (orchestrator/tracking.py).
 - `Checkpoints`: `restore()` the latest state, `save(state, metrics)` a new one. `DirectoryCheckpoints` keeps
   it in a directory (`python -m trainers.train`, tests, benchmarks); the Tune adapter (orchestrator/trial.py)
@@ -53,6 +53,9 @@ METRICS_FILE = "metrics.jsonl"
 class ReportHook(Protocol):
     def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None: ...
 
+    def close(self) -> None:
+        """Called once the trial's last report is made: deliver whatever is still on its way."""
+
 
 class Checkpoints(Protocol):
     def restore(self) -> dict | None:
@@ -77,6 +80,9 @@ class LocalReport:
         if not self.quiet:
             shown = {k: round(v, 4) for k, v in metrics.items() if k in self.SHOWN or k.endswith("normalized_mean")}
             print(f"step {step}: {shown}" + (f" files: {[p.name for p in files]}" if files else ""), flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class DirectoryCheckpoints:
@@ -253,6 +259,7 @@ class TrialCore:
             result.files = self._write_artifacts(result)
             report(result.step, {} if divergence is None else {"distributed/max_parameter_difference": divergence},
                    result.files)
+            report.close()
         self.close()
         return result
 

@@ -334,6 +334,11 @@ def _load_cached(path: str, size: int, mtime_ns: int, task_name: str, long_episo
     return enforce_horizon(dataset, task.horizon, long_episodes)
 
 
+def forget_loaded_datasets() -> None:
+    """Drop this process's cached datasets (a sweep driver, once it has validated them)."""
+    _load_cached.cache_clear()
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, read in 8 MiB blocks."""
     digest = hashlib.sha256()

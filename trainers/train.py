@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                            ("eval_episodes", args.eval_episodes)):
             if value is not None:
                 overrides[key] = value
-        resolve_dataset_path(get_task(args.task), args.dataset)  # a missing file is named before any work
         record = make_record(args.algo, args.task, args.ratio, args.seed, overrides, args.dataset)
+        resolve_dataset_path(get_task(args.task), args.dataset)  # a missing file is named before any work
     except (ConfigError, DatasetError, KeyError) as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
