@@ -45,9 +45,10 @@ def gpt2_small_dir(tmp_path_factory):
     return directory
 
 
-def test_our_gpt2_equals_hugging_face_without_position_embeddings():
+@pytest.mark.parametrize("activation", ["gelu_pytorch_tanh", "gelu_new", "gelu", "relu"])
+def test_our_gpt2_equals_hugging_face_without_position_embeddings(activation):
     torch.manual_seed(0)
-    hf = GPT2Model(gpt2_config(2, 64, 4, dropout=0.0, vocab_size=50)).eval()
+    hf = GPT2Model(gpt2_config(2, 64, 4, dropout=0.0, vocab_size=50, activation_function=activation)).eval()
     with torch.no_grad():
         hf.wpe.weight.zero_()
     ours = GPT2.from_hf(hf).eval()
@@ -55,11 +56,38 @@ def test_our_gpt2_equals_hugging_face_without_position_embeddings():
     valid = torch.ones(3, 10, dtype=torch.bool)
     valid[0, :4] = False  # left padding
     with torch.no_grad():
-        assert torch.equal(hf(inputs_embeds=x).last_hidden_state, ours(x))
+        if activation == "gelu_new":  # HF's tanh formula in Python vs PyTorch's fused kernel: equal up to rounding
+            torch.testing.assert_close(ours(x), hf(inputs_embeds=x).last_hidden_state, rtol=0, atol=1e-5)
+        else:  # the same kernels: bit for bit
+            assert torch.equal(hf(inputs_embeds=x).last_hidden_state, ours(x))
         theirs = hf(inputs_embeds=x, attention_mask=valid.long()).last_hidden_state
         mine = ours(x, valid)
         torch.testing.assert_close(mine[valid], theirs[valid], rtol=0, atol=1e-6)
         torch.testing.assert_close(ours(x, valid, last_query_only=True)[:, 0], mine[:, -1], rtol=0, atol=1e-5)
+
+
+def test_an_activation_our_gpt2_does_not_implement_is_refused():
+    with pytest.raises(ValueError, match=r"activation_function='silu' is not implemented here; supported: gelu, "
+                                         r"gelu_new, gelu_pytorch_tanh, relu"):
+        GPT2.from_hf(GPT2Model(gpt2_config(1, 16, 1, dropout=0.0, activation_function="silu")))
+
+
+def tiny_overrides(preset: str, backbone) -> dict:
+    """A tiny model for each preset: DT builds its own backbone, the others load the tiny pre-trained GPT-2."""
+    return {"n_layer": 1, "n_embd": 16, "n_head": 1} if preset == "dt" else {"backbone": str(backbone)}
+
+
+def test_dt_runs_decision_transformers_relu_mlp_and_pretrained_backbones_their_own(tiny_lm):
+    x = torch.randn(4, 16)
+    mlp = build_algorithm("dt", make_config("dt", tiny_overrides("dt", tiny_lm)), setup_for()).model.backbone.h[0].mlp
+    assert torch.equal(mlp.eval()(x), mlp.c_proj(torch.relu(mlp.c_fc(x))))
+    # A checkpoint keeps the activation its config names (the tiny GPT-2 is saved with GPT-2's tanh-GELU).
+    mlp = build_algorithm("lamo", make_config("lamo", {"backbone": str(tiny_lm)}), setup_for()).model.backbone.h[0].mlp
+    x = torch.randn(4, 32)
+    assert torch.equal(mlp.eval()(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate="tanh")))
+    with pytest.raises(ValueError, match="activation_function='relu' applies only when backbone is None"):
+        build_algorithm("lamo", make_config("lamo", {"backbone": str(tiny_lm), "activation_function": "relu"}),
+                        setup_for())
 
 
 def test_lamo_trains_exactly_the_lamo_parameter_set_on_gpt2_small(gpt2_small_dir):

@@ -48,6 +48,9 @@ class Config(TrainingConfig):
     n_layer: int = 3  # only when backbone is None
     n_embd: int | None = None  # model width; None = the backbone's; a value that differs from it is an error
     n_head: int = 1  # only when backbone is None
+    # GPT-2 MLP activation, only when backbone is None (default relu: DT gym/experiment.py and LaMo experiment.py
+    # --activation_function); a checkpoint, pre-trained or randomly initialised, uses the one its config names.
+    activation_function: str | None = None
     dropout: float = 0.1
     # --- trajectory model ---
     context_len: int | None = None  # K; None = the task's default (20 locomotion/kitchen, 5 reacher2d)
@@ -81,9 +84,9 @@ PRESETS: dict[str, dict] = {
     "lamo_random_init": {"pretrained_weights": False},
     "lamo_full_ft": {"adaptation": "full"},
     "lamo_linear_emb": {"embedding": "linear", "action_head": "linear_tanh"},
-    "dt": {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "embedding": "linear",
-           "action_head": "linear_tanh", "timestep_after_layernorm": False, "adaptation": "full", "lm_coef": 0.0,
-           "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000},
+    "dt": {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "activation_function": "relu",
+           "embedding": "linear", "action_head": "linear_tanh", "timestep_after_layernorm": False,
+           "adaptation": "full", "lm_coef": 0.0, "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000},
     "wiki_rl": {"adaptation": "full", "embedding": "linear", "action_head": "linear_tanh",
                 "timestep_after_layernorm": False, "weight_decay": 1e-4, "adam_eps": 1e-8},
 }
@@ -95,7 +98,11 @@ def build_backbone(config: Config) -> GPT2:
             raise ValueError("lm_coef > 0 needs a language model backbone (a hub id or a pre-trained directory); "
                              "backbone is None")
         width = config.n_embd or 128
-        return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout))
+        return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout,
+                                       activation_function=config.activation_function or "relu"))
+    if config.activation_function is not None:
+        raise ValueError(f"activation_function={config.activation_function!r} applies only when backbone is None; "
+                         f"backbone {config.backbone!r} uses the activation its config names")
     hf = load_pretrained_gpt2(config.backbone, random_init=not config.pretrained_weights,
                                        dropout=config.dropout)
     if config.n_embd is not None and config.n_embd != hf.config.n_embd:

@@ -26,6 +26,7 @@ class TrajectoryModelConfig:
     n_layer: int = 3  # backbone size when it is built here (ignored for a given backbone)
     n_embd: int = 128
     n_head: int = 1
+    activation_function: str = "relu"  # backbone MLP when built here: DT's ReLU (ignored for a given backbone)
     dropout: float = 0.1
     embedding: Literal["linear", "mlp"] = "linear"  # LaMo: residual MLP embeddings
     action_head: Literal["linear_tanh", "mlp"] = "linear_tanh"  # DT: Linear → tanh; LaMo: Linear → GELU → Linear
@@ -57,7 +58,8 @@ class TrajectoryTransformer(nn.Module):
         self.config = config
         if backbone is None:
             backbone = random_gpt2(gpt2_config(config.n_layer, config.n_embd, config.n_head, config.dropout,
-                                               n_positions=max(1024, 3 * config.context_len)))
+                                               n_positions=max(1024, 3 * config.context_len),
+                                               activation_function=config.activation_function))
         if backbone.config.n_embd != config.n_embd:
             raise ValueError(f"model width n_embd={config.n_embd} does not match the backbone's "
                              f"{backbone.config.n_embd}")
