@@ -90,6 +90,39 @@ def test_dt_runs_decision_transformers_relu_mlp_and_pretrained_backbones_their_o
                         setup_for())
 
 
+def _is_layer_normed(x: torch.Tensor) -> bool:
+    """Per-token mean 0 and variance 1: the output of a freshly initialised LayerNorm (weight 1, bias 0)."""
+    return bool((x.mean(-1).abs() < 1e-5).all() and ((x.var(-1, unbiased=False) - 1).abs() < 1e-3).all())
+
+
+@pytest.mark.parametrize("preset", ["dt", "wiki_rl", "lamo", "lamo_no_lm", "lamo_random_init", "lamo_full_ft",
+                                    "lamo_linear_emb"])
+def test_timestep_embedding_is_added_after_the_embedding_layernorm_except_in_dt(tiny_lm, preset):
+    """DT's gym experiment adds the timestep embedding to each token, then normalises; LaMo's and Wiki-RL's code
+    normalise the stacked tokens, then add it."""
+    model = build_algorithm(preset, make_config(preset, tiny_overrides(preset, tiny_lm)), setup_for()).model
+    batch, k = 2, model.config.context_len
+    states, actions = torch.randn(batch, k, 12), torch.rand(batch, k, 2) * 2 - 1
+    returns, timesteps = torch.rand(batch, k) * 8, torch.randint(0, 100, (batch, k))
+    with torch.no_grad():
+        tokens = model._tokens(states, actions, returns, timesteps)
+        time = model.embed_timestep(timesteps).repeat_interleave(3, dim=1)
+    assert _is_layer_normed(tokens) == (preset == "dt")
+    assert _is_layer_normed(tokens - time) == (preset != "dt")
+
+
+@pytest.mark.parametrize(("preset", "eps", "warmup"), [
+    ("dt", 1e-8, 10_000),  # DT gym/experiment.py: torch's AdamW default eps, --warmup_steps 10000
+    ("wiki_rl", 1e-6, 10_000),  # Wiki-RL and LaMo utils.py get_optimizer (pretrained_lm set): eps 1e-6; 10000
+    ("lamo", 1e-6, 2_500),  # LaMo utils.py (pretrained_lm set) and run.sh warmup_steps=2500
+    ("lamo_full_ft", 1e-6, 2_500),
+])
+def test_adamw_eps_and_warmup_follow_each_presets_source(tiny_lm, preset, eps, warmup):
+    algorithm = build_algorithm(preset, make_config(preset, tiny_overrides(preset, tiny_lm)), setup_for())
+    assert {group["eps"] for group in algorithm.optimizer.param_groups} == {eps}
+    assert algorithm.scheduler.get_last_lr()[0] == pytest.approx(algorithm.config.learning_rate / warmup)
+
+
 def test_lamo_trains_exactly_the_lamo_parameter_set_on_gpt2_small(gpt2_small_dir):
     config = make_config("lamo", {"backbone": str(gpt2_small_dir), "pretrained_weights": False})
     algorithm = build_algorithm("lamo", config, setup_for())

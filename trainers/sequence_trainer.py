@@ -87,8 +87,22 @@ PRESETS: dict[str, dict] = {
     "dt": {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "activation_function": "relu",
            "embedding": "linear", "action_head": "linear_tanh", "timestep_after_layernorm": False,
            "adaptation": "full", "lm_coef": 0.0, "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000},
+    # Wiki-RL (Reid et al. 2022) as LaMo's code runs it: pre-trained GPT-2 fully fine-tuned, linear embeddings,
+    # Linear → tanh head, λ 0.1 language loss. Both repositories' decision_transformer.py apply the embedding
+    # LayerNorm before adding the timestep embedding, and both utils.py get_optimizer use AdamW eps 1e-6 when a
+    # pre-trained LM is loaded; weight decay 1e-4 and 10K warm-up steps are both experiment.py defaults (LaMo's
+    # scripts for its baselines are not in its repository). Not reproduced from Wiki-RL's paper and run.sh:
+    # - its k-means auxiliary loss (--gpt_kmeans 1000 --gpt_kmeans_const 0.1: input embeddings pulled towards
+    #   1000 clusters of GPT-2's token embeddings, annealed away over the first ~5K steps); LaMo's code has no
+    #   such loss either, so LaMo's Wiki-RL numbers come without it;
+    # - the timestep table initialised from GPT-2's position embeddings (--extend_positions), and the action
+    #   head tied to the action embedding (--share_input_output_proj): options in both codes, off by default;
+    # - dropout 0.2 (run.sh; 0.1 is both experiment.py defaults) and 100 evaluation episodes per target
+    #   (experiment.py default; here LaMo's protocol);
+    # - λ: Wiki-RL's lm_cotraining/seq_trainer.py adds the LM loss with weight 1 in fp32 (0.1 only under --fp16);
+    #   0.1 is LaMo's co_lambda.
     "wiki_rl": {"adaptation": "full", "embedding": "linear", "action_head": "linear_tanh",
-                "timestep_after_layernorm": False, "weight_decay": 1e-4, "adam_eps": 1e-8},
+                "timestep_after_layernorm": True, "weight_decay": 1e-4, "adam_eps": 1e-6, "warmup_steps": 10_000},
 }
 
 
