@@ -116,6 +116,7 @@ def test_timestep_embedding_is_added_after_the_embedding_layernorm_except_in_dt(
     ("wiki_rl", 1e-6, 10_000),  # Wiki-RL and LaMo utils.py get_optimizer (pretrained_lm set): eps 1e-6; 10000
     ("lamo", 1e-6, 2_500),  # LaMo utils.py (pretrained_lm set) and run.sh warmup_steps=2500
     ("lamo_full_ft", 1e-6, 2_500),
+    ("lamo_random_init", 1e-8, 2_500),  # LaMo's random init runs with pretrained_lm unset: AdamW's default eps
 ])
 def test_adamw_eps_and_warmup_follow_each_presets_source(tiny_lm, preset, eps, warmup):
     algorithm = build_algorithm(preset, make_config(preset, tiny_overrides(preset, tiny_lm)), setup_for())

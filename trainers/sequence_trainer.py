@@ -1,12 +1,13 @@
 """LaMo, its ablations, Decision Transformer and Wiki-RL: one trajectory transformer, named presets.
 
-LaMo's facts come from its paper (Shi et al., ICLR 2024, appendix) and official code (the `LaMo` repository:
-experiment.py, decision_transformer/models/, lora settings in its GPT-2 wrapper); DT's from
-decision_transformer/gym/experiment.py; Wiki-RL's from Reid et al. 2022. Known defects of the official
-LaMo code that are NOT reproduced here: data subsets drawn from the unseeded global RNG (datasets.py seeds
-them per cell), the highest-return trajectory dropped by an off-by-one when sorting, episodes split across
-file boundaries (datasets.py splits on terminals OR timeouts), and the language-model forward pass run
-every step even when its loss is multiplied by 0 (here λ = 0 skips it).
+LaMo's facts come from its paper (Shi et al., ICLR 2024, appendix) and official code (srzer/LaMo-2023:
+experiment-d4rl/experiment.py, run.sh, utils.py get_optimizer, decision_transformer/models/ and the LoRA settings
+of trajectory_gpt2_LoRA.py); DT's from kzl/decision-transformer gym/experiment.py and its models/; Wiki-RL's from
+Reid et al. 2022 and machelreid/can-wikipedia-help-offline-rl code/. Each preset below says where it departs from
+its source. Known defects of the official LaMo code that are NOT reproduced here: data subsets drawn from the
+unseeded global RNG (datasets.py seeds them per cell), the highest-return trajectory dropped by an off-by-one
+when sorting, episodes split across file boundaries (datasets.py splits on terminals OR timeouts), and the
+language-model forward pass run every step even when its loss is multiplied by 0 (here λ = 0 skips it).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ RETURN_CONDITIONED = True  # evaluated once per target return of the task
 
 @dataclass
 class Config(TrainingConfig):
-    # --- schedule (LaMo: 100K steps, evaluation every 2500, batch 64) ---
+    # --- schedule (LaMo run.sh: 40 × 2500 = 100K steps, evaluation every 2500, batch 64) ---
     num_steps: int = 100_000
     eval_every: int = 2500
     eval_episodes: int = 10
@@ -67,7 +68,10 @@ class Config(TrainingConfig):
     lm_corpus: str = "wikitext-103"  # "wikitext-103", a directory or file of .txt, or "builtin"
     lm_sequences: int = 2  # sequences per step
     lm_seq_len: int = 1024  # tokens per sequence
-    # --- optimisation (LaMo: AdamW eps 1e-6, lr 1e-4, wd 1e-5, 2500 warm-up steps, clip 0.25) ---
+    # --- optimisation (LaMo: AdamW eps 1e-6 (utils.py), lr 1e-4, wd 1e-5, 2500 warm-up steps (run.sh), clip 0.25
+    # (seq_trainer.py)). run.sh also passes -lmlr 1e-5, but get_optimizer gives it only to model children whose
+    # class path contains "transformers", and LaMo's GPT-2 classes live in decision_transformer.models: every
+    # trainable parameter, LoRA included, trains at lr 1e-4 with weight decay 1e-5. ---
     learning_rate: float = 1e-4
     weight_decay: float = 1e-5
     adam_eps: float = 1e-6
@@ -80,10 +84,17 @@ class Config(TrainingConfig):
 PRESETS: dict[str, dict] = {
     "lamo": {},
     "lamo_no_lm": {"lm_coef": 0.0},
-    # Same architecture, adaptation and language loss; only the pre-trained weights are missing.
-    "lamo_random_init": {"pretrained_weights": False},
+    # Same architecture, adaptation and language loss; only the pre-trained weights are missing. LaMo's code can
+    # build a random GPT-2 only with pretrained_lm unset, and then get_optimizer takes its other branch: AdamW
+    # with torch's default eps 1e-8.
+    "lamo_random_init": {"pretrained_weights": False, "adam_eps": 1e-8},
     "lamo_full_ft": {"adaptation": "full"},
     "lamo_linear_emb": {"embedding": "linear", "action_head": "linear_tanh"},
+    # DT's gym experiment: 3 layers × 128 wide, 1 head, ReLU MLP, dropout 0.1; timestep embedding added to each
+    # token before the embedding LayerNorm; AdamW lr 1e-4, wd 1e-4, torch's default eps 1e-8, 10K warm-up; clip
+    # 0.25 (seq_trainer.py); batch 64, K 20, 100K steps. Departure: evaluation every 2500 steps (LaMo's protocol;
+    # DT evaluates 100 episodes after each 10K steps). LaMo's own code would run this baseline with its single
+    # token order (timestep after the LayerNorm).
     "dt": {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "activation_function": "relu",
            "embedding": "linear", "action_head": "linear_tanh", "timestep_after_layernorm": False,
            "adaptation": "full", "lm_coef": 0.0, "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000},
