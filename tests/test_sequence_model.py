@@ -124,6 +124,13 @@ def test_adamw_eps_and_warmup_follow_each_presets_source(tiny_lm, preset, eps, w
     assert algorithm.scheduler.get_last_lr()[0] == pytest.approx(algorithm.config.learning_rate / warmup)
 
 
+def test_sequence_models_evaluate_20_episodes_per_target_the_baselines_their_references_count():
+    sequence_models = ["lamo", "lamo_no_lm", "lamo_random_init", "lamo_full_ft", "lamo_linear_emb", "dt", "wiki_rl"]
+    assert {name: make_config(name).eval_episodes for name in sequence_models} == dict.fromkeys(sequence_models, 20)
+    assert {name: make_config(name).eval_episodes for name in ["cql", "iql", "td3_bc", "bc", "bc_10"]} == \
+        dict.fromkeys(["cql", "iql", "td3_bc", "bc", "bc_10"], 10)
+
+
 def test_lamo_trains_exactly_the_lamo_parameter_set_on_gpt2_small(gpt2_small_dir):
     config = make_config("lamo", {"backbone": str(gpt2_small_dir), "pretrained_weights": False})
     algorithm = build_algorithm("lamo", config, setup_for())

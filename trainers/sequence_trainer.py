@@ -41,7 +41,7 @@ class Config(TrainingConfig):
     # --- schedule (LaMo run.sh: 40 × 2500 = 100K steps, evaluation every 2500, batch 64) ---
     num_steps: int = 100_000
     eval_every: int = 2500
-    eval_episodes: int = 10
+    eval_episodes: int = 20  # per target return (LaMo run.sh num_eval_episodes=20; DT's and Wiki-RL's default: 100)
     batch_size: int = 64
     # --- backbone ---
     backbone: str | None = "gpt2"  # hub id or local directory of a GPT-2; None = build n_layer/n_embd/n_head here
@@ -92,9 +92,9 @@ PRESETS: dict[str, dict] = {
     "lamo_linear_emb": {"embedding": "linear", "action_head": "linear_tanh"},
     # DT's gym experiment: 3 layers × 128 wide, 1 head, ReLU MLP, dropout 0.1; timestep embedding added to each
     # token before the embedding LayerNorm; AdamW lr 1e-4, wd 1e-4, torch's default eps 1e-8, 10K warm-up; clip
-    # 0.25 (seq_trainer.py); batch 64, K 20, 100K steps. Departure: evaluation every 2500 steps (LaMo's protocol;
-    # DT evaluates 100 episodes after each 10K steps). LaMo's own code would run this baseline with its single
-    # token order (timestep after the LayerNorm).
+    # 0.25 (seq_trainer.py); batch 64, K 20, 100K steps. Departure: 20 evaluation episodes per target every 2500
+    # steps (LaMo's protocol; DT evaluates 100 after each 10K steps). LaMo's own code would run this baseline with
+    # its single token order (timestep after the LayerNorm).
     "dt": {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "activation_function": "relu",
            "embedding": "linear", "action_head": "linear_tanh", "timestep_after_layernorm": False,
            "adaptation": "full", "lm_coef": 0.0, "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000},
