@@ -16,6 +16,7 @@ from trainers.gpt2 import GPT2, gpt2_config
 from trainers.registry import ConfigError, TrainingSetup, build_algorithm, make_config
 from trainers.samplers import to_torch
 from trainers.tasks import get_task
+from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
 
 TASK = get_task("reacher2d-medium")
 
@@ -129,6 +130,44 @@ def test_sequence_models_evaluate_20_episodes_per_target_the_baselines_their_ref
     assert {name: make_config(name).eval_episodes for name in sequence_models} == dict.fromkeys(sequence_models, 20)
     assert {name: make_config(name).eval_episodes for name in ["cql", "iql", "td3_bc", "bc", "bc_10"]} == \
         dict.fromkeys(["cql", "iql", "td3_bc", "bc", "bc_10"], 10)
+
+
+@pytest.mark.parametrize("preset", ["dt", "lamo"])
+def test_bf16_autocast_keeps_nearby_returns_to_go_apart(tiny_lm, preset):
+    """bf16 keeps 8 significant bits: 3.600 and 3.597 both round to 3.59375. The return embedding must see the
+    fp32 values, so hopper's per-step decrement of the target return stays visible to the model."""
+    config = make_config(preset, tiny_overrides(preset, tiny_lm) | {"precision": "bf16"})
+    algorithm = build_algorithm(preset, config, setup_for())
+    assert algorithm.autocast_dtype == torch.bfloat16
+    model, k = algorithm.model.eval(), algorithm.model.config.context_len
+    states, actions = torch.randn(1, k, 12).expand(2, k, 12), torch.zeros(2, k, 2)
+    returns = torch.tensor([[3.600], [3.597]]).expand(2, k)
+    timesteps = torch.arange(k).expand(2, k)
+    with torch.no_grad():
+        exact = model._tokens(states, actions, returns, timesteps)
+        with torch.autocast("cpu", dtype=algorithm.autocast_dtype):
+            mixed = model._tokens(states, actions, returns, timesteps)
+    return_tokens = mixed[:, 0::3].float()
+    assert not torch.equal(return_tokens[0], return_tokens[1])
+    torch.testing.assert_close(return_tokens, exact[:, 0::3], rtol=0, atol=1e-6)  # as in fp32
+
+
+@pytest.mark.parametrize("after_layernorm", [False, True])
+def test_fp32_tokens_are_the_sources_formula(after_layernorm):
+    """Without autocast the tokens are exactly DT's (timestep before the LayerNorm) or LaMo's (after)."""
+    torch.manual_seed(0)
+    model = TrajectoryTransformer(TrajectoryModelConfig(12, 2, context_len=4, max_timestep=100, n_layer=1, n_embd=16,
+                                                        timestep_after_layernorm=after_layernorm))
+    states, actions, returns = torch.randn(3, 4, 12), torch.rand(3, 4, 2), torch.rand(3, 4) * 4
+    timesteps = torch.randint(0, 100, (3, 4))
+    with torch.no_grad():
+        time = model.embed_timestep(timesteps)
+        parts = [model.embed_return(returns.unsqueeze(-1)), model.embed_state(states), model.embed_action(actions)]
+        if after_layernorm:
+            expected = model.embed_ln(torch.stack(parts, dim=2).reshape(3, 12, 16)) + time.repeat_interleave(3, dim=1)
+        else:
+            expected = model.embed_ln(torch.stack([p + time for p in parts], dim=2).reshape(3, 12, 16))
+        assert torch.equal(model._tokens(states, actions, returns, timesteps), expected)
 
 
 def test_lamo_trains_exactly_the_lamo_parameter_set_on_gpt2_small(gpt2_small_dir):
