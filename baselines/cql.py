@@ -62,6 +62,9 @@ from trainers.samplers import TransitionBatch
 class Config(TrainingConfig):
     # num_steps 1e6, eval_every 5e3, eval_episodes 10, batch_size 256: inherited; batch 256 and 1000 updates
     # per epoch as cql_mujoco_new.py (which runs 3000 epochs; 1e6 matches the other baselines and CORL).
+    # Evaluation differs between the sources: cql_mujoco_new.py collects num_eval_steps_per_epoch=1000 steps
+    # (about one 1000-step episode) after each epoch, young-geng 5 episodes every 10 epochs, CORL cql.py
+    # n_episodes=10 every eval_freq=5000; we take CORL's, the protocol of the other baselines' references.
     cql_alpha: NonNegativeFloat = 5.0  # α_cql, weight of the conservative penalty (README min_q_weight; see module doc)
     cql_n_actions: PositiveInt = 10  # N sampled actions per proposal (num_random; all three sources agree)
     cql_temperature: PositiveFloat = 1.0  # temperature of the log-sum-exp (temp)

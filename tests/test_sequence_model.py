@@ -17,6 +17,7 @@ from trainers.algorithm import ConfigError, TrainingSetup
 from trainers.registry import build_algorithm, make_config
 from trainers.samplers import to_torch
 from trainers.tasks import get_task
+from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
 
 TASK = get_task("reacher2d-medium")
 
@@ -46,9 +47,10 @@ def gpt2_small_dir(tmp_path_factory):
     return directory
 
 
-def test_our_gpt2_equals_hugging_face_without_position_embeddings():
+@pytest.mark.parametrize("activation", ["gelu_pytorch_tanh", "gelu_new", "gelu", "relu"])
+def test_our_gpt2_equals_hugging_face_without_position_embeddings(activation):
     torch.manual_seed(0)
-    hf = GPT2Model(gpt2_config(2, 64, 4, dropout=0.0, vocab_size=50)).eval()
+    hf = GPT2Model(gpt2_config(2, 64, 4, dropout=0.0, vocab_size=50, activation_function=activation)).eval()
     with torch.no_grad():
         hf.wpe.weight.zero_()
     ours = GPT2.from_hf(hf).eval()
@@ -56,11 +58,119 @@ def test_our_gpt2_equals_hugging_face_without_position_embeddings():
     valid = torch.ones(3, 10, dtype=torch.bool)
     valid[0, :4] = False  # left padding
     with torch.no_grad():
-        assert torch.equal(hf(inputs_embeds=x).last_hidden_state, ours(x))
+        if activation == "gelu_new":  # HF's tanh formula in Python vs PyTorch's fused kernel: equal up to rounding
+            torch.testing.assert_close(ours(x), hf(inputs_embeds=x).last_hidden_state, rtol=0, atol=1e-5)
+        else:  # the same kernels: bit for bit
+            assert torch.equal(hf(inputs_embeds=x).last_hidden_state, ours(x))
         theirs = hf(inputs_embeds=x, attention_mask=valid.long()).last_hidden_state
         mine = ours(x, valid)
         torch.testing.assert_close(mine[valid], theirs[valid], rtol=0, atol=1e-6)
         torch.testing.assert_close(ours(x, valid, last_query_only=True)[:, 0], mine[:, -1], rtol=0, atol=1e-5)
+
+
+def test_an_activation_our_gpt2_does_not_implement_is_refused():
+    with pytest.raises(ValueError, match=r"activation_function='silu' is not implemented here; supported: gelu, "
+                                         r"gelu_new, gelu_pytorch_tanh, relu"):
+        GPT2.from_hf(GPT2Model(gpt2_config(1, 16, 1, dropout=0.0, activation_function="silu")))
+
+
+def tiny_overrides(preset: str, backbone) -> dict:
+    """A tiny model for each preset: DT builds its own backbone, the others load the tiny pre-trained GPT-2."""
+    return {"n_layer": 1, "n_embd": 16, "n_head": 1} if preset == "dt" else {"backbone": str(backbone)}
+
+
+def test_dt_runs_decision_transformers_relu_mlp_and_pretrained_backbones_their_own(tiny_lm):
+    x = torch.randn(4, 16)
+    mlp = build_algorithm("dt", make_config("dt", tiny_overrides("dt", tiny_lm)), setup_for()).model.backbone.h[0].mlp
+    assert torch.equal(mlp.eval()(x), mlp.c_proj(torch.relu(mlp.c_fc(x))))
+    # A checkpoint keeps the activation its config names (the tiny GPT-2 is saved with GPT-2's tanh-GELU).
+    mlp = build_algorithm("lamo", make_config("lamo", {"backbone": str(tiny_lm)}), setup_for()).model.backbone.h[0].mlp
+    x = torch.randn(4, 32)
+    assert torch.equal(mlp.eval()(x), mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate="tanh")))
+    with pytest.raises(ConfigError, match="activation_function='relu' applies only when backbone is None"):
+        make_config("lamo", {"backbone": str(tiny_lm), "activation_function": "relu"})
+    with pytest.raises(ConfigError, match="activation_function: Input should be 'relu', 'gelu', 'gelu_new' or "
+                                          "'gelu_pytorch_tanh', got 'silu'"):
+        make_config("dt", {"activation_function": "silu"})
+
+
+def _is_layer_normed(x: torch.Tensor) -> bool:
+    """Per-token mean 0 and variance 1: the output of a freshly initialised LayerNorm (weight 1, bias 0)."""
+    return bool((x.mean(-1).abs() < 1e-5).all() and ((x.var(-1, unbiased=False) - 1).abs() < 1e-3).all())
+
+
+@pytest.mark.parametrize("preset", ["dt", "wiki_rl", "lamo", "lamo_no_lm", "lamo_random_init", "lamo_full_ft",
+                                    "lamo_linear_emb"])
+def test_timestep_embedding_is_added_after_the_embedding_layernorm_except_in_dt(tiny_lm, preset):
+    """DT's gym experiment adds the timestep embedding to each token, then normalises; LaMo's and Wiki-RL's code
+    normalise the stacked tokens, then add it."""
+    model = build_algorithm(preset, make_config(preset, tiny_overrides(preset, tiny_lm)), setup_for()).model
+    batch, k = 2, model.config.context_len
+    states, actions = torch.randn(batch, k, 12), torch.rand(batch, k, 2) * 2 - 1
+    returns, timesteps = torch.rand(batch, k) * 8, torch.randint(0, 100, (batch, k))
+    with torch.no_grad():
+        tokens = model._tokens(states, actions, returns, timesteps)
+        time = model.embed_timestep(timesteps).repeat_interleave(3, dim=1)
+    assert _is_layer_normed(tokens) == (preset == "dt")
+    assert _is_layer_normed(tokens - time) == (preset != "dt")
+
+
+@pytest.mark.parametrize(("preset", "eps", "warmup"), [
+    ("dt", 1e-8, 10_000),  # DT gym/experiment.py: torch's AdamW default eps, --warmup_steps 10000
+    ("wiki_rl", 1e-6, 10_000),  # Wiki-RL and LaMo utils.py get_optimizer (pretrained_lm set): eps 1e-6; 10000
+    ("lamo", 1e-6, 2_500),  # LaMo utils.py (pretrained_lm set) and run.sh warmup_steps=2500
+    ("lamo_full_ft", 1e-6, 2_500),
+    ("lamo_random_init", 1e-8, 2_500),  # LaMo's random init runs with pretrained_lm unset: AdamW's default eps
+])
+def test_adamw_eps_and_warmup_follow_each_presets_source(tiny_lm, preset, eps, warmup):
+    algorithm = build_algorithm(preset, make_config(preset, tiny_overrides(preset, tiny_lm)), setup_for())
+    assert {group["eps"] for group in algorithm.optimizer.param_groups} == {eps}
+    assert algorithm.scheduler.get_last_lr()[0] == pytest.approx(algorithm.config.learning_rate / warmup)
+
+
+def test_sequence_models_evaluate_20_episodes_per_target_the_baselines_their_references_count():
+    sequence_models = ["lamo", "lamo_no_lm", "lamo_random_init", "lamo_full_ft", "lamo_linear_emb", "dt", "wiki_rl"]
+    assert {name: make_config(name).eval_episodes for name in sequence_models} == dict.fromkeys(sequence_models, 20)
+    assert {name: make_config(name).eval_episodes for name in ["cql", "iql", "td3_bc", "bc", "bc_10"]} == \
+        dict.fromkeys(["cql", "iql", "td3_bc", "bc", "bc_10"], 10)
+
+
+@pytest.mark.parametrize("preset", ["dt", "lamo"])
+def test_bf16_autocast_keeps_nearby_returns_to_go_apart(tiny_lm, preset):
+    """bf16 keeps 8 significant bits: 3.600 and 3.597 both round to 3.59375. The return embedding must see the
+    fp32 values, so hopper's per-step decrement of the target return stays visible to the model."""
+    config = make_config(preset, tiny_overrides(preset, tiny_lm) | {"precision": "bf16"})
+    algorithm = build_algorithm(preset, config, setup_for())
+    assert algorithm.autocast_dtype == torch.bfloat16
+    model, k = algorithm.model.eval(), algorithm.model.config.context_len
+    states, actions = torch.randn(1, k, 12).expand(2, k, 12), torch.zeros(2, k, 2)
+    returns = torch.tensor([[3.600], [3.597]]).expand(2, k)
+    timesteps = torch.arange(k).expand(2, k)
+    with torch.no_grad():
+        exact = model._tokens(states, actions, returns, timesteps)
+        with torch.autocast("cpu", dtype=algorithm.autocast_dtype):
+            mixed = model._tokens(states, actions, returns, timesteps)
+    return_tokens = mixed[:, 0::3].float()
+    assert not torch.equal(return_tokens[0], return_tokens[1])
+    torch.testing.assert_close(return_tokens, exact[:, 0::3], rtol=0, atol=1e-6)  # as in fp32
+
+
+@pytest.mark.parametrize("after_layernorm", [False, True])
+def test_fp32_tokens_are_the_sources_formula(after_layernorm):
+    """Without autocast the tokens are exactly DT's (timestep before the LayerNorm) or LaMo's (after)."""
+    torch.manual_seed(0)
+    model = TrajectoryTransformer(TrajectoryModelConfig(12, 2, context_len=4, max_timestep=100, n_layer=1, n_embd=16,
+                                                        timestep_after_layernorm=after_layernorm))
+    states, actions, returns = torch.randn(3, 4, 12), torch.rand(3, 4, 2), torch.rand(3, 4) * 4
+    timesteps = torch.randint(0, 100, (3, 4))
+    with torch.no_grad():
+        time = model.embed_timestep(timesteps)
+        parts = [model.embed_return(returns.unsqueeze(-1)), model.embed_state(states), model.embed_action(actions)]
+        if after_layernorm:
+            expected = model.embed_ln(torch.stack(parts, dim=2).reshape(3, 12, 16)) + time.repeat_interleave(3, dim=1)
+        else:
+            expected = model.embed_ln(torch.stack([p + time for p in parts], dim=2).reshape(3, 12, 16))
+        assert torch.equal(model._tokens(states, actions, returns, timesteps), expected)
 
 
 def test_lamo_trains_exactly_the_lamo_parameter_set_on_gpt2_small(gpt2_small_dir):

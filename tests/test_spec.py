@@ -119,3 +119,15 @@ def test_paper_sweep_is_gpu_bound_on_a_gpu_cluster():
 
     plan = resource_plan(load_spec(REPO / "sweeps" / "lamo_paper.yaml"), cluster_cpus=64, cluster_gpus=8)
     assert (plan.gpus_per_trial, plan.concurrent_trials, plan.limited_by) == (1, 8, "GPUs")
+
+
+def test_paper_sweep_states_20_evaluation_episodes_for_the_sequence_models(tmp_path):
+    """LaMo evaluates 20 episodes per target return (run.sh); the baselines keep their references' 10."""
+    from trainers.registry import make_config
+
+    trials = expand_trials(load_spec(REPO / "sweeps" / "lamo_paper.yaml"), tmp_path)
+    sequence_models = {"lamo", "lamo_no_lm", "lamo_random_init", "lamo_full_ft", "lamo_linear_emb", "dt", "wiki_rl"}
+    for trial in trials:
+        expected = 20 if trial.algorithm in sequence_models else 10
+        assert trial.hyperparameters.get("eval_episodes") == (20 if trial.algorithm in sequence_models else None)
+        assert make_config(trial.algorithm, trial.hyperparameters).eval_episodes == expected, trial.algorithm

@@ -7,8 +7,9 @@ Why our own module rather than `transformers.GPT2Model`:
 - Neither the trajectory tokens nor LaMo's language loss use GPT-2's positional embeddings; here they are
   simply never added (`wpe` is kept only so a converted checkpoint stays complete).
 - The evaluation hot path needs only the last state token's output, which a plain module can ask for.
-Weights, layer norms, scaling and the tanh-GELU are GPT-2's, so outputs equal `GPT2Model`'s with
-zero position embeddings (tested).
+Weights, layer norms, scaling and the MLP activation the config names are GPT-2's, so outputs equal
+`GPT2Model`'s with zero position embeddings (tested for each activation in `ACTIVATIONS`). A config naming
+an activation or option this module does not implement is refused (`check_supported`), never approximated.
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ class SelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# The MLP activations of Hugging Face's ACT2FN implemented here, by the name a GPT2Config gives.
+ACTIVATIONS = {
+    # GPT-2's own gelu_new is the tanh approximation; PyTorch computes it in one fused kernel (CPU speed), and
+    # HF's gelu_pytorch_tanh is that kernel by name.
+    "gelu_new": _tanh_gelu,
+    "gelu_pytorch_tanh": _tanh_gelu,
+    "gelu": F.gelu,  # exact (erf)
+    "relu": F.relu,  # Decision Transformer's gym experiment and LaMo's experiment.py default
+}
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -66,10 +82,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, inner)
         self.c_proj = nn.Linear(inner, config.n_embd)
         self.dropout = nn.Dropout(config.resid_pdrop)
+        self.activation = ACTIVATIONS[config.activation_function]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2's gelu_new is exactly the tanh approximation; PyTorch computes it in one fused kernel.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -91,6 +107,7 @@ class GPT2(nn.Module):
 
     def __init__(self, config: GPT2Config):
         super().__init__()
+        check_supported(config)
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # kept for completeness, never added
@@ -102,7 +119,6 @@ class GPT2(nn.Module):
     @classmethod
     def from_hf(cls, hf: GPT2Model) -> GPT2:
         """Copy a Hugging Face GPT2Model's weights (HF's Conv1D stores weights as (in, out))."""
-        check_supported(hf.config)
         model = cls(hf.config)
         width = hf.config.n_embd
         state = {}
@@ -153,10 +169,10 @@ def _causal_padding_mask(valid: torch.Tensor) -> torch.Tensor:
 
 
 def gpt2_config(n_layer: int, n_embd: int, n_head: int, dropout: float, vocab_size: int = 1,
-                n_positions: int = 1024) -> GPT2Config:
+                n_positions: int = 1024, activation_function: str = "gelu_pytorch_tanh") -> GPT2Config:
     return GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                       n_head=n_head, n_inner=4 * n_embd, resid_pdrop=dropout, embd_pdrop=dropout,
-                      attn_pdrop=dropout, activation_function="gelu_pytorch_tanh",
+                      attn_pdrop=dropout, activation_function=activation_function,
                       bos_token_id=None, eos_token_id=None)
 
 
@@ -169,6 +185,9 @@ def check_supported(config: GPT2Config) -> None:
     """Refuse GPT-2 options this module does not implement, instead of silently computing something else."""
     if config.n_embd % config.n_head:
         raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+    if config.activation_function not in ACTIVATIONS:
+        raise ValueError(f"activation_function={config.activation_function!r} is not implemented here; supported: "
+                         f"{', '.join(sorted(ACTIVATIONS))}")
     unsupported = [name for name in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
                    if getattr(config, name, False)]
     if unsupported or not getattr(config, "scale_attn_weights", True):

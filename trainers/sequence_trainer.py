@@ -1,12 +1,13 @@
 """LaMo, its ablations, Decision Transformer and Wiki-RL: one trajectory transformer, named presets.
 
-LaMo's facts come from its paper (Shi et al., ICLR 2024, appendix) and official code (the `LaMo` repository:
-experiment.py, decision_transformer/models/, lora settings in its GPT-2 wrapper); DT's from
-decision_transformer/gym/experiment.py; Wiki-RL's from Reid et al. 2022. Known defects of the official
-LaMo code that are NOT reproduced here: data subsets drawn from the unseeded global RNG (datasets.py seeds
-them per cell), the highest-return trajectory dropped by an off-by-one when sorting, episodes split across
-file boundaries (datasets.py splits on terminals OR timeouts), and the language-model forward pass run
-every step even when its loss is multiplied by 0 (here λ = 0 skips it).
+LaMo's facts come from its paper (Shi et al., ICLR 2024, appendix) and official code (srzer/LaMo-2023:
+experiment-d4rl/experiment.py, run.sh, utils.py get_optimizer, decision_transformer/models/ and the LoRA settings
+of trajectory_gpt2_LoRA.py); DT's from kzl/decision-transformer gym/experiment.py and its models/; Wiki-RL's from
+Reid et al. 2022 and machelreid/can-wikipedia-help-offline-rl code/. Each preset below says where it departs from
+its source. Known defects of the official LaMo code that are NOT reproduced here: data subsets drawn from the
+unseeded global RNG (datasets.py seeds them per cell), the highest-return trajectory dropped by an off-by-one
+when sorting, episodes split across file boundaries (datasets.py splits on terminals OR timeouts), and the
+language-model forward pass run every step even when its loss is multiplied by 0 (here λ = 0 skips it).
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ RETURN_CONDITIONED = True  # evaluated once per target return of the task
 
 @algorithm_config
 class Config(TrainingConfig):
-    # --- schedule (LaMo: 100K steps, evaluation every 2500, batch 64) ---
+    # --- schedule (LaMo run.sh: 40 × 2500 = 100K steps, evaluation every 2500, batch 64) ---
     num_steps: PositiveInt = 100_000
     eval_every: PositiveInt = 2500
-    eval_episodes: PositiveInt = 10
+    # per target return (LaMo run.sh num_eval_episodes=20; DT's and Wiki-RL's default: 100)
+    eval_episodes: PositiveInt = 20
     batch_size: PositiveInt = 64
     # --- backbone ---
     backbone: str | None = "gpt2"  # hub id or local directory of a GPT-2; None = build n_layer/n_embd/n_head here
@@ -59,6 +61,9 @@ class Config(TrainingConfig):
     n_layer: PositiveInt = 3  # only when backbone is None
     n_embd: PositiveInt | None = None  # model width; None = the backbone's; a value that differs from it is an error
     n_head: PositiveInt = 1  # only when backbone is None
+    # GPT-2 MLP activation, only when backbone is None (default relu: DT gym/experiment.py and LaMo experiment.py
+    # --activation_function); a checkpoint, pre-trained or randomly initialised, uses the one its config names.
+    activation_function: Literal["relu", "gelu", "gelu_new", "gelu_pytorch_tanh"] | None = None
     dropout: Rate = 0.1
     # --- trajectory model ---
     context_len: PositiveInt | None = None  # K; None = the task's default (20 locomotion/kitchen, 5 reacher2d)
@@ -75,7 +80,10 @@ class Config(TrainingConfig):
     lm_corpus: str = "wikitext-103"  # "wikitext-103", a directory or file of .txt, or "builtin"
     lm_sequences: PositiveInt = 2  # sequences per step
     lm_seq_len: PositiveInt = 1024  # tokens per sequence
-    # --- optimisation (LaMo: AdamW eps 1e-6, lr 1e-4, wd 1e-5, 2500 warm-up steps, clip 0.25) ---
+    # --- optimisation (LaMo: AdamW eps 1e-6 (utils.py), lr 1e-4, wd 1e-5, 2500 warm-up steps (run.sh), clip 0.25
+    # (seq_trainer.py)). run.sh also passes -lmlr 1e-5, but get_optimizer gives it only to model children whose
+    # class path contains "transformers", and LaMo's GPT-2 classes live in decision_transformer.models: every
+    # trainable parameter, LoRA included, trains at lr 1e-4 with weight decay 1e-5. ---
     learning_rate: PositiveFloat = 1e-4
     weight_decay: NonNegativeFloat = 1e-5
     adam_eps: PositiveFloat = 1e-6
@@ -89,21 +97,45 @@ class Config(TrainingConfig):
         if self.backbone is None and self.lm_coef > 0:
             raise ValueError(f"lm_coef={self.lm_coef} needs a language model backbone (a hub id or a pre-trained "
                              f"directory), but backbone is None; set lm_coef to 0 or name a backbone")
+        if self.backbone is not None and self.activation_function is not None:
+            raise ValueError(f"activation_function={self.activation_function!r} applies only when backbone is None; "
+                             f"backbone {self.backbone!r} uses the activation its config names")
         return self
 
 
 PRESETS: dict[str, dict] = {
     "lamo": {},
     "lamo_no_lm": {"lm_coef": 0.0},
-    # Same architecture, adaptation and language loss; only the pre-trained weights are missing.
-    "lamo_random_init": {"pretrained_weights": False},
+    # Same architecture, adaptation and language loss; only the pre-trained weights are missing. LaMo's code can
+    # build a random GPT-2 only with pretrained_lm unset, and then get_optimizer takes its other branch: AdamW
+    # with torch's default eps 1e-8.
+    "lamo_random_init": {"pretrained_weights": False, "adam_eps": 1e-8},
     "lamo_full_ft": {"adaptation": "full"},
     "lamo_linear_emb": {"embedding": "linear", "action_head": "linear_tanh"},
-    "dt": {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "embedding": "linear",
-           "action_head": "linear_tanh", "timestep_after_layernorm": False, "adaptation": "full", "lm_coef": 0.0,
-           "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000},
+    # DT's gym experiment: 3 layers × 128 wide, 1 head, ReLU MLP, dropout 0.1; timestep embedding added to each
+    # token before the embedding LayerNorm; AdamW lr 1e-4, wd 1e-4, torch's default eps 1e-8, 10K warm-up; clip
+    # 0.25 (seq_trainer.py); batch 64, K 20, 100K steps. Departure: 20 evaluation episodes per target every 2500
+    # steps (LaMo's protocol; DT evaluates 100 after each 10K steps). LaMo's own code would run this baseline with
+    # its single token order (timestep after the LayerNorm).
+    "dt": {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "activation_function": "relu",
+           "embedding": "linear", "action_head": "linear_tanh", "timestep_after_layernorm": False,
+           "adaptation": "full", "lm_coef": 0.0, "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000},
+    # Wiki-RL (Reid et al. 2022) as LaMo's code runs it: pre-trained GPT-2 fully fine-tuned, linear embeddings,
+    # Linear → tanh head, λ 0.1 language loss. Both repositories' decision_transformer.py apply the embedding
+    # LayerNorm before adding the timestep embedding, and both utils.py get_optimizer use AdamW eps 1e-6 when a
+    # pre-trained LM is loaded; weight decay 1e-4 and 10K warm-up steps are both experiment.py defaults (LaMo's
+    # scripts for its baselines are not in its repository). Not reproduced from Wiki-RL's paper and run.sh:
+    # - its k-means auxiliary loss (--gpt_kmeans 1000 --gpt_kmeans_const 0.1: input embeddings pulled towards
+    #   1000 clusters of GPT-2's token embeddings, annealed away over the first ~5K steps); LaMo's code has no
+    #   such loss either, so LaMo's Wiki-RL numbers come without it;
+    # - the timestep table initialised from GPT-2's position embeddings (--extend_positions), and the action
+    #   head tied to the action embedding (--share_input_output_proj): options in both codes, off by default;
+    # - dropout 0.2 (run.sh; 0.1 is both experiment.py defaults) and 100 evaluation episodes per target
+    #   (experiment.py default; here LaMo's protocol);
+    # - λ: Wiki-RL's lm_cotraining/seq_trainer.py adds the LM loss with weight 1 in fp32 (0.1 only under --fp16);
+    #   0.1 is LaMo's co_lambda.
     "wiki_rl": {"adaptation": "full", "embedding": "linear", "action_head": "linear_tanh",
-                "timestep_after_layernorm": False, "weight_decay": 1e-4, "adam_eps": 1e-8},
+                "timestep_after_layernorm": True, "weight_decay": 1e-4, "adam_eps": 1e-6, "warmup_steps": 10_000},
 }
 
 
@@ -125,7 +157,8 @@ def external_inputs(config: Config) -> list[ExternalInput]:
 def build_backbone(config: Config) -> GPT2:
     if config.backbone is None:
         width = config.n_embd or 128
-        return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout))
+        return random_gpt2(gpt2_config(config.n_layer, width, config.n_head, config.dropout,
+                                       activation_function=config.activation_function or "relu"))
     hf = load_pretrained_gpt2(config.backbone, random_init=not config.pretrained_weights, dropout=config.dropout)
     if config.n_embd is not None and config.n_embd != hf.config.n_embd:
         raise ValueError(f"n_embd={config.n_embd} does not match the width {hf.config.n_embd} of backbone "

@@ -26,6 +26,7 @@ class TrajectoryModelConfig:
     n_layer: int = 3  # backbone size when it is built here (ignored for a given backbone)
     n_embd: int = 128
     n_head: int = 1
+    activation_function: str = "relu"  # backbone MLP when built here: DT's ReLU (ignored for a given backbone)
     dropout: float = 0.1
     embedding: Literal["linear", "mlp"] = "linear"  # LaMo: residual MLP embeddings
     action_head: Literal["linear_tanh", "mlp"] = "linear_tanh"  # DT: Linear → tanh; LaMo: Linear → GELU → Linear
@@ -57,7 +58,8 @@ class TrajectoryTransformer(nn.Module):
         self.config = config
         if backbone is None:
             backbone = random_gpt2(gpt2_config(config.n_layer, config.n_embd, config.n_head, config.dropout,
-                                               n_positions=max(1024, 3 * config.context_len)))
+                                               n_positions=max(1024, 3 * config.context_len),
+                                               activation_function=config.activation_function))
         if backbone.config.n_embd != config.n_embd:
             raise ValueError(f"model width n_embd={config.n_embd} does not match the backbone's "
                              f"{backbone.config.n_embd}")
@@ -75,11 +77,17 @@ class TrajectoryTransformer(nn.Module):
             self.predict_action = nn.Sequential(nn.Linear(width, config.action_dim), nn.Tanh())
 
     def _tokens(self, states, actions, returns_to_go, timesteps) -> torch.Tensor:
-        """(B, K, ·) → (B, 3K, width): R̂_1, s_1, a_1, R̂_2, … after the embedding LayerNorm."""
+        """(B, K, ·) → (B, 3K, width): R̂_1, s_1, a_1, R̂_2, … after the embedding LayerNorm.
+
+        Under autocast the return embedding still runs in fp32: bf16 keeps 8 significant bits, so returns-to-go
+        3.600 … 3.588 would all become 3.59375 and hopper's per-step decrement would vanish for several steps.
+        The timestep lookup stays fp32 anyway, and the fp32 return token makes the stack and LayerNorm fp32.
+        """
         batch, k = states.shape[:2]
         time = self.embed_timestep(timesteps)
-        tokens = [self.embed_return(returns_to_go.unsqueeze(-1)), self.embed_state(states),
-                  self.embed_action(actions)]
+        with torch.autocast(returns_to_go.device.type, enabled=False):
+            returns = self.embed_return(returns_to_go.float().unsqueeze(-1))
+        tokens = [returns, self.embed_state(states), self.embed_action(actions)]
         if not self.config.timestep_after_layernorm:
             tokens = [token + time for token in tokens]
         stacked = self.embed_ln(torch.stack(tokens, dim=2).reshape(batch, 3 * k, -1))
