@@ -47,11 +47,14 @@ def resource_plan(spec: SweepSpec, nodes: list[Node]) -> ResourcePlan:
     shape = (f"{r.num_workers} worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU")
     total_cpus, total_gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
 
-    def fits(node: Node) -> int:  # how many workers of the spec's shape one node holds
-        counts = [math.floor(node.get("CPU", 0) / r.cpus_per_worker + 1e-9)]
-        if r.gpus_per_worker > 0:
-            counts.append(math.floor(node.get("GPU", 0) / r.gpus_per_worker + 1e-9))
-        return min(counts)
+    def by_cpus(node: Node) -> int:  # how many workers of the spec's shape one node holds, by its CPUs
+        return math.floor(node.get("CPU", 0) / r.cpus_per_worker + 1e-9)
+
+    def by_gpus(node: Node) -> int:
+        return math.floor(node.get("GPU", 0) / r.gpus_per_worker + 1e-9) if r.gpus_per_worker > 0 else 10**9
+
+    def fits(node: Node) -> int:
+        return min(by_cpus(node), by_gpus(node))
 
     workers = sum(fits(node) for node in nodes)
     if cpus > total_cpus or gpus > total_gpus or workers < r.num_workers or \
@@ -61,7 +64,8 @@ def resource_plan(spec: SweepSpec, nodes: list[Node]) -> ResourcePlan:
             f"one trial needs {cpus:g} CPUs and {gpus:g} GPUs ({shape}, each worker on one node) but the cluster has "
             f"{total_cpus:g} CPUs and {total_gpus:g} GPUs in {len(nodes)} node(s), the largest with "
             f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs; lower spec.resources or add nodes")
-    limits = {"CPUs" if r.gpus_per_worker == 0 else "GPUs": workers // r.num_workers}
+    binding = "GPUs" if sum(map(by_gpus, nodes)) < sum(map(by_cpus, nodes)) else "CPUs"
+    limits = {binding: workers // r.num_workers}
     if not r.in_place:
         slots = sum(n.get("trial_slot", 0) for n in nodes)
         limits["trial slots"] = int(slots)

@@ -7,8 +7,10 @@ so `ray job logs` shows them too.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
+from pathlib import Path
 
 from ray.tune import Callback
 from rich.console import Console
@@ -23,13 +25,15 @@ def _cell(trial) -> str:
 
 def _trial_error(trial) -> str:
     """The trial's exception as its traceback's last line (the original error below Ray's wrappers), from the
-    error file Tune writes."""
+    error file Tune has just written on this node."""
     try:
-        trace = trial.get_error() or ""
+        trace = Path(trial.error_file).read_text() if trial.error_file else ""
     except OSError:  # an unreadable error file must not stop the progress
         trace = ""
-    lines = [line.strip() for line in str(trace).splitlines() if line.strip()]
-    return lines[-1] if lines else "no error recorded"
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    if not lines:
+        return "no error recorded"
+    return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)", "", lines[-1])  # "pkg.module.Error: x" -> "Error: x"
 
 
 class SweepProgress(Callback):
@@ -45,6 +49,7 @@ class SweepProgress(Callback):
         self.last_status = 0.0
         self.trial_seconds: list[float] = []
         self.trial_started: dict[str, float] = {}
+        self.outages: set[str] = set()  # trials whose last report said the tracking server was unreachable
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; the console does not travel
         return {"metric": self.metric, "mode": self.mode, "slots": self.slots, "interval_s": self.interval_s,
@@ -54,6 +59,9 @@ class SweepProgress(Callback):
         total = state.pop("total")
         self.__init__(**state)
         self.total = total
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)  # "[sweep]" is text, not rich markup
 
     def setup(self, **info) -> None:
         self._reset()
@@ -87,6 +95,18 @@ class SweepProgress(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.trial_started[trial.trial_id] = time.time()
 
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        """A line when a trial first reports that the tracking server is unreachable, and when it is back."""
+        unreachable = result.get("tracking/unreachable_s", 0) > 0
+        if unreachable and trial.trial_id not in self.outages:
+            self.outages.add(trial.trial_id)
+            self._say(f"[tracking] {trial_name(trial)} cannot reach the tracking server "
+                               f"(for {result['tracking/unreachable_s']:.0f} s, {result.get('tracking/pending', 0):.0f} "
+                               f"reports waiting); it keeps training and delivers them when the server is back")
+        elif not unreachable and trial.trial_id in self.outages:
+            self.outages.discard(trial.trial_id)
+            self._say(f"[tracking] {trial_name(trial)} reaches the tracking server again")
+
     def _finished(self, trials, trial, outcome: str) -> None:
         if trial.trial_id in self.trial_started:
             self.trial_seconds.append(time.time() - self.trial_started.pop(trial.trial_id))
@@ -94,7 +114,7 @@ class SweepProgress(Callback):
         score = f"{self.metric} {value:.1f}" if value is not None else "no evaluation"
         if outcome == "ERROR":
             score = f"{_trial_error(trial)[:400]} ({score})"
-        self.console.print(f"{'done' if outcome == 'TERMINATED' else 'FAILED'} {trial_name(trial)}: {score}  "
+        self._say(f"{'done' if outcome == 'TERMINATED' else 'FAILED'} {trial_name(trial)}: {score}  "
                            f"[{self.status_line(trials, trial, outcome)}]")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -109,7 +129,7 @@ class SweepProgress(Callback):
         self.last_status = time.time()
         best = self.best_per_cell(trials)
         cells = ", ".join(f"{cell} {value:.1f}" for cell, value in sorted(best.items()))
-        self.console.print(f"[sweep] {self.status_line(trials)}" + (f"; best so far: {cells}" if cells else "")
+        self._say(f"[sweep] {self.status_line(trials)}" + (f"; best so far: {cells}" if cells else "")
                            + self.tracking_line(trials))
 
     @staticmethod

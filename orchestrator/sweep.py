@@ -256,7 +256,8 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
         r = spec.resources
         context = SweepContext(uri, spec.tracking.experiment, spec.sweep_id, parent, outputs_root(spec),
                                sweep_root(spec, "train"), r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
-                               spec.concurrency.worker_retries, r.in_place, spec.tracking.max_outage_s)
+                               spec.concurrency.worker_retries, r.in_place, spec.tracking.max_outage_s,
+                               searching=spec.search.kind == "optuna")
         console.print(f"sweep {spec.sweep_id}: {len(records)} trials, up to {plan.concurrent_trials} at once; "
                       f"MLflow {uri} (experiment {spec.tracking.experiment}, parent run {parent})")
         progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)

@@ -203,8 +203,22 @@ class SweepTracker:
         fields = {k: v for k, v in record.to_dict().items() if k not in ("config", "dataset", "sampled")}
         _log_params(self.client, run.info.run_id, _flat_params("trial.", fields)
                     | _flat_params("config.", record.config))
-        self.client.log_inputs(run.info.run_id, datasets=[dataset_input(record)])
+        self._log_dataset(run.info.run_id, record)
         return run.info.run_id, None
+
+    def _log_dataset(self, run_id: str, record: TrialRecord) -> None:
+        """The dataset input; trials starting together may race to create the same dataset entry (a unique key
+        in the store), and the loser's retry finds it."""
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, datasets=[dataset_input(record)])
+                return
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float,
                      error: BaseException | None = None) -> None:
@@ -270,7 +284,7 @@ class MlflowReport:
         # outage for minutes and say nothing.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        self._pending: deque[tuple[int, dict[str, float], list[Path]]] = deque()
+        self._pending: deque[tuple[int, dict[str, float], list[Path], int]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -288,8 +302,8 @@ class MlflowReport:
 
     def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
         self._raise_if_outage_too_long()
-        with self._lock:
-            self._pending.append((step, dict(metrics), list(map(Path, files))))
+        with self._lock:  # stamped now: the run's timestamps say when the trial reported, not when it arrived
+            self._pending.append((step, dict(metrics), list(map(Path, files)), int(time.time() * 1000)))
         if self._thread is None:
             self._thread = threading.Thread(target=self._deliver_forever, name="mlflow-report", daemon=True)
             self._thread.start()
@@ -347,12 +361,11 @@ class MlflowReport:
             self._logged_up_to = logged
         return self._client
 
-    def _deliver(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
+    def _deliver(self, step: int, metrics: dict[str, float], files: list[Path], reported_ms: int) -> None:
         from mlflow.entities import Metric, RunTag
 
         mlflow_client = self._connect()
-        now = int(time.time() * 1000)
-        fresh = [Metric(key, float(value), now, step) for key, value in metrics.items()
+        fresh = [Metric(key, float(value), reported_ms, step) for key, value in metrics.items()
                  if step > self._logged_up_to.get(key, -1)]
         tags = [RunTag("trajectory_ids", _trajectory_tag(json.loads(path.read_text())))
                 for path in files if path.name == TRAJECTORY_IDS_FILE]

@@ -47,6 +47,7 @@ class SweepContext:
     worker_retries: int
     in_place: bool  # one worker run in the trial's own actor (False: always through Ray Train)
     max_outage_s: float
+    searching: bool  # Tune's searcher needs the search metric in every result
 
 
 def trial_resources(context: SweepContext) -> dict[str, float]:
@@ -92,21 +93,42 @@ class TuneCheckpoints:
 
 
 class Reports:
-    """metrics.jsonl beside the trial's files, then MLflow (queued, never blocking)."""
+    """metrics.jsonl beside the trial's files, then MLflow (queued, never blocking). In place, while the tracking
+    server is unreachable, the outage also goes to Tune every `OUTAGE_REPORT_S` so the sweep's progress says so."""
 
-    def __init__(self, run_dir: str, tracking: MlflowReport):
-        self.local, self.tracking = LocalReport(run_dir, quiet=True), tracking
+    OUTAGE_REPORT_S = 10.0
+
+    def __init__(self, run_dir: str, tracking: MlflowReport, to_tune: bool, needs_evaluation: bool):
+        self.local, self.tracking, self.to_tune = LocalReport(run_dir, quiet=True), tracking, to_tune
+        self.needs_evaluation = needs_evaluation  # a search: outage reports wait for an evaluation to repeat
+        self._last_outage_report = 0.0
+        self._last_evaluation: dict[str, float] = {}
 
     def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
         self.local(step, metrics, files)
         self.tracking(step, metrics, files)
+        if any(key.startswith("eval/") for key in metrics):
+            self._last_evaluation = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        status = self.tracking.status()
+        ready = self._last_evaluation or not self.needs_evaluation
+        if self.to_tune and ready and status["tracking/unreachable_s"] > 0 and \
+                time.time() - self._last_outage_report > self.OUTAGE_REPORT_S:
+            from ray import tune
+
+            tune.report({"step": step} | self._last_evaluation | status)
+            self._last_outage_report = time.time()
 
     def close(self) -> None:
-        """The local metrics file goes to the run too, then everything still queued is delivered."""
+        """The local metrics file goes to the run too, then everything still queued is delivered (and Tune
+        hears that the tracking server is reachable again, if it heard otherwise)."""
         metrics_file = self.local.run_dir / METRICS_FILE
         if metrics_file.is_file():
             self.tracking(0, {}, [metrics_file])
         self.tracking.close()
+        if self.to_tune and self._last_outage_report:
+            from ray import tune
+
+            tune.report(self._last_evaluation | self.tracking.status())
 
 
 def trial_driver(config: dict) -> None:
@@ -123,7 +145,7 @@ def trial_driver(config: dict) -> None:
         return
 
     tracking = MlflowReport(tracker.uri, run_id, run_dir, context.max_outage_s)
-    reports = Reports(run_dir, tracking)
+    reports = Reports(run_dir, tracking, to_tune=context.in_place, needs_evaluation=context.searching)
     started = time.time()
     error: BaseException | None = None
     try:

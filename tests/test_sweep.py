@@ -48,7 +48,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, reacher_medium_pat
 
 def test_dry_run_of_the_paper_grid_works_without_its_files(capsys):
     assert main(["--spec", "sweeps/lamo_paper.yaml", "--dry-run", "--cpus", "64", "--gpus", "8"]) == 0
-    assert "684 trials" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "684 trials" in out and "8 concurrent trials (limited by GPUs)" in out
+    assert "aggregation: protocol paper" in out
+
+
+def test_dry_run_of_a_cluster_sized_sweep_on_a_laptop_plans_it_and_names_the_flags(capsys):
+    """This machine has no GPU: the plan is still printed for what the sweep names, with the way to a cluster."""
+    assert main(["--spec", "sweeps/lamo_paper.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "684 trials" in out and "each trial: 1 worker(s) × 4 CPU, 1 GPU, in place" in out
+    assert "cannot run one trial" in out and "--cpus N --gpus M" in out and "ray job submit" in out
 
 
 def test_missing_dataset_and_model_are_all_named_before_anything_starts(tmp_path, capsys):
@@ -105,7 +115,14 @@ def test_sweep_runs_trials_as_nested_mlflow_runs_with_their_artifacts(tmp_path, 
         directory = Path(client.download_artifacts(child.info.run_id, "", str(tmp_path / tags["trial_id"])))
         ids = json.loads((directory / "trajectory_ids.json").read_text())
         assert len(ids) == child.data.metrics["dataset/trajectories"] and tags["trajectory_ids"] == compact_ranges(ids)
-        assert json.loads((directory / "config.json").read_text())["trial"]["algorithm"] == tags["algorithm"]
+        record = json.loads((directory / "trial_record.json").read_text())
+        assert record == json.loads(tags["trial_record"])  # the record travelled unchanged
+        assert (record["algorithm"], record["trial_id"], record["config"]["num_steps"]) == (
+            tags["algorithm"], tags["trial_id"], 200)
+        inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("reacher2d-medium",
+                                                                         record["dataset"]["digest"][:36])]
+        assert record["dataset"]["subset_episodes"] == len(ids) and (directory / "metrics.jsonl").is_file()
         assert (directory / "eval_episodes.csv").read_text().count("\n") == 1 + 4 * (1 if label == "policy" else 2)
         assert child.data.metrics["cost/wall_seconds"] > 0
     lamo = next(c for c in children if c.data.tags["algorithm"] == "lamo")
@@ -114,8 +131,9 @@ def test_sweep_runs_trials_as_nested_mlflow_runs_with_their_artifacts(tmp_path, 
 
 
 def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_path, reacher_medium_path):
-    """A short trial finishes, a long one has checkpoints, the driver is SIGKILLed; the same command again
-    completes the sweep: the finished trial is not trained again, the long one continues from its checkpoint."""
+    """A short trial finishes, a long one has checkpoints, the driver is SIGKILLed: no Ray process outlives it,
+    and the same command again completes the sweep: the finished trial is not trained again, the long one
+    continues from its checkpoint."""
     spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], algorithms=[
         {"name": "bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 100, "eval_every": 100},
         {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 6000, "eval_every": 500}])
@@ -128,15 +146,17 @@ def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_
             if line.startswith("done bc."):
                 break
         deadline = time.time() + 300
-        checkpoints = str(tmp_path / "ray_results" / "tiny-*" / "train" / "td3_bc.*" / "checkpoint_*")
+        checkpoints = str(tmp_path / "ray_results" / "tiny-*" / "tune" / "td3_bc.*" / "checkpoint_*")
         while not glob.glob(checkpoints) and time.time() < deadline:
             time.sleep(0.5)
         assert glob.glob(checkpoints), "the long trial never checkpointed"
         tree += psutil.Process(driver.pid).children(recursive=True)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
+        _, alive = psutil.wait_procs(tree, timeout=60)  # Ray's processes share their driver's fate
+        assert not alive, [p.info for p in alive]
     finally:
-        stop_process_tree(tree)  # Ray's agents outlive their driver
+        stop_process_tree(tree)
 
     _, before = mlflow_runs(uri)
     finished = {c.data.tags["trial_id"]: c.data.metrics["cost/wall_seconds"] for c in before
@@ -241,4 +261,50 @@ def test_restart_starts_over_and_keeps_what_was_recorded(tmp_path, reacher_mediu
     new = [p for p in parents if p.data.tags.get("superseded") != "true"]
     assert len(old) == 1 and len(new) == 1 and len(children) == 2  # the first attempt's run is still there
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {old[0].info.run_id, new[0].info.run_id}
-    assert len(glob.glob(str(tmp_path / "ray_results" / "tiny-*.superseded-*" / "train"))) == 1
+    assert len(glob.glob(str(tmp_path / "ray_results" / "tiny-*.superseded-*" / "tune"))) == 1
+
+
+def test_a_failing_trial_explains_itself_in_the_progress_the_summary_and_its_run(tmp_path, reacher_medium_path):
+    """A trial that fails anyway (its loss diverges: nothing a validation pass can see) is reported with its own
+    exception's message, not Ray's actor header, and its MLflow run records it; the others finish."""
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], concurrency={"trial_retries": 0}, algorithms=[
+        {"name": "bc", "overrides": {"hidden_dims": [32, 32]}},
+        {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32], "actor_lr": 1e12, "critic_lr": 1e12}}])
+    result = run_sweep(write_spec(tmp_path, spec))
+    assert result.returncode == 1, result.stdout[-3000:]
+    message = "NonFiniteLossError: non-finite loss at step 2: critic_loss=inf"
+    assert f"FAILED td3_bc.reacher2d-medium.r1.s0: {message}" in result.stdout  # the progress line
+    assert f"  failed td3_bc.reacher2d-medium.r1.s0: {message}" in result.stdout  # the final summary
+    assert "1 trials finished, 1 failed" in result.stdout
+    _, children = mlflow_runs(spec["tracking"]["uri"])
+    failed = next(c for c in children if c.data.tags["algorithm"] == "td3_bc")
+    assert failed.info.status == "FAILED" and failed.data.tags["error"].startswith(message)
+    client = MlflowClient(spec["tracking"]["uri"])
+    trace = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert "Traceback" in trace and "check_finite" in trace
+
+
+def test_a_local_sweep_listens_on_the_loopback_interface_only(tmp_path, reacher_medium_path):
+    """Every listening socket of the driver and the Ray processes it starts, sampled while trials run."""
+    spec = tiny_spec(tmp_path, reacher_medium_path, ratios=[0.5, 1.0],
+                     training={"steps": 1500, "eval_every": 500, "eval_episodes": 2})
+    driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(write_spec(tmp_path, spec))],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    listening: dict[tuple[str, int], str] = {}
+    tree = [psutil.Process(driver.pid)]
+    try:
+        while driver.poll() is None:
+            tree += [p for p in tree[0].children(recursive=True) if p not in tree]
+            pids = {p.pid for p in tree}
+            for connection in psutil.net_connections("inet"):
+                if connection.status == psutil.CONN_LISTEN and connection.pid in pids:
+                    listening[(connection.laddr.ip, connection.laddr.port)] = str(connection.pid)
+            time.sleep(1)
+        output = driver.stdout.read()
+    finally:
+        stop_process_tree(tree)
+    assert driver.returncode == 0, output[-3000:]
+    assert listening, "no listening socket seen"
+    print(f"{len(listening)} listening sockets, addresses {sorted({ip for ip, _ in listening})}")  # pytest -s
+    exposed = {address for address in listening if address[0] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")}
+    assert not exposed, exposed

@@ -201,9 +201,10 @@ def _stop_postgres(data: Path, process: subprocess.Popen) -> None:
 # --- MLflow server ----------------------------------------------------------------------------------------
 
 def start_mlflow_server(backend_uri: str, workdir: Path, extra_args: list[str] = (), env: dict | None = None,
-                        ready_check=health_ok) -> tuple[str, subprocess.Popen, Path]:
-    """`mlflow server` on 127.0.0.1, artifacts proxied by the server to a directory (like s3:// in compose)."""
-    port = free_port()
+                        ready_check=health_ok, port: int | None = None) -> tuple[str, subprocess.Popen, Path]:
+    """`mlflow server` on 127.0.0.1 (a free port unless given), artifacts proxied by the server to a directory
+    (like s3:// in compose)."""
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     log = workdir / f"mlflow-{port}.log"
     (workdir / "artifacts").mkdir(parents=True, exist_ok=True)
