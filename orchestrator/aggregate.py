@@ -37,11 +37,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import trim_mean
 
-if __package__ in (None, ""):  # run as `python orchestrator/aggregate.py`: make the repository importable
-    try:
-        import orchestrator  # noqa: F401
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as `python orchestrator/aggregate.py`: import this checkout's modules, first
+    # (not only when none is importable: an editable install of another checkout would otherwise win)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.tracking import PARENT_ROLE, TRIAL_ROLE, absolute_uri, client
 from trainers.registry import ALGORITHMS
