@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from scipy.stats import mannwhitneyu
 
-from orchestrator.aggregate import (AggregationError, aggregate_sweep, main, mean_of_cell_means,
-                                    probability_of_improvement, stratified_bootstrap)
+from orchestrator.aggregate import (AggregationError, TrialRun, aggregate_sweep, main, mean_of_cell_means,
+                                    probability_of_improvement, run_scores, stratified_bootstrap)
 from orchestrator.report import cost_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +73,8 @@ class SyntheticStore:
         return run_id
 
 
-STEPS = [200, 400, 600, 800, 1000]  # num_steps 1000: the paper window is steps 800 and 1000
+# num_steps 1000, an evaluation every 100: the paper window is steps 900 and 1000 (the last 2 of 10, LaMo's share)
+STEPS = list(range(100, 1001, 100))
 
 
 def flat(value: float) -> list[tuple[int, float]]:
@@ -91,15 +92,17 @@ def store(tmp_path_factory) -> SyntheticStore:
     # "protocols": one cell per rule to check.
     sweep = store.sweep("protocols", "aaaaaaaaaa", [0, 1])
     store.trial(sweep, "lamo", "reacher2d-medium", 1.0, 0,
-                {"target_76": curve(10, 20, 30, 40, 50), "target_40": curve(60, 70, 80, 30, 20)})
+                {"target_76": curve(5, 10, 15, 20, 25, 30, 35, 38, 40, 50),
+                 "target_40": curve(60, 70, 80, 60, 50, 40, 30, 30, 30, 20)})
     store.trial(sweep, "lamo", "reacher2d-medium", 1.0, 1,
-                {"target_76": curve(20, 30, 40, 50, 60), "target_40": curve(50, 90, 50, 40, 40)})
+                {"target_76": curve(10, 15, 20, 25, 30, 35, 40, 45, 50, 60),
+                 "target_40": curve(50, 90, 50, 50, 50, 50, 50, 45, 40, 40)})
     # Each seed prefers a different target; the cell takes the target with the best mean over seeds (40).
     store.trial(sweep, "lamo", "reacher2d-medium", 0.1, 0, {"target_76": flat(60), "target_40": flat(50)})
     store.trial(sweep, "lamo", "reacher2d-medium", 0.1, 1, {"target_76": flat(10), "target_40": flat(30)})
-    # No config.num_steps: the window is the last 20 % of the last evaluation step (>= 400 of 500).
+    # No config.num_steps: the window is the last 20 % of the last evaluation step (steps > 400 of 500).
     store.trial(sweep, "bc", "reacher2d-medium", 1.0, 0,
-                {"policy": [(100, 1.0), (200, 2.0), (300, 3.0), (400, 4.0), (500, 8.0)]}, num_steps=None)
+                {"policy": [(50 * i, 1.0) for i in range(1, 9)] + [(450, 4.0), (500, 8.0)]}, num_steps=None)
     store.trial(sweep, "bc", "reacher2d-medium", 1.0, 1, {"policy": flat(10)})
 
     # "aggregates": two locomotion tasks × two ratios, plus one reacher2d cell; constant curves, score = value.
@@ -122,8 +125,9 @@ def store(tmp_path_factory) -> SyntheticStore:
     # Bad inputs.
     store.trial(store.sweep("all-failed", "cccccccccc", [0]), "bc", "hopper-medium", 1.0, 0,
                 {"policy": flat(1)}, status="FAILED")
+    # The last evaluation is at exactly 80 %: not after it, so nothing is in the paper window.
     store.trial(store.sweep("early-evals", "dddddddddd", [0]), "bc", "hopper-medium", 1.0, 0,
-                {"policy": [(200, 5.0), (400, 7.0)]})
+                {"policy": [(200, 5.0), (400, 7.0), (800, 9.0)]})
     # The same name twice: the name means the most recent one.
     store.trial(store.sweep("renamed", "eeeeeeeeee", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(1)})
     store.trial(store.sweep("renamed", "ffffffffff", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(2)})
@@ -166,6 +170,19 @@ def test_protocol_scores_and_the_named_best_target(store, tmp_path, protocol, ta
     assert f"Protocol: {protocol}" in printed
 
 
+def test_paper_window_at_lamos_cadence_is_its_last_8_of_40_evaluations():
+    # LaMo trains 100,000 steps and evaluates every 2,500; "the last 20K steps" are the evaluations at 82,500 …
+    # 100,000: 8 of the 40. The one at 80,000 closes the first 80K and is not in the window.
+    steps = np.arange(2500, 100_001, 2500)
+    values = np.sqrt(steps)  # every evaluation different, so a window one evaluation too wide is seen
+    run = TrialRun(run_id="r", trial_id="lamo.hopper-medium.r1.s0", algorithm="lamo", task="hopper-medium",
+                   domain="locomotion", ratio=1.0, seed=0, status="FINISHED", num_steps=100_000,
+                   curves={"target_3600": list(zip(steps.tolist(), values.tolist()))})
+    assert len(steps) == 40
+    assert run_scores(run, "paper")["target_3600"] == pytest.approx(values[steps > 80_000].mean())
+    assert run_scores(run, "paper")["target_3600"] == pytest.approx(values[-8:].mean())
+
+
 def test_best_target_is_chosen_per_cell_over_seeds_not_per_seed(store, tmp_path):
     result, _ = run(store, "protocols", tmp_path, log_artifacts=False)
     cell = result.cell("lamo", "reacher2d-medium", 0.1)
@@ -177,7 +194,7 @@ def test_window_without_num_steps_and_non_return_conditioned_label(store, tmp_pa
     result, printed = run(store, "protocols", tmp_path, log_artifacts=False)
     cell = result.cell("bc", "reacher2d-medium", 1.0)
     assert cell.label == "policy" and cell.target is None
-    assert list(cell.scores) == [6.0, 10.0]  # mean(4, 8) from steps >= 400 of 500; mean(10, 10)
+    assert list(cell.scores) == [6.0, 10.0]  # mean(4, 8) from steps > 400 of 500; mean(10, 10)
     assert "8.0 ± 2.8 |" in (tmp_path / "tables.md").read_text()
     # reacher2d average over the sweep's cells: lamo (50 + 40) / 2, bc 8 over 1 of 2 cells
     assert [(s.algorithm, s.mean, s.cells, s.cells_expected) for s in result.domains] == [
@@ -304,11 +321,11 @@ def test_no_finished_run_is_an_error(store, tmp_path):
 
 
 def test_protocol_needing_missing_evaluations_is_an_error(store, tmp_path):
-    with pytest.raises(AggregationError, match=r"protocol paper needs evaluations at steps >= 80% .*"
-                                               r"bc.hopper-medium.r1.s0 \(last evaluation at step 400 of "
+    with pytest.raises(AggregationError, match=r"protocol paper needs evaluations at steps > 80% .*"
+                                               r"bc.hopper-medium.r1.s0 \(last evaluation at step 800 of "
                                                r"config.num_steps=1000\).*--protocol last"):
         run(store, "early-evals", tmp_path)
-    assert run(store, "early-evals", tmp_path, "last", log_artifacts=False)[0].cells[0].mean == 7.0
+    assert run(store, "early-evals", tmp_path, "last", log_artifacts=False)[0].cells[0].mean == 9.0
 
 
 def test_unknown_experiment_or_store(store, tmp_path, capsys):
