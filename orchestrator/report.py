@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, safe inside a driver
 
-from orchestrator.aggregate import Aggregate, Cell, domain_order, task_order
+from orchestrator.scores import Aggregate, Cell, domain_order, task_order
 
 SEED_FLAG_NOTE = "[n/k seeds]: the cell has fewer finished seeds than the sweep asked for"
 

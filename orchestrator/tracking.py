@@ -10,7 +10,12 @@ Run layout (the aggregator reads exactly this):
   params = the resolved trial config; metrics with step = gradient step (`train/*`, `eval/target_<R>/*`,
   `eval/best_normalized_mean`, `cost/wall_seconds`, `cost/gpu_hours`); artifacts = the trial's files
   (model/ adapter and weights, config.json, evaluations.json, eval_episodes.csv, trajectory_ids.json);
-  status FINISHED, FAILED, or RUNNING while it trains (or when its driver was killed).
+  status FINISHED, FAILED, or RUNNING while it trains (or when its driver was killed);
+- after aggregation (orchestrator/aggregate.py), on the parent run: the tables, plots and report.html as
+  artifacts under `aggregate/<protocol>/`.
+
+The names are the constants below; the reading half (the end of this file) turns the runs back into the
+aggregator's `TrialRun`s.
 
 A resumed trial finds its run by (parent run, trial_id) and continues it; metrics it re-reports for steps
 already logged before a crash are skipped, so a run never holds two values for one step.
@@ -30,6 +35,17 @@ from trainers.loop import TRAJECTORY_IDS_FILE, TrialConfig
 from trainers.tasks import get_task
 
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
+
+# Names of the run layout, shared by the writing above and the reading at the end of this file.
+ROLE_TAG, PARENT_RUN_TAG = "role", "mlflow.parentRunId"
+SWEEP_ID_TAG, SWEEP_NAME_TAG, SUPERSEDED_TAG = "sweep_id", "sweep_name", "superseded"
+TRIAL_ID_TAG, ALGORITHM_TAG, TASK_TAG, DOMAIN_TAG, RATIO_TAG, SEED_TAG = (
+    "trial_id", "algorithm", "task", "domain", "ratio", "seed")
+SEEDS_PARAM = "seeds"  # on the parent run: the spec's seeds, e.g. "[0, 1, 2]"
+CONFIG_PARAM_PREFIX, TRIAL_PARAM_PREFIX = "config.", "trial."  # child params: resolved config, trial fields
+EVAL_METRIC = "eval/{label}/normalized_mean"  # the loop's name (trainers/evaluation.py); label target_<R> or policy
+WALL_SECONDS_METRIC, GPU_HOURS_METRIC = "cost/wall_seconds", "cost/gpu_hours"
+AGGREGATE_ARTIFACTS = "aggregate/{protocol}"  # the aggregator's files on the parent run
 
 
 class TrackingError(RuntimeError):
@@ -256,3 +272,139 @@ class MlflowReport:
             relative = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
             folder = None if relative.parent == Path(".") else str(relative.parent)
             mlflow_client.log_artifact(self.run_id, str(path), folder)
+
+
+# ============================================================================================================
+# Reading a sweep back: the aggregator's side of the layout above.
+#
+# Kept apart from the writing half (which changes on its own) and in small functions, one per part of the
+# layout, so that where a trial's identity comes from (today its tags) can change in one place.
+# ============================================================================================================
+
+from orchestrator.scores import TrialRun, run_order  # noqa: E402  (this section's own import: see above)
+
+
+class StoreLookupError(LookupError):
+    """The tracking store, experiment or sweep asked for is not there; the message lists what is."""
+
+
+def open_store(tracking_uri: str, experiment: str):
+    """(client, experiment id) of an existing store and experiment; creates nothing."""
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.is_file():  # MLflow would silently create an empty store
+            raise StoreLookupError(f"no tracking store at {tracking_uri} ({database} does not exist)")
+    mlflow_client = client(absolute_uri(tracking_uri))
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in mlflow_client.search_experiments())
+        raise StoreLookupError(f"no experiment {experiment!r} in {tracking_uri}; experiments found: "
+                               f"{', '.join(names) or 'none'}")
+    return mlflow_client, found.experiment_id
+
+
+def search_all(mlflow_client, experiment_id: str, query: str, order_by: list[str] | None = None) -> list:
+    """Every run matching `query`, page after page."""
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs([experiment_id], filter_string=query, order_by=order_by,
+                                         max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _superseded(run) -> bool:
+    return run.data.tags.get(SUPERSEDED_TAG) == "true"
+
+
+def find_sweep(mlflow_client, experiment_id: str, sweep: str):
+    """The sweep's parent run: `sweep` is a sweep id, a sweep name (its most recent sweep), or a parent run id.
+
+    A `--restart` marks the earlier parent runs superseded; the newest one that is not is the sweep."""
+    parents = search_all(mlflow_client, experiment_id, f"tags.{ROLE_TAG} = '{PARENT_ROLE}'",
+                         ["attributes.start_time DESC"])
+    current = [p for p in parents if not _superseded(p)]
+    for by in (SWEEP_ID_TAG, SWEEP_NAME_TAG):
+        matches = [p for p in current if p.data.tags.get(by) == sweep] or [p for p in parents
+                                                                           if p.data.tags.get(by) == sweep]
+        if matches:
+            return matches[0]
+    by_run_id = [p for p in parents if p.info.run_id == sweep]  # reaches a superseded parent on purpose
+    if by_run_id:
+        return by_run_id[0]
+    known = [f"{p.data.tags.get(SWEEP_NAME_TAG, '?')} ({p.data.tags.get(SWEEP_ID_TAG, '?')}, {p.info.status}"
+             f"{', superseded' if _superseded(p) else ''})" for p in parents]
+    more = f" and {len(known) - 30} older" if len(known) > 30 else ""
+    raise StoreLookupError(f"unknown sweep {sweep!r}; sweeps found in this tracking store, newest first: "
+                           + (", ".join(known[:30]) + more if known else "none"))
+
+
+def sweep_identity(parent) -> tuple[str, str]:
+    """(sweep id, sweep name) of a parent run."""
+    sweep_id = parent.data.tags[SWEEP_ID_TAG]
+    return sweep_id, parent.data.tags.get(SWEEP_NAME_TAG, sweep_id)
+
+
+def asked_seeds(parent_params: dict[str, str]) -> int | None:
+    """How many seeds the spec asked for (the parent run's `seeds` param, e.g. "[0, 1, 2]")."""
+    import ast
+
+    try:
+        seeds = ast.literal_eval(parent_params[SEEDS_PARAM])
+        return len(seeds) if isinstance(seeds, (list, tuple)) else None
+    except (KeyError, ValueError, SyntaxError):
+        return None
+
+
+def _trial_identity(run) -> dict[str, Any]:
+    """Which trial a child run is: from its tags (the domain from the task registry when the tag is missing)."""
+    from trainers.tasks import TASKS
+
+    tags = run.data.tags
+    task = tags.get(TASK_TAG, "?")
+    return {"trial_id": tags.get(TRIAL_ID_TAG, run.info.run_name), "algorithm": tags.get(ALGORITHM_TAG, "?"),
+            "task": task, "domain": tags.get(DOMAIN_TAG) or (TASKS[task].domain if task in TASKS else "other"),
+            "ratio": float(tags.get(RATIO_TAG, "nan")), "seed": int(tags.get(SEED_TAG, -1))}
+
+
+def _resolved_config(params: dict[str, str]) -> dict[str, str]:
+    """The trial's resolved config as logged: `config.<name>` params, by name."""
+    return {key.removeprefix(CONFIG_PARAM_PREFIX): value for key, value in params.items()
+            if key.startswith(CONFIG_PARAM_PREFIX)}
+
+
+def _evaluation_curves(mlflow_client, run) -> dict[str, list[tuple[int, float]]]:
+    """Per eval label, the (step, normalized mean) history, by step (one value per step: the latest logged)."""
+    prefix, suffix = EVAL_METRIC.split("{label}")
+    curves = {}
+    for key in run.data.metrics:
+        label = key.removeprefix(prefix).removesuffix(suffix)
+        if key.startswith(prefix) and key.endswith(suffix) and label and "/" not in label:
+            history = {m.step: m.value for m in mlflow_client.get_metric_history(run.info.run_id, key)}
+            curves[label] = sorted(history.items())
+    return curves
+
+
+def read_trial_runs(mlflow_client, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
+    """Every trial run under the sweep's parent run, with its evaluation histories and cost, in grid order.
+    (By parent, not by sweep id: after a restart the superseded parent's runs share the sweep id.)"""
+    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and tags.{ROLE_TAG} = '{TRIAL_ROLE}'"
+    runs = []
+    for run in search_all(mlflow_client, experiment_id, query):
+        config, metrics = _resolved_config(run.data.params), run.data.metrics
+        num_steps = config.get("num_steps")
+        runs.append(TrialRun(
+            run_id=run.info.run_id, status=run.info.status, **_trial_identity(run),
+            num_steps=int(float(num_steps)) if num_steps else None, curves=_evaluation_curves(mlflow_client, run),
+            wall_seconds=metrics.get(WALL_SECONDS_METRIC, 0.0), gpu_hours=metrics.get(GPU_HOURS_METRIC, 0.0),
+            config=config))
+    return sorted(runs, key=run_order)
+
+
+def log_aggregate(mlflow_client, parent_run_id: str, protocol: str, out_dir: Path) -> str:
+    """The aggregator's files onto the parent run; returns where they are there."""
+    artifact_path = AGGREGATE_ARTIFACTS.format(protocol=protocol)
+    mlflow_client.log_artifacts(parent_run_id, str(out_dir), artifact_path)
+    return artifact_path

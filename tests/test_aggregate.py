@@ -4,6 +4,7 @@ Per-step scores are chosen so that every expected number below can be checked by
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import os
@@ -20,9 +21,10 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from scipy.stats import mannwhitneyu
 
-from orchestrator.aggregate import (AggregationError, TrialRun, aggregate_sweep, main, mean_of_cell_means,
-                                    probability_of_improvement, run_scores, stratified_bootstrap)
+from orchestrator.aggregate import AggregationError, aggregate_sweep, main
 from orchestrator.report import cost_table
+from orchestrator.scores import (TrialRun, mean_of_cell_means, probability_of_improvement, run_scores,
+                                 stratified_bootstrap)
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "lamo-sweeps"
@@ -343,6 +345,86 @@ def test_runs_as_a_script(store, tmp_path):
                           env=os.environ | {"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert "50.0 ± 7.1 (target 76)" in done.stdout and (tmp_path / "report.html").is_file()
+
+
+# --- the layout as tracking.py writes it, read back ---------------------------------------------------------
+
+def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
+    from orchestrator import tracking
+    from trainers.loop import TrialConfig
+
+    writer = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, "roundtrip-0123456789")
+    parent = writer.start_sweep("roundtrip", {"seeds": [3, 4], "ratios": [0.1]})
+    trial = TrialConfig(algorithm="lamo", task="hopper-medium", ratio=0.1, seed=4)
+    run_id, finished = writer.trial_run(parent, "lamo.hopper-medium.r0.1.s4", trial,
+                                        {"num_steps": 500, "eval_episodes": 20, "backbone": "gpt2"})
+    assert finished is None
+    hook = tracking.MlflowReport(writer.uri, run_id, str(tmp_path))
+    for step, value in [(250, 41.0), (500, 43.0)]:
+        hook(step, {"eval/target_3600/normalized_mean": value, "eval/target_1800/normalized_mean": value - 1,
+                    "eval/best_normalized_mean": value, "eval/target_3600/return_mean": 1000.0}, [])
+    writer.finish_trial(run_id, failed=False, wall_seconds=7200.0, gpus=0.5)
+
+    mlflow_client, experiment_id = tracking.open_store(writer.uri, EXPERIMENT)
+    found = tracking.find_sweep(mlflow_client, experiment_id, "roundtrip")
+    assert found.info.run_id == parent
+    assert tracking.sweep_identity(found) == ("roundtrip-0123456789", "roundtrip")
+    assert tracking.asked_seeds(found.data.params) == 2
+    [run] = tracking.read_trial_runs(mlflow_client, experiment_id, parent)
+    assert (run.run_id, run.trial_id, run.algorithm, run.task, run.domain, run.ratio, run.seed, run.status) == (
+        run_id, "lamo.hopper-medium.r0.1.s4", "lamo", "hopper-medium", "locomotion", 0.1, 4, "FINISHED")
+    assert run.curves == {"target_3600": [(250, 41.0), (500, 43.0)], "target_1800": [(250, 40.0), (500, 42.0)]}
+    assert run.num_steps == 500 and run.config == {"num_steps": "500", "eval_episodes": "20", "backbone": "gpt2"}
+    assert (run.wall_seconds, run.gpu_hours) == (7200.0, 1.0)
+
+
+# --- layers ------------------------------------------------------------------------------------------------
+
+def orchestrator_imports(root: Path) -> dict[str, set[str]]:
+    """orchestrator module -> the orchestrator modules it imports, at the top or inside functions alike."""
+    graph = {}
+    for path in sorted(root.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                if node.module == "orchestrator":  # from orchestrator import report, tracking
+                    imported |= {f"orchestrator.{alias.name}" for alias in node.names}
+        graph[f"orchestrator.{path.stem}"] = imported
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in done or module not in graph:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, path + [module])
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])
+    return cycles
+
+
+def test_aggregator_layers_import_downwards_without_a_circle():
+    graph = orchestrator_imports(REPO / "orchestrator")
+    assert import_cycles(graph) == []
+    # statistics apart from rendering and from MLflow; rendering apart from MLflow
+    assert not graph["orchestrator.scores"] & {"orchestrator.aggregate", "orchestrator.report",
+                                               "orchestrator.tracking", "mlflow", "matplotlib", "rich"}
+    assert not {m.split(".")[0] for m in graph["orchestrator.scores"]} & {"mlflow", "matplotlib", "rich"}
+    assert not graph["orchestrator.report"] & {"orchestrator.aggregate", "orchestrator.tracking"}
+    assert not {m.split(".")[0] for m in graph["orchestrator.report"]} & {"mlflow"}
+    # the store is read in one place: tracking.py
+    assert not {m.split(".")[0] for m in graph["orchestrator.aggregate"]} & {"mlflow"}
 
 
 # --- the HTML report in a real browser ---------------------------------------------------------------------
