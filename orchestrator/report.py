@@ -209,6 +209,27 @@ def to_html(table: Table) -> str:
             + "\n".join(body) + f"\n</tbody></table>\n{notes}\n")
 
 
+FIDELITY_TITLE = "Fidelity notes: how these runs differ from the official setup"
+
+
+def fidelity_markdown(result: Aggregate) -> str:
+    lines = [f"### {FIDELITY_TITLE}", ""]
+    lines += [f"- **{n.topic}**: {n.text} (source: {n.source})" for n in result.notes] or ["- (none known)"]
+    return "\n".join(lines) + "\n"
+
+
+def fidelity_latex(result: Aggregate) -> str:
+    """As comments: the notes travel with the tables without becoming part of a paper's page."""
+    return "\n".join([f"% {FIDELITY_TITLE}:"] + [f"% {n.topic}: {n.text} (source: {n.source})"
+                                                   for n in result.notes]) + "\n"
+
+
+def fidelity_html(result: Aggregate) -> str:
+    items = "".join(f"<li><b>{html.escape(n.topic)}</b>: {html.escape(n.text)} "
+                    f"<span class=\"source\">Source: {html.escape(n.source)}</span></li>\n" for n in result.notes)
+    return f"<h2>{html.escape(FIDELITY_TITLE)}</h2>\n<ul class=\"fidelity\">\n{items or '<li>(none known)</li>'}</ul>\n"
+
+
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -370,6 +391,7 @@ table{border-collapse:collapse;margin:0.5em 0;font-size:14px}
 th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eef}td:first-child,th:first-child{text-align:left}tr.rule td{border-top:2px solid #444}
 .note{font-size:12px;color:#555;margin:2px 0}.protocol{background:#ffd;padding:6px;border:1px solid #cc9}
+ul.fidelity{font-size:14px;max-width:1100px}ul.fidelity li{margin:4px 0}.source{color:#777;font-size:12px}
 img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
@@ -384,7 +406,8 @@ def write_html(result: Aggregate, tables: list[Table], images: list[Path], path:
             f"<p>Sweep id {html.escape(result.sweep_id)}, MLflow parent run {html.escape(result.parent_run_id)}; "
             f"{finished} finished runs aggregated, {len(result.excluded)} excluded.</p>\n"
             f"<p class=\"protocol\">Protocol: {html.escape(result.protocol_text)}.</p>\n"
-            + to_html(tables[0]) + "<h2>Plots</h2>\n" + figures + "".join(map(to_html, tables[1:]))
+            + to_html(tables[0]) + fidelity_html(result) + "<h2>Plots</h2>\n" + figures
+            + "".join(map(to_html, tables[1:]))
             + "</body></html>\n")
     path.write_text(page, encoding="utf-8")
     return path
@@ -399,8 +422,10 @@ def write_outputs(result: Aggregate, out: Path) -> list[Path]:
     files.append(write_csv(out / "table.csv", main.header, main.rows))
     files.append(write_csv(out / "cost.csv", tables[-1].header, tables[-1].rows))
     (out / "tables.md").write_text(f"Sweep {result.sweep_id}. Protocol: {result.protocol_text}.\n\n"
-                                   + "\n".join(map(to_markdown, tables)), encoding="utf-8")
+                                   + "\n".join([to_markdown(tables[0]), fidelity_markdown(result),
+                                                *map(to_markdown, tables[1:])]), encoding="utf-8")
     (out / "tables.tex").write_text(f"% Sweep {result.sweep_id}. Protocol: {result.protocol_text}.\n"
+                                    + fidelity_latex(result)
                                     + "\n".join(to_latex(t) for t in tables[:-2]), encoding="utf-8")
     images = [plot_score_vs_ratio(result, out / "score_vs_ratio.png"),
               plot_learning_curves(result, out / "learning_curves.png"),
@@ -438,6 +463,11 @@ def print_summary(result: Aggregate, console) -> None:
             console.print(Text(f"  {run.trial_id}: {reason} ({run.run_id})"))
     cost = tables[-1].rows[-1]
     console.print(Text(f"Cost: {cost[2]} wall hours, {cost[3]} GPU-hours over {cost[1]} runs."))
+    if result.notes:
+        console.print(Text(f"{FIDELITY_TITLE}:", style="bold"))
+        for note in result.notes:
+            console.print(Text(f"- {note.topic}: {note.text}"), Text(f" (source: {note.source})", style="dim"),
+                          sep="")
     if result.out_dir is not None:
         logged = (f"; logged to parent run {result.parent_run_id} under {result.artifact_path}/"
                   if result.artifact_path else "")

@@ -7,6 +7,7 @@ Layout of the aggregator (imports point down only, no circle):
     orchestrator/report.py      tables, plots, the HTML report and the terminal summary of an `Aggregate`
     orchestrator/tracking.py    the MLflow run layout: writes a sweep's runs, reads them back as `TrialRun`s
     orchestrator/scores.py      this module: data classes, protocols, scoring and statistics
+    orchestrator/fidelity.py    what the scored runs differ in from the official setup (a knowledge table)
 
 Scores are the D4RL-normalized evaluation means the loop logs as `eval/<label>/normalized_mean` (step =
 gradient step), where <label> is `target_<R>` for return-conditioned algorithms and `policy` otherwise.
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import trim_mean
 
+from orchestrator.fidelity import FidelityNote, fidelity_notes
 from trainers.registry import ALGORITHMS
 from trainers.tasks import TASKS, Domain
 
@@ -169,6 +171,7 @@ class Aggregate:
     ratios: list[RatioSummary]
     improvements: list[Improvement]
     resamples: int
+    notes: list[FidelityNote] = field(default_factory=list)  # how the scored runs differ from the official setup
     files: list[Path] = field(default_factory=list)
     out_dir: Path | None = None
     artifact_path: str | None = None  # where the files are on the parent run, once logged
@@ -388,6 +391,7 @@ def aggregate_runs(runs: list[TrialRun], protocol: str, *, sweep_id: str, sweep_
                                f"({len(runs)} trial runs{'; ' + states if runs else ''})")
     cells = build_cells(runs, protocol, asked)
     domains, ratios, improvements = summarize(cells, resamples, reference)
+    scored = [r for r in runs if r.status == "FINISHED"]
     return Aggregate(sweep_id=sweep_id, sweep_name=sweep_name, parent_run_id=parent_run_id, protocol=protocol,
                      runs=runs, excluded=excluded, cells=cells, domains=domains, ratios=ratios,
-                     improvements=improvements, resamples=resamples)
+                     improvements=improvements, resamples=resamples, notes=fidelity_notes(scored))

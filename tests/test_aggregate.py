@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
+import html
 import io
 import os
 import shutil
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 from scipy.stats import mannwhitneyu
@@ -25,6 +27,8 @@ from orchestrator.aggregate import AggregationError, aggregate_sweep, main
 from orchestrator.report import cost_table
 from orchestrator.scores import (TrialRun, mean_of_cell_means, probability_of_improvement, run_scores,
                                  stratified_bootstrap)
+from trainers.registry import make_config
+from trainers.tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "lamo-sweeps"
@@ -59,8 +63,12 @@ class SyntheticStore:
             "mlflow.parentRunId": parent_run_id, "role": "trial", "sweep_id": sweep_id, "trial_id": trial_id,
             "algorithm": algorithm, "task": task, "domain": DOMAINS[task], "ratio": f"{ratio:g}", "seed": str(seed)})
         run_id = run.info.run_id
-        if num_steps is not None:
-            self.client.log_param(run_id, "config.num_steps", str(num_steps))
+        # The resolved config as the sweep driver logs it (str of every field), evaluated every 100 steps.
+        config = make_config(algorithm, {"num_steps": num_steps or 1000, "eval_every": 100}, TASKS[task])
+        params = {f"config.{f.name}": str(getattr(config, f.name)) for f in dataclasses.fields(config)}
+        if num_steps is None:
+            del params["config.num_steps"]
+        self.client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
         metrics = [Metric(f"eval/{label}/normalized_mean", value, self.clock, step)
                    for label, curve in curves.items() for step, value in curve]
         # A misleading per-step maximum over targets: the aggregator must score from the per-target histories.
@@ -123,6 +131,11 @@ def store(tmp_path_factory) -> SyntheticStore:
     store.trial(sweep, "dt", "walker2d-medium", 1.0, 1, {"target_3600": flat(1000)}, status="FAILED")
     store.trial(sweep, "bc", "hopper-medium", 1.0, 0, {"policy": flat(12)})
     store.trial(sweep, "bc", "hopper-medium", 1.0, 1, {"policy": flat(1000)}, status="RUNNING")
+
+    # Only BC on generated reacher2d data: its fidelity notes must not speak of kitchen, locomotion or LaMo.
+    sweep = store.sweep("bc-reacher2d", "abcabcabca", [0, 1])
+    for seed in (0, 1):
+        store.trial(sweep, "bc", "reacher2d-medium", 1.0, seed, {"policy": flat(30 + seed)})
 
     # Bad inputs.
     store.trial(store.sweep("all-failed", "cccccccccc", [0]), "bc", "hopper-medium", 1.0, 0,
@@ -292,6 +305,40 @@ def test_outputs_written_and_logged_to_the_parent_run(store, aggregates):
     assert "| locomotion | 100% | **85.0** | 62.5 | 12.0 [1/2 tasks] |" in markdown
     logged = {Path(a.path).name for a in store.client.list_artifacts(result.parent_run_id, "aggregate/paper")}
     assert names <= logged
+
+
+# --- fidelity notes ------------------------------------------------------------------------------------------
+
+def one_line(text: str) -> str:
+    """Text with its line wrapping undone (the terminal wraps long notes)."""
+    return " ".join(text.split())
+
+
+def test_fidelity_notes_in_every_report_follow_the_sweeps_runs(store, aggregates, tmp_path):
+    reacher, reacher_printed = run(store, "bc-reacher2d", tmp_path, log_artifacts=False)
+    result, printed = aggregates
+    mixed = {n.topic: n for n in result.notes}
+    only_bc = {n.topic: n for n in reacher.notes}
+    # lamo, dt and bc on D4RL hopper and walker2d files and on generated reacher2d, at two data ratios
+    assert mixed["training data: whole trajectories"].text.startswith("The sequence models (lamo, dt) train")
+    assert "Locomotion (hopper-medium, walker2d-medium)" in mixed["simulator: locomotion"].text
+    assert "Data ratios 10%" in mixed["training data: seeded subsets"].text
+    assert only_bc.keys() < mixed.keys()
+    for sweep, printed_text in ((result, printed), (reacher, reacher_printed)):
+        markdown = (sweep.out_dir / "tables.md").read_text()
+        page = html.unescape((sweep.out_dir / "report.html").read_text())
+        latex = (sweep.out_dir / "tables.tex").read_text()
+        for note in sweep.notes:
+            assert f"**{note.topic}**: {note.text} (source: {note.source})" in markdown
+            assert note.text in page and note.source in page
+            assert one_line(note.text) in one_line(printed_text)
+            assert f"% {note.topic}: {note.text}" in latex
+    # nothing of what the BC sweep did not run
+    for report in (reacher.out_dir / "tables.md", reacher.out_dir / "report.html"):
+        content = report.read_text().lower()
+        for absent in ("kitchen", "locomotion", "language", "lm_coef", "sequence models", "ratio_dataset"):
+            assert absent not in content, (report.name, absent)
+    assert "kitchen" not in reacher_printed.lower() and "language" not in reacher_printed.lower()
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
