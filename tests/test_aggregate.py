@@ -468,8 +468,10 @@ def test_aggregator_layers_import_downwards_without_a_circle():
     assert not graph["orchestrator.scores"] & {"orchestrator.aggregate", "orchestrator.report",
                                                "orchestrator.tracking", "mlflow", "matplotlib", "rich"}
     assert not {m.split(".")[0] for m in graph["orchestrator.scores"]} & {"mlflow", "matplotlib", "rich"}
-    assert not graph["orchestrator.report"] & {"orchestrator.aggregate", "orchestrator.tracking"}
-    assert not {m.split(".")[0] for m in graph["orchestrator.report"]} & {"mlflow"}
+    for rendering in ("orchestrator.report", "orchestrator.plots"):
+        assert not graph[rendering] & {"orchestrator.aggregate", "orchestrator.tracking"}
+        assert not {m.split(".")[0] for m in graph[rendering]} & {"mlflow"}
+    assert "orchestrator.report" not in graph["orchestrator.plots"]
     # the store is read in one place: tracking.py
     assert not {m.split(".")[0] for m in graph["orchestrator.aggregate"]} & {"mlflow"}
 
@@ -495,6 +497,10 @@ def test_html_report_renders_in_headless_chromium(aggregates, tmp_path):
     dom = chromium("--dump-dom", report.as_uri(), profile=tmp_path / "profile-dom").stdout
     assert dom.count("<table>") == 6 and "Average (locomotion)" in dom and "[1/2 seeds]" in dom
     assert dom.count('<img alt="') == 3 and dom.count('src="data:image/png;base64,') == 3
+    assert dom.count("<figcaption>") == 3 and "logarithmic" in dom  # each plot says what it shows
+    notes = dom[dom.index('<ul class="fidelity">'):]
+    notes = notes[:notes.index("</ul>")]
+    assert notes.count("<li>") == len(aggregates[0].notes) > 0  # the fidelity notes, one item each
     assert "http://" not in dom and "https://" not in dom  # self-contained
 
     screenshot = tmp_path / "report.png"
