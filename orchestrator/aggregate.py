@@ -32,7 +32,8 @@ def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str, protocol: st
                     out_dir: str | Path | None = None, console=None, *, resamples: int = 2000,
                     reference: str = REFERENCE_ALGORITHM, log_artifacts: bool = True) -> Aggregate:
     """Score a sweep, write tables, plots and the HTML report to `out_dir` (default reports/<sweep id>/<protocol>),
-    log them to the sweep's parent run under aggregate/<protocol>/, and print the main table to `console`.
+    log them to the sweep's parent run under aggregate/<protocol>/ with the headline numbers as its metrics
+    (orchestrator/tracking.py names them), and print the main table to `console`.
 
     Raises AggregationError for an unknown sweep or protocol, a sweep without finished runs, or runs that lack
     the evaluations the protocol needs."""
@@ -54,6 +55,7 @@ def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str, protocol: st
     result.files = report.write_outputs(result, result.out_dir)
     if log_artifacts:
         result.artifact_path = tracking.log_aggregate(mlflow_client, parent.info.run_id, protocol, result.out_dir)
+        tracking.log_headline(mlflow_client, parent.info.run_id, protocol, result.domains)
     if console is None:  # a Ray job's log is no terminal: keep the table's rows on one line each
         console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
     report.print_summary(result, console)
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     parser.add_argument("--experiment", default="lamo-sweeps")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the intervals")
-    parser.add_argument("--no-log", action="store_true", help="do not log the outputs to the parent run")
+    parser.add_argument("--no-log", action="store_true",
+                        help="do not log the outputs nor the headline metrics to the parent run")
     args = parser.parse_args(argv)
     try:
         aggregate_sweep(args.tracking_uri, args.experiment, args.sweep, args.protocol, args.out,

@@ -360,6 +360,7 @@ def print_summary(result: Aggregate, console) -> None:
             console.print(Text(f"- {note.topic}: {note.text}"), Text(f" (source: {note.source})", style="dim"),
                           sep="")
     if result.out_dir is not None:
-        logged = (f"; logged to parent run {result.parent_run_id} under {result.artifact_path}/"
+        logged = (f"; logged to parent run {result.parent_run_id} under {result.artifact_path}/, the headline "
+                  f"numbers as its metrics headline/{result.protocol}/<domain>/{{mean,iqm}}/<algorithm>"
                   if result.artifact_path else "")
         console.print(Text(f"Tables, plots and report.html in {result.out_dir}{logged}"))

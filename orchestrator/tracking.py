@@ -12,7 +12,11 @@ Run layout (the aggregator reads exactly this):
   (model/ adapter and weights, config.json, evaluations.json, eval_episodes.csv, trajectory_ids.json);
   status FINISHED, FAILED, or RUNNING while it trains (or when its driver was killed);
 - after aggregation (orchestrator/aggregate.py), on the parent run: the tables, plots and report.html as
-  artifacts under `aggregate/<protocol>/`.
+  artifacts under `aggregate/<protocol>/`, and the headline numbers as metrics
+  `headline/<protocol>/<domain>/mean/<algorithm>` (the mean over task × ratio cells, the paper's number) and
+  `headline/<protocol>/<domain>/iqm/<algorithm>` (interquartile mean of the run scores), step 0, for each
+  algorithm that has every cell of the domain (an average over fewer cells does not compare; the report flags
+  it); e.g. `headline/paper/locomotion/mean/lamo`.
 
 The names are the constants below; the reading half (the end of this file) turns the runs back into the
 aggregator's `TrialRun`s.
@@ -46,6 +50,9 @@ CONFIG_PARAM_PREFIX, TRIAL_PARAM_PREFIX = "config.", "trial."  # child params: r
 EVAL_METRIC = "eval/{label}/normalized_mean"  # the loop's name (trainers/evaluation.py); label target_<R> or policy
 WALL_SECONDS_METRIC, GPU_HOURS_METRIC = "cost/wall_seconds", "cost/gpu_hours"
 AGGREGATE_ARTIFACTS = "aggregate/{protocol}"  # the aggregator's files on the parent run
+# The aggregator's headline numbers on the parent run; statistic is mean or iqm. Sorted, one statistic's
+# algorithms stand side by side in the MLflow runs table.
+HEADLINE_METRIC = "headline/{protocol}/{domain}/{statistic}/{algorithm}"
 
 
 class TrackingError(RuntimeError):
@@ -281,7 +288,7 @@ class MlflowReport:
 # layout, so that where a trial's identity comes from (today its tags) can change in one place.
 # ============================================================================================================
 
-from orchestrator.scores import TrialRun, run_order  # noqa: E402  (this section's own import: see above)
+from orchestrator.scores import DomainSummary, TrialRun, run_order  # noqa: E402  (this section's own import)
 
 
 class StoreLookupError(LookupError):
@@ -408,3 +415,26 @@ def log_aggregate(mlflow_client, parent_run_id: str, protocol: str, out_dir: Pat
     artifact_path = AGGREGATE_ARTIFACTS.format(protocol=protocol)
     mlflow_client.log_artifacts(parent_run_id, str(out_dir), artifact_path)
     return artifact_path
+
+
+def headline_metrics(protocol: str, summaries: list[DomainSummary]) -> dict[str, float]:
+    """Each algorithm's domain mean and IQM under their layout names; incomplete averages left out."""
+    metrics = {}
+    for s in summaries:
+        if s.complete:
+            for statistic, value in (("mean", s.mean), ("iqm", s.iqm)):
+                metrics[HEADLINE_METRIC.format(protocol=protocol, domain=s.domain, statistic=statistic,
+                                               algorithm=s.algorithm)] = value
+    return metrics
+
+
+def log_headline(mlflow_client, parent_run_id: str, protocol: str, summaries: list[DomainSummary]) -> dict[str, float]:
+    """The headline numbers onto the parent run, so the runs table compares algorithms at a glance."""
+    from mlflow.entities import Metric
+
+    metrics = headline_metrics(protocol, summaries)
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    for i in range(0, len(items), 1000):  # MLflow's log_batch takes at most 1000 metrics
+        mlflow_client.log_batch(parent_run_id, metrics=items[i:i + 1000])
+    return metrics

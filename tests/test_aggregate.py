@@ -341,6 +341,31 @@ def test_fidelity_notes_in_every_report_follow_the_sweeps_runs(store, aggregates
     assert "kitchen" not in reacher_printed.lower() and "language" not in reacher_printed.lower()
 
 
+# --- headline numbers on the parent run ---------------------------------------------------------------------
+
+def test_headline_numbers_on_the_parent_run(store, aggregates):
+    result, _ = aggregates
+    logged = {key: value for key, value in store.client.get_run(result.parent_run_id).data.metrics.items()
+              if key.startswith("headline/")}
+    expected = {}
+    for s in result.domains:
+        if s.cells == s.cells_expected:
+            expected[f"headline/paper/{s.domain}/mean/{s.algorithm}"] = s.mean
+            expected[f"headline/paper/{s.domain}/iqm/{s.algorithm}"] = s.iqm
+    assert logged == pytest.approx(expected)
+    assert "headline/paper/locomotion/mean/lamo" in logged and "headline/paper/reacher2d/iqm/lamo" in logged
+    # bc has 1 of the 4 locomotion cells: an average over fewer cells does not compare, so it is not logged
+    assert not [key for key in logged if key.endswith("/bc")]
+    # a sorted runs table puts one statistic's algorithms side by side
+    assert sorted(logged)[:3] == ["headline/paper/locomotion/iqm/dt", "headline/paper/locomotion/iqm/lamo",
+                                  "headline/paper/locomotion/mean/dt"]
+
+
+def test_no_headline_without_logging(store, tmp_path):
+    result, _ = run(store, "protocols", tmp_path, log_artifacts=False)
+    assert not [key for key in store.client.get_run(result.parent_run_id).data.metrics if key.startswith("headline/")]
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 
 def test_unknown_sweep_lists_the_sweeps_found(store, tmp_path, capsys):

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from orchestrator import report
 from orchestrator.scores import TrialRun, aggregate_runs
+from trainers.tasks import TASKS
 
 PAPER_RATIOS = (0.005, 0.01, 0.1, 1.0)  # LaMo's locomotion ratios
 
@@ -21,8 +22,8 @@ def finished(algorithm: str, task: str, ratio: float, seed: int, score: float) -
     label = "policy" if algorithm == "bc" else "target_3600"
     curve = [(step, score + (step - 1000) / 100) for step in range(100, 1001, 100)]
     return TrialRun(run_id=f"{algorithm}-{task}-{ratio}-{seed}", trial_id=f"{algorithm}.{task}.r{ratio:g}.s{seed}",
-                    algorithm=algorithm, task=task, domain="reacher2d" if task.startswith("reacher2d") else "locomotion",
-                    ratio=ratio, seed=seed, status="FINISHED", num_steps=1000, curves={label: curve})
+                    algorithm=algorithm, task=task, domain=TASKS[task].domain, ratio=ratio, seed=seed,
+                    status="FINISHED", num_steps=1000, curves={label: curve})
 
 
 def sweep(levels: dict[str, float], grid: dict[str, tuple[float, ...]]):
