@@ -40,7 +40,9 @@ from trainers.tasks import get_task
 
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
 
-# Names of the run layout, shared by the writing above and the reading at the end of this file.
+# Names of the run layout. The reading at the end of this file uses them; the writing below still spells them
+# out (it is being rewritten on its own) and should use them too: test_reads_back_what_the_sweep_tracker_writes
+# (tests/test_aggregate.py) holds the two halves together until then.
 ROLE_TAG, PARENT_RUN_TAG = "role", "mlflow.parentRunId"
 SWEEP_ID_TAG, SWEEP_NAME_TAG, SUPERSEDED_TAG = "sweep_id", "sweep_name", "superseded"
 TRIAL_ID_TAG, ALGORITHM_TAG, TASK_TAG, DOMAIN_TAG, RATIO_TAG, SEED_TAG = (
