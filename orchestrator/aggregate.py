@@ -2,446 +2,27 @@
 
     python orchestrator/aggregate.py --sweep NAME_OR_ID [--protocol paper|last|best] [--out DIR]
 
-Scores are the D4RL-normalized evaluation means the loop logs as `eval/<label>/normalized_mean` (step =
-gradient step), where <label> is `target_<R>` for return-conditioned algorithms and `policy` otherwise.
-
-Protocols (one score per run and label first, then one label per algorithm × task × ratio cell):
-- paper: LaMo's. Per label, the mean of the evaluations at steps >= 80 % of the run's `config.num_steps`
-  (the last evaluation step when that param is missing).
-- last:  per label, the value at the run's final evaluation step (CORL's "last").
-- best:  per label, the maximum over all evaluations of the run (CORL's "best").
-In every protocol the cell reports the label whose mean over the cell's seeds is highest (ties: the higher
-target return), and the table names it. Only labels every finished run of the cell has are candidates.
-
-Statistics: per cell mean, sample standard deviation (ddof=1) and count over seeds. Per algorithm × domain the
-mean over cells (the paper's headline) and the interquartile mean over all run scores, each with a 95 %
-percentile interval from a stratified bootstrap (seeds resampled within each task × ratio cell) — Agarwal et
-al. 2021, "Deep RL at the Edge of the Statistical Precipice" (rliable). Probability of improvement of LaMo over
-each baseline: per cell P(X > Y) = U / (n·m) from the Mann-Whitney U statistic, averaged over cells, with a
-stratified bootstrap interval (rliable's `probability_of_improvement`). Only FINISHED runs are scored; failed
-and unfinished runs are listed and excluded. Cost (wall time, GPU-hours) sums every run, since it was spent.
+This module wires the layers and nothing else: orchestrator/tracking.py reads the sweep's runs,
+orchestrator/scores.py scores them (protocols and statistics are documented there), orchestrator/report.py
+writes the tables, plots and report; the files go back onto the sweep's parent run.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
-import re
 import sys
-import typing
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-from scipy.stats import trim_mean
+if __package__ in (None, ""):  # run as `python orchestrator/aggregate.py`: import this checkout's modules, first
+    # (not only when none is importable: an editable install of another checkout would otherwise win)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-if __package__ in (None, ""):  # run as `python orchestrator/aggregate.py`: make the repository importable
-    try:
-        import orchestrator  # noqa: F401
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from orchestrator import report, tracking
+from orchestrator.scores import PROTOCOLS, REFERENCE_ALGORITHM, Aggregate, AggregationError, aggregate_runs
 
-from orchestrator.tracking import PARENT_ROLE, TRIAL_ROLE, absolute_uri, client
-from trainers.registry import ALGORITHMS
-from trainers.tasks import TASKS, Domain
+__all__ = ["AggregationError", "aggregate_sweep", "main"]
 
-PROTOCOLS = {
-    "paper": "paper (LaMo): per run and target return, the mean normalized score of the evaluations at steps "
-             ">= 80% of config.num_steps; per algorithm x task x ratio the target with the highest mean over "
-             "seeds is reported and named",
-    "last": "last (CORL): per run and target return, the normalized score at the final evaluation; per "
-            "algorithm x task x ratio the target with the highest mean over seeds is reported and named",
-    "best": "best (CORL): per run and target return, the maximum normalized score over training; per "
-            "algorithm x task x ratio the target with the highest mean over seeds is reported and named",
-}
-PAPER_WINDOW = 0.8  # the paper's "last 20 % of training steps"
-REFERENCE_ALGORITHM = "lamo"
-DOMAIN_ORDER = typing.get_args(Domain)
-_EVAL_KEY = re.compile(r"^eval/(?P<label>[^/]+)/normalized_mean$")
-
-
-class AggregationError(ValueError):
-    """A sweep that cannot be aggregated as asked; the message says what was found instead."""
-
-
-@dataclass
-class TrialRun:
-    run_id: str
-    trial_id: str
-    algorithm: str
-    task: str
-    domain: str
-    ratio: float
-    seed: int
-    status: str  # MLflow run status: FINISHED, FAILED, RUNNING, KILLED
-    num_steps: int | None  # config.num_steps
-    curves: dict[str, list[tuple[int, float]]]  # eval label -> (step, normalized mean), by step
-    wall_seconds: float = 0.0
-    gpu_hours: float = 0.0
-
-    @property
-    def cell(self) -> tuple[str, str, float]:
-        return self.algorithm, self.task, self.ratio
-
-
-@dataclass
-class Cell:
-    """One algorithm × task × ratio: the finished runs' scores under the chosen label."""
-    algorithm: str
-    domain: str
-    task: str
-    ratio: float
-    label: str | None  # chosen eval label, None when no run finished
-    run_ids: list[str]  # finished runs, by seed
-    seeds: list[int]
-    scores: np.ndarray
-    asked: int  # seeds the sweep asked for
-    ci: tuple[float, float] = (np.nan, np.nan)  # bootstrap 95 % interval of the mean over seeds
-
-    @property
-    def n(self) -> int:
-        return len(self.scores)
-
-    @property
-    def mean(self) -> float:
-        return float(self.scores.mean()) if self.n else np.nan
-
-    @property
-    def std(self) -> float:
-        return float(self.scores.std(ddof=1)) if self.n > 1 else np.nan
-
-    @property
-    def flagged(self) -> bool:
-        return self.n < self.asked
-
-    @property
-    def target(self) -> str | None:
-        """'40' for label target_40; None for `policy` (not return-conditioned) or no label."""
-        return self.label.removeprefix("target_") if self.label and self.label.startswith("target_") else None
-
-
-@dataclass
-class DomainSummary:
-    algorithm: str
-    domain: str
-    mean: float  # mean over cells of the per-cell mean
-    mean_ci: tuple[float, float]
-    iqm: float  # interquartile mean over all run scores of the domain
-    iqm_ci: tuple[float, float]
-    cells: int  # cells with at least one finished run
-    cells_expected: int  # cells any algorithm of the sweep has in this domain
-    runs: int
-
-
-@dataclass
-class RatioSummary:
-    algorithm: str
-    domain: str
-    ratio: float
-    mean: float  # mean over tasks of the per-cell mean
-    tasks: int
-
-
-@dataclass
-class Improvement:
-    domain: str
-    reference: str
-    baseline: str
-    probability: float  # P(reference > baseline), averaged over shared cells
-    ci: tuple[float, float]
-    cells: int
-
-
-@dataclass
-class Aggregate:
-    sweep_id: str
-    sweep_name: str
-    parent_run_id: str
-    protocol: str
-    runs: list[TrialRun]
-    excluded: list[tuple[TrialRun, str]]
-    cells: list[Cell]
-    domains: list[DomainSummary]
-    ratios: list[RatioSummary]
-    improvements: list[Improvement]
-    resamples: int
-    files: list[Path] = field(default_factory=list)
-    out_dir: Path | None = None
-    artifact_path: str | None = None  # where the files are on the parent run, once logged
-
-    @property
-    def protocol_text(self) -> str:
-        return PROTOCOLS[self.protocol]
-
-    @property
-    def algorithms(self) -> list[str]:
-        return sorted({c.algorithm for c in self.cells}, key=algorithm_order)
-
-    @cached_property
-    def _cell_index(self) -> dict[tuple[str, str, float], Cell]:
-        return {(c.algorithm, c.task, c.ratio): c for c in self.cells}
-
-    def cell(self, algorithm: str, task: str, ratio: float) -> Cell | None:
-        return self._cell_index.get((algorithm, task, ratio))
-
-
-# --- ordering: the registry's order, so tables read the same in every sweep ---------------------------------
-
-def algorithm_order(name: str) -> tuple:
-    names = list(ALGORITHMS)
-    return (names.index(name), "") if name in names else (len(names), name)
-
-
-def task_order(name: str) -> tuple:
-    names = list(TASKS)
-    return (names.index(name), "") if name in names else (len(names), name)
-
-
-def domain_order(name: str) -> tuple:
-    return (DOMAIN_ORDER.index(name), "") if name in DOMAIN_ORDER else (len(DOMAIN_ORDER), name)
-
-
-def _label_order(label: str) -> tuple:
-    """Higher target returns first, so a tie goes to the higher target."""
-    try:
-        return (0, -float(label.removeprefix("target_")))
-    except ValueError:
-        return (1, label)
-
-
-# --- reading the tracking store ----------------------------------------------------------------------------
-
-def _search_all(mlflow_client, experiment_id: str, query: str, order_by: list[str] | None = None) -> list:
-    runs, token = [], None
-    while True:
-        page = mlflow_client.search_runs([experiment_id], filter_string=query, order_by=order_by,
-                                         max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _open_store(tracking_uri: str, experiment: str):
-    if tracking_uri.startswith("sqlite:///"):
-        database = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not database.is_file():  # MLflow would silently create an empty store
-            raise AggregationError(f"no tracking store at {tracking_uri} ({database} does not exist)")
-    mlflow_client = client(absolute_uri(tracking_uri))
-    found = mlflow_client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in mlflow_client.search_experiments())
-        raise AggregationError(f"no experiment {experiment!r} in {tracking_uri}; experiments found: "
-                               f"{', '.join(names) or 'none'}")
-    return mlflow_client, found.experiment_id
-
-
-def find_sweep(mlflow_client, experiment_id: str, sweep: str):
-    """The sweep's parent run: `sweep` is a sweep id, a sweep name (its most recent sweep), or a parent run id.
-
-    A `--restart` marks the earlier parent runs `superseded=true`; the newest one that is not is the sweep."""
-    parents = _search_all(mlflow_client, experiment_id, f"tags.role = '{PARENT_ROLE}'",
-                          ["attributes.start_time DESC"])
-    current = [p for p in parents if p.data.tags.get("superseded") != "true"]
-    for by in ("sweep_id", "sweep_name"):
-        matches = [p for p in current if p.data.tags.get(by) == sweep] or [p for p in parents
-                                                                           if p.data.tags.get(by) == sweep]
-        if matches:
-            return matches[0]
-    by_run_id = [p for p in parents if p.info.run_id == sweep]  # reaches a superseded parent on purpose
-    if by_run_id:
-        return by_run_id[0]
-    known = [f"{p.data.tags.get('sweep_name', '?')} ({p.data.tags.get('sweep_id', '?')}, {p.info.status}"
-             f"{', superseded' if p.data.tags.get('superseded') == 'true' else ''})" for p in parents]
-    more = f" and {len(known) - 30} older" if len(known) > 30 else ""
-    raise AggregationError(f"unknown sweep {sweep!r}; sweeps found in this tracking store, newest first: "
-                           + (", ".join(known[:30]) + more if known else "none"))
-
-
-def read_trial_runs(mlflow_client, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
-    """Every trial run under the sweep's parent run, with its evaluation histories and cost, in grid order.
-    (By parent, not by sweep_id: after a restart the superseded parent's runs share the sweep_id.)"""
-    runs = []
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.role = '{TRIAL_ROLE}'"
-    for run in _search_all(mlflow_client, experiment_id, query):
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        curves = {}
-        for key in metrics:
-            match = _EVAL_KEY.match(key)
-            if match:
-                history = {m.step: m.value for m in mlflow_client.get_metric_history(run.info.run_id, key)}
-                curves[match["label"]] = sorted(history.items())
-        num_steps = params.get("config.num_steps")
-        task = tags.get("task", "?")
-        runs.append(TrialRun(
-            run_id=run.info.run_id, trial_id=tags.get("trial_id", run.info.run_name),
-            algorithm=tags.get("algorithm", "?"),
-            task=task, domain=tags.get("domain") or (TASKS[task].domain if task in TASKS else "other"),
-            ratio=float(tags.get("ratio", "nan")), seed=int(tags.get("seed", -1)), status=run.info.status,
-            num_steps=int(float(num_steps)) if num_steps else None, curves=curves,
-            wall_seconds=metrics.get("cost/wall_seconds", 0.0), gpu_hours=metrics.get("cost/gpu_hours", 0.0)))
-    return sorted(runs, key=lambda r: (algorithm_order(r.algorithm), task_order(r.task), r.ratio, r.seed))
-
-
-def asked_seeds(parent_params: dict[str, str]) -> int | None:
-    """How many seeds the spec asked for (the parent run's `seeds` param, e.g. "[0, 1, 2]")."""
-    try:
-        seeds = ast.literal_eval(parent_params["seeds"])
-        return len(seeds) if isinstance(seeds, (list, tuple)) else None
-    except (KeyError, ValueError, SyntaxError):
-        return None
-
-
-# --- scores ------------------------------------------------------------------------------------------------
-
-def run_scores(run: TrialRun, protocol: str) -> dict[str, float]:
-    """One score per eval label under `protocol`; a label with no evaluation the protocol can use is left out."""
-    scores = {}
-    for label, curve in run.curves.items():
-        steps = np.array([s for s, _ in curve], dtype=float)
-        values = np.array([v for _, v in curve], dtype=float)
-        if protocol == "paper":
-            horizon = run.num_steps if run.num_steps is not None else steps.max()
-            window = values[steps >= PAPER_WINDOW * horizon]
-            if len(window):
-                scores[label] = float(window.mean())
-        elif protocol == "last":
-            scores[label] = float(values[-1])
-        elif protocol == "best":
-            scores[label] = float(values.max())
-        else:
-            raise AggregationError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
-    return scores
-
-
-def _missing_evaluations(protocol: str, finished: list[TrialRun], scored: dict[str, dict[str, float]]) -> str:
-    lacking = [r for r in finished if not scored[r.run_id]]
-    if not lacking:
-        return ""
-    def describe(r: TrialRun) -> str:
-        steps = [s for curve in r.curves.values() for s, _ in curve]
-        if not steps:
-            return f"{r.trial_id} (no eval/<label>/normalized_mean metric)"
-        return f"{r.trial_id} (last evaluation at step {max(steps)} of config.num_steps={r.num_steps})"
-    need = {"paper": f"evaluations at steps >= {PAPER_WINDOW:.0%} of config.num_steps",
-            "last": "at least one evaluation", "best": "at least one evaluation"}[protocol]
-    hint = "; --protocol last or best uses earlier evaluations" if protocol == "paper" else ""
-    listed = ", ".join(map(describe, lacking[:10])) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
-    return f"protocol {protocol} needs {need}; {len(lacking)} finished run(s) have none: {listed}{hint}"
-
-
-def build_cells(runs: list[TrialRun], protocol: str, asked: int | None) -> list[Cell]:
-    """Cells of every algorithm × task × ratio the sweep has runs for, scored from their finished runs."""
-    finished = [r for r in runs if r.status == "FINISHED"]
-    scored = {r.run_id: run_scores(r, protocol) for r in finished}
-    problem = _missing_evaluations(protocol, finished, scored)
-    if problem:
-        raise AggregationError(problem)
-    by_cell: dict[tuple, list[TrialRun]] = {}
-    for run in runs:
-        by_cell.setdefault(run.cell, []).append(run)
-    if asked is None:  # the spec's seeds were not recorded: the fullest cell is what was asked
-        asked = max(len({r.seed for r in cell_runs}) for cell_runs in by_cell.values())
-    cells = []
-    for (algorithm, task, ratio), cell_runs in by_cell.items():
-        done = [r for r in cell_runs if r.status == "FINISHED"]
-        label = None
-        if done:
-            common = set.intersection(*(set(scored[r.run_id]) for r in done))
-            if not common:
-                labels = "; ".join(f"{r.trial_id}: {sorted(scored[r.run_id])}" for r in done)
-                raise AggregationError(f"{algorithm} on {task} at ratio {ratio:g}: the finished runs share no eval "
-                                       f"label ({labels})")
-            means = {lab: np.mean([scored[r.run_id][lab] for r in done]) for lab in common}
-            label = max(sorted(common, key=_label_order), key=lambda lab: means[lab])  # max keeps the first of ties
-        cells.append(Cell(algorithm=algorithm, domain=cell_runs[0].domain, task=task, ratio=ratio, label=label,
-                          run_ids=[r.run_id for r in done], seeds=[r.seed for r in done],
-                          scores=np.array([scored[r.run_id][label] for r in done]), asked=asked))
-    return cells
-
-
-# --- robust statistics (Agarwal et al. 2021; rliable) ------------------------------------------------------
-
-def interquartile_mean(scores: np.ndarray) -> float:
-    """Mean of the middle 50 % of the scores (25 % trimmed from each end), rliable's IQM."""
-    return float(trim_mean(np.asarray(scores, dtype=float), 0.25))
-
-
-def stratified_bootstrap(samples: list[np.ndarray], statistic, resamples: int, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of `statistic(resampled)` where each stratum (a cell's seeds) is resampled with
-    replacement on its own. `statistic` gets one (resamples, n_cell) array per stratum, returns (resamples,)."""
-    rng = np.random.default_rng(seed)
-    resampled = [s[rng.integers(0, len(s), size=(resamples, len(s)))] for s in map(np.asarray, samples)]
-    low, high = np.percentile(statistic(resampled), [2.5, 97.5])
-    return float(low), float(high)
-
-
-def mean_of_cell_means(strata: list[np.ndarray]) -> np.ndarray:
-    return np.mean([s.mean(axis=-1) for s in strata], axis=0)
-
-
-def pooled_iqm(strata: list[np.ndarray]) -> np.ndarray:
-    return trim_mean(np.concatenate(strata, axis=-1), 0.25, axis=-1)
-
-
-def _pairwise_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """P(X > Y) + ½ P(X = Y) over the last axis of x and y: the Mann-Whitney U statistic divided by n·m."""
-    diff = x[..., :, None] - y[..., None, :]
-    return ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(-2, -1))
-
-
-def probability_of_improvement(x_cells: list[np.ndarray], y_cells: list[np.ndarray], resamples: int,
-                               seed: int = 0) -> tuple[float, tuple[float, float]]:
-    """rliable's probability of improvement: per cell P(X > Y), averaged over cells, with a stratified interval
-    (both algorithms' seeds resampled independently within each cell)."""
-    estimate = float(np.mean([_pairwise_improvement(np.asarray(x), np.asarray(y)) for x, y in zip(x_cells, y_cells)]))
-    def statistic(strata: list[np.ndarray]) -> np.ndarray:
-        half = len(strata) // 2
-        return np.mean([_pairwise_improvement(x, y) for x, y in zip(strata[:half], strata[half:])], axis=0)
-    return estimate, stratified_bootstrap(list(x_cells) + list(y_cells), statistic, resamples, seed)
-
-
-def summarize(cells: list[Cell], resamples: int, reference: str = REFERENCE_ALGORITHM
-              ) -> tuple[list[DomainSummary], list[RatioSummary], list[Improvement]]:
-    """Per algorithm × domain, per algorithm × domain × ratio, and LaMo against each baseline per domain."""
-    scored = [c for c in cells if c.n]
-    for c in scored:
-        c.ci = stratified_bootstrap([c.scores], mean_of_cell_means, resamples)
-    domains, ratios, improvements = [], [], []
-    for domain in sorted({c.domain for c in cells}, key=domain_order):
-        expected = len({(c.task, c.ratio) for c in cells if c.domain == domain})
-        algorithms = sorted({c.algorithm for c in cells if c.domain == domain}, key=algorithm_order)
-        for algorithm in algorithms:
-            mine = [c for c in scored if (c.algorithm, c.domain) == (algorithm, domain)]
-            if not mine:
-                continue
-            strata = [c.scores for c in mine]
-            domains.append(DomainSummary(
-                algorithm=algorithm, domain=domain, mean=float(np.mean([c.mean for c in mine])),
-                mean_ci=stratified_bootstrap(strata, mean_of_cell_means, resamples),
-                iqm=interquartile_mean(np.concatenate(strata)),
-                iqm_ci=stratified_bootstrap(strata, pooled_iqm, resamples),
-                cells=len(mine), cells_expected=expected, runs=sum(c.n for c in mine)))
-            for ratio in sorted({c.ratio for c in mine}):
-                at = [c.mean for c in mine if c.ratio == ratio]
-                ratios.append(RatioSummary(algorithm, domain, ratio, float(np.mean(at)), len(at)))
-        if reference not in algorithms:
-            continue
-        ours = {(c.task, c.ratio): c for c in scored if (c.algorithm, c.domain) == (reference, domain)}
-        for baseline in algorithms:
-            theirs = {(c.task, c.ratio): c for c in scored if (c.algorithm, c.domain) == (baseline, domain)}
-            shared = [key for key in ours if key in theirs]
-            if baseline == reference or not shared:
-                continue
-            estimate, ci = probability_of_improvement([ours[k].scores for k in shared],
-                                                      [theirs[k].scores for k in shared], resamples)
-            improvements.append(Improvement(domain, reference, baseline, estimate, ci, len(shared)))
-    return domains, ratios, improvements
-
-
-# --- the whole pass ----------------------------------------------------------------------------------------
 
 def default_out_dir(sweep_id: str, protocol: str) -> Path:
     return Path("reports") / sweep_id / protocol
@@ -451,36 +32,30 @@ def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str, protocol: st
                     out_dir: str | Path | None = None, console=None, *, resamples: int = 2000,
                     reference: str = REFERENCE_ALGORITHM, log_artifacts: bool = True) -> Aggregate:
     """Score a sweep, write tables, plots and the HTML report to `out_dir` (default reports/<sweep id>/<protocol>),
-    log them to the sweep's parent run under aggregate/<protocol>/, and print the main table to `console`.
+    log them to the sweep's parent run under aggregate/<protocol>/ with the headline numbers as its metrics
+    (orchestrator/tracking.py names them), and print the main table to `console`.
 
     Raises AggregationError for an unknown sweep or protocol, a sweep without finished runs, or runs that lack
     the evaluations the protocol needs."""
     from rich.console import Console
 
-    from orchestrator import report
-
     if protocol not in PROTOCOLS:
         raise AggregationError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
-    mlflow_client, experiment_id = _open_store(tracking_uri, experiment)
-    parent = find_sweep(mlflow_client, experiment_id, sweep)
-    sweep_id = parent.data.tags["sweep_id"]
-    runs = read_trial_runs(mlflow_client, experiment_id, parent.info.run_id)
-    excluded = [(r, "failed" if r.status == "FAILED" else f"unfinished ({r.status})")
-                for r in runs if r.status != "FINISHED"]
-    if len(excluded) == len(runs):
-        states = ", ".join(f"{s}: {sum(r.status == s for r in runs)}" for s in sorted({r.status for r in runs}))
-        raise AggregationError(f"sweep {sweep_id} has no finished trial run to aggregate "
-                               f"({len(runs)} trial runs{'; ' + states if runs else ''})")
-    cells = build_cells(runs, protocol, asked_seeds(parent.data.params))
-    domains, ratios, improvements = summarize(cells, resamples, reference)
-    result = Aggregate(sweep_id=sweep_id, sweep_name=parent.data.tags.get("sweep_name", sweep_id),
-                       parent_run_id=parent.info.run_id, protocol=protocol, runs=runs, excluded=excluded,
-                       cells=cells, domains=domains, ratios=ratios, improvements=improvements, resamples=resamples)
+    try:
+        mlflow_client, experiment_id = tracking.open_store(tracking_uri, experiment)
+        parent = tracking.find_sweep(mlflow_client, experiment_id, sweep)
+    except tracking.StoreLookupError as error:
+        raise AggregationError(str(error)) from None
+    sweep_id, sweep_name = tracking.sweep_identity(parent)
+    runs = tracking.read_trial_runs(mlflow_client, experiment_id, parent.info.run_id)
+    result = aggregate_runs(runs, protocol, sweep_id=sweep_id, sweep_name=sweep_name,
+                            parent_run_id=parent.info.run_id, asked=tracking.asked_seeds(parent.data.params),
+                            resamples=resamples, reference=reference)
     result.out_dir = Path(out_dir) if out_dir is not None else default_out_dir(sweep_id, protocol)
     result.files = report.write_outputs(result, result.out_dir)
     if log_artifacts:
-        result.artifact_path = f"aggregate/{protocol}"
-        mlflow_client.log_artifacts(parent.info.run_id, str(result.out_dir), result.artifact_path)
+        result.artifact_path = tracking.log_aggregate(mlflow_client, parent.info.run_id, protocol, result.out_dir)
+        tracking.log_headline(mlflow_client, parent.info.run_id, protocol, result.domains)
     if console is None:  # a Ray job's log is no terminal: keep the table's rows on one line each
         console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
     report.print_summary(result, console)
@@ -496,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     parser.add_argument("--experiment", default="lamo-sweeps")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the intervals")
-    parser.add_argument("--no-log", action="store_true", help="do not log the outputs to the parent run")
+    parser.add_argument("--no-log", action="store_true",
+                        help="do not log the outputs nor the headline metrics to the parent run")
     args = parser.parse_args(argv)
     try:
         aggregate_sweep(args.tracking_uri, args.experiment, args.sweep, args.protocol, args.out,

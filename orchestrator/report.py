@@ -1,5 +1,6 @@
-"""What the aggregator produces from an `Aggregate`: tables (Markdown, CSV, LaTeX, HTML, terminal), PNG plots
-and one self-contained HTML report (images as data URIs, no external JS or CSS).
+"""What the aggregator produces from an `Aggregate`: tables (Markdown, CSV, LaTeX, HTML, terminal), the
+fidelity notes, the PNG plots (orchestrator/plots.py) and one self-contained HTML report (images as data URIs,
+no external JS or CSS).
 
 Every table is built once as a `Table` of display strings and rendered to each format, so the terminal, the
 Markdown file, the LaTeX file and the report always show the same numbers.
@@ -14,10 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, safe inside a driver
-
-from orchestrator.aggregate import Aggregate, Cell, domain_order, task_order
+from orchestrator.plots import CAPTIONS, write_plots
+from orchestrator.scores import Aggregate, Cell, domain_order, task_order
 
 SEED_FLAG_NOTE = "[n/k seeds]: the cell has fewer finished seeds than the sweep asked for"
 
@@ -209,6 +208,27 @@ def to_html(table: Table) -> str:
             + "\n".join(body) + f"\n</tbody></table>\n{notes}\n")
 
 
+FIDELITY_TITLE = "Fidelity notes: how these runs differ from the official setup"
+
+
+def fidelity_markdown(result: Aggregate) -> str:
+    lines = [f"### {FIDELITY_TITLE}", ""]
+    lines += [f"- **{n.topic}**: {n.text} (source: {n.source})" for n in result.notes] or ["- (none known)"]
+    return "\n".join(lines) + "\n"
+
+
+def fidelity_latex(result: Aggregate) -> str:
+    """As comments: the notes travel with the tables without becoming part of a paper's page."""
+    return "\n".join([f"% {FIDELITY_TITLE}:"] + [f"% {n.topic}: {n.text} (source: {n.source})"
+                                                   for n in result.notes]) + "\n"
+
+
+def fidelity_html(result: Aggregate) -> str:
+    items = "".join(f"<li><b>{html.escape(n.topic)}</b>: {html.escape(n.text)} "
+                    f"<span class=\"source\">Source: {html.escape(n.source)}</span></li>\n" for n in result.notes)
+    return f"<h2>{html.escape(FIDELITY_TITLE)}</h2>\n<ul class=\"fidelity\">\n{items or '<li>(none known)</li>'}</ul>\n"
+
+
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -257,112 +277,6 @@ def write_csvs(result: Aggregate, out: Path) -> list[Path]:
     ]
 
 
-# --- plots -------------------------------------------------------------------------------------------------
-
-def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.2)) -> tuple[Figure, list]:
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    figure = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
-    axes = figure.subplots(nrows, ncols, squeeze=False).ravel().tolist()
-    for extra in axes[n:]:
-        extra.set_visible(False)
-    return figure, axes[:n]
-
-
-def _colors(algorithms: list[str]) -> dict[str, str]:
-    return {a: f"C{i % 10}" for i, a in enumerate(algorithms)}
-
-
-def plot_score_vs_ratio(result: Aggregate, path: Path) -> Path:
-    tasks = sorted({c.task for c in result.cells}, key=task_order)
-    figure, axes = _grid(len(tasks))
-    colors = _colors(result.algorithms)
-    for axis, task in zip(axes, tasks):
-        ratios = sorted({c.ratio for c in result.cells if c.task == task})
-        for algorithm in result.algorithms:
-            cells = [c for c in result.cells if (c.algorithm, c.task) == (algorithm, task) and c.n]
-            cells.sort(key=lambda c: c.ratio)
-            if not cells:
-                continue
-            x = [100 * c.ratio for c in cells]
-            axis.plot(x, [c.mean for c in cells], marker="o", color=colors[algorithm], label=algorithm)
-            axis.fill_between(x, [c.ci[0] for c in cells], [c.ci[1] for c in cells], color=colors[algorithm], alpha=0.2)
-        if len(ratios) > 1 and max(ratios) / min(ratios) > 10:
-            axis.set_xscale("log")
-        axis.set(title=task, xlabel="data ratio (%)", ylabel="normalized score")
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    figure.suptitle(f"Normalized score vs data ratio ({result.protocol}; bands: 95% bootstrap CI over seeds)")
-    figure.savefig(path, dpi=90)
-    return path
-
-
-def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds at every logged step; a step some seeds lack averages those that have it."""
-    steps = sorted({s for curve in curves for s, _ in curve})
-    table = np.full((len(curves), len(steps)), np.nan)
-    index = {s: j for j, s in enumerate(steps)}
-    for i, curve in enumerate(curves):
-        for s, v in curve:
-            table[i, index[s]] = v
-    return np.array(steps), np.nanmean(table, axis=0)
-
-
-def plot_learning_curves(result: Aggregate, path: Path) -> Path:
-    """One panel per algorithm, one line per task × ratio: the reported target's score, mean over seeds."""
-    runs = {r.run_id: r for r in result.runs}
-    figure, axes = _grid(len(result.algorithms))
-    for axis, algorithm in zip(axes, result.algorithms):
-        cells = [c for c in result.cells if c.algorithm == algorithm and c.n]
-        for cell in cells:
-            steps, mean = _mean_curve([runs[i].curves[cell.label] for i in cell.run_ids])
-            axis.plot(steps, mean, marker=".", label=f"{cell.task} {ratio_text(cell.ratio)}")
-        axis.set(title=algorithm, xlabel="gradient step", ylabel="normalized score")
-        axis.grid(alpha=0.3)
-        if 0 < len(cells) <= 10:
-            axis.legend(fontsize="x-small")
-    figure.suptitle("Learning curves (reported target, mean over seeds)")
-    figure.savefig(path, dpi=90)
-    return path
-
-
-def _intervals(axis, names: list[str], estimates: list[float], cis: list[tuple[float, float]], colors) -> None:
-    y = np.arange(len(names))[::-1]
-    for yi, name, estimate, (low, high) in zip(y, names, estimates, cis):
-        axis.plot([low, high], [yi, yi], linewidth=6, alpha=0.5, color=colors.get(name, "C0"), solid_capstyle="butt")
-        axis.plot([estimate], [yi], marker="|", markersize=14, color="black")
-    axis.set_yticks(y, names)
-    axis.grid(axis="x", alpha=0.3)
-
-
-def plot_aggregate_intervals(result: Aggregate, path: Path) -> Path:
-    """rliable-style interval plot: per domain the mean and IQM with 95 % CIs, and LaMo's probability of
-    improvement over each baseline."""
-    domains = sorted({s.domain for s in result.domains}, key=domain_order)
-    columns = 3 if result.improvements else 2
-    figure = Figure(figsize=(4.5 * columns, 0.5 + max(2.0, 0.4 * len(result.algorithms)) * len(domains)),
-                    layout="constrained")
-    axes = figure.subplots(len(domains), columns, squeeze=False)
-    colors = _colors(result.algorithms)
-    for row, domain in zip(axes, domains):
-        summaries = [s for s in result.domains if s.domain == domain]
-        names = [s.algorithm for s in summaries]
-        _intervals(row[0], names, [s.mean for s in summaries], [s.mean_ci for s in summaries], colors)
-        _intervals(row[1], names, [s.iqm for s in summaries], [s.iqm_ci for s in summaries], colors)
-        row[0].set(title=f"{domain}: mean", xlabel="normalized score")
-        row[1].set(title=f"{domain}: IQM", xlabel="normalized score")
-        if columns == 3:
-            mine = [i for i in result.improvements if i.domain == domain]
-            _intervals(row[2], [i.baseline for i in mine], [i.probability for i in mine], [i.ci for i in mine], colors)
-            if not mine:
-                row[2].text(0.5, 0.5, "no baseline shares a cell", ha="center", va="center", color="gray")
-            row[2].axvline(0.5, linestyle="--", color="gray")
-            row[2].set(title=f"{domain}: P({mine[0].reference if mine else 'lamo'} > baseline)", xlim=(0, 1),
-                       xlabel="probability of improvement")
-    figure.savefig(path, dpi=90)
-    return path
-
-
 # --- report and terminal -----------------------------------------------------------------------------------
 
 _STYLE = """body{font-family:sans-serif;margin:2em;color:#222;max-width:1400px}
@@ -370,13 +284,14 @@ table{border-collapse:collapse;margin:0.5em 0;font-size:14px}
 th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eef}td:first-child,th:first-child{text-align:left}tr.rule td{border-top:2px solid #444}
 .note{font-size:12px;color:#555;margin:2px 0}.protocol{background:#ffd;padding:6px;border:1px solid #cc9}
+ul.fidelity{font-size:14px;max-width:1100px}ul.fidelity li{margin:4px 0}.source{color:#777;font-size:12px}
 img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
 def write_html(result: Aggregate, tables: list[Table], images: list[Path], path: Path) -> Path:
     figures = "".join(f"<figure><img alt=\"{html.escape(p.stem)}\" src=\"data:image/png;base64,"
-                      f"{base64.b64encode(p.read_bytes()).decode()}\"><figcaption>{html.escape(p.name)}</figcaption>"
-                      f"</figure>\n" for p in images)
+                      f"{base64.b64encode(p.read_bytes()).decode()}\"><figcaption>{html.escape(p.name)}: "
+                      f"{html.escape(CAPTIONS.get(p.name, ''))}</figcaption></figure>\n" for p in images)
     finished = len(result.runs) - len(result.excluded)
     page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Sweep {html.escape(result.sweep_id)}</title><style>{_STYLE}</style></head><body>\n"
@@ -384,7 +299,8 @@ def write_html(result: Aggregate, tables: list[Table], images: list[Path], path:
             f"<p>Sweep id {html.escape(result.sweep_id)}, MLflow parent run {html.escape(result.parent_run_id)}; "
             f"{finished} finished runs aggregated, {len(result.excluded)} excluded.</p>\n"
             f"<p class=\"protocol\">Protocol: {html.escape(result.protocol_text)}.</p>\n"
-            + to_html(tables[0]) + "<h2>Plots</h2>\n" + figures + "".join(map(to_html, tables[1:]))
+            + to_html(tables[0]) + fidelity_html(result) + "<h2>Plots</h2>\n" + figures
+            + "".join(map(to_html, tables[1:]))
             + "</body></html>\n")
     path.write_text(page, encoding="utf-8")
     return path
@@ -399,12 +315,12 @@ def write_outputs(result: Aggregate, out: Path) -> list[Path]:
     files.append(write_csv(out / "table.csv", main.header, main.rows))
     files.append(write_csv(out / "cost.csv", tables[-1].header, tables[-1].rows))
     (out / "tables.md").write_text(f"Sweep {result.sweep_id}. Protocol: {result.protocol_text}.\n\n"
-                                   + "\n".join(map(to_markdown, tables)), encoding="utf-8")
+                                   + "\n".join([to_markdown(tables[0]), fidelity_markdown(result),
+                                                *map(to_markdown, tables[1:])]), encoding="utf-8")
     (out / "tables.tex").write_text(f"% Sweep {result.sweep_id}. Protocol: {result.protocol_text}.\n"
+                                    + fidelity_latex(result)
                                     + "\n".join(to_latex(t) for t in tables[:-2]), encoding="utf-8")
-    images = [plot_score_vs_ratio(result, out / "score_vs_ratio.png"),
-              plot_learning_curves(result, out / "learning_curves.png"),
-              plot_aggregate_intervals(result, out / "aggregate_intervals.png")]
+    images = write_plots(result, out)
     files += [out / "tables.md", out / "tables.tex", *images, write_html(result, tables, images, out / "report.html")]
     return files
 
@@ -438,7 +354,13 @@ def print_summary(result: Aggregate, console) -> None:
             console.print(Text(f"  {run.trial_id}: {reason} ({run.run_id})"))
     cost = tables[-1].rows[-1]
     console.print(Text(f"Cost: {cost[2]} wall hours, {cost[3]} GPU-hours over {cost[1]} runs."))
+    if result.notes:
+        console.print(Text(f"{FIDELITY_TITLE}:", style="bold"))
+        for note in result.notes:
+            console.print(Text(f"- {note.topic}: {note.text}"), Text(f" (source: {note.source})", style="dim"),
+                          sep="")
     if result.out_dir is not None:
-        logged = (f"; logged to parent run {result.parent_run_id} under {result.artifact_path}/"
+        logged = (f"; logged to parent run {result.parent_run_id} under {result.artifact_path}/, the headline "
+                  f"numbers as its metrics headline/{result.protocol}/<domain>/{{mean,iqm}}/<algorithm>"
                   if result.artifact_path else "")
         console.print(Text(f"Tables, plots and report.html in {result.out_dir}{logged}"))

@@ -15,7 +15,16 @@ Run layout:
   `eval/target_<R>/*`, `eval/best_normalized_mean`, `cost/wall_seconds`, `cost/gpu_hours`); artifacts = the
   trial's files (model/ adapter and weights, trial_record.json, evaluations.json, eval_episodes.csv,
   trajectory_ids.json, metrics.jsonl, error.txt when it failed); status FINISHED, FAILED, or RUNNING while it
-  trains (or when its driver was killed).
+  trains (or when its driver was killed);
+- after aggregation (orchestrator/aggregate.py), on the parent run: the tables, plots and report.html as
+  artifacts under `aggregate/<protocol>/`, and the headline numbers as metrics
+  `headline/<protocol>/<domain>/mean/<algorithm>` (the mean over task × ratio cells, the paper's number) and
+  `headline/<protocol>/<domain>/iqm/<algorithm>` (interquartile mean of the run scores), step 0, for each
+  algorithm that has every cell of the domain (an average over fewer cells does not compare; the report flags
+  it); e.g. `headline/paper/locomotion/mean/lamo`.
+
+The names are the constants below, used by both halves: writing (the sweep tracker and the trials' reports)
+and reading (the end of this file, which turns the runs back into the aggregator's `TrialRun`s).
 
 Writing is off the training path: the trial's `MlflowReport` queues what the trial core reports and a thread
 delivers it, retrying while the server is unreachable; the trial only stops, loudly and with its checkpoint
@@ -37,6 +46,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from orchestrator.scores import DomainSummary, TrialRun, run_order
 from trainers.core import TRAJECTORY_IDS_FILE
 from trainers.record import TrialRecord
 
@@ -44,6 +54,20 @@ PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
 RECORD_TAG = "trial_record"
 ERROR_TAG = "error"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+# Names of the run layout, for writing and reading alike.
+ROLE_TAG, PARENT_RUN_TAG = "role", "mlflow.parentRunId"
+SWEEP_ID_TAG, SWEEP_NAME_TAG, SUPERSEDED_TAG = "sweep_id", "sweep_name", "superseded"
+TRIAL_ID_TAG, ALGORITHM_TAG, TASK_TAG, DOMAIN_TAG, RATIO_TAG, SEED_TAG = (
+    "trial_id", "algorithm", "task", "domain", "ratio", "seed")
+SEEDS_PARAM = "seeds"  # on the parent run: the spec's seeds, e.g. "[0, 1, 2]"
+CONFIG_PARAM_PREFIX, TRIAL_PARAM_PREFIX = "config.", "trial."  # child params: resolved config, trial fields
+EVAL_METRIC = "eval/{label}/normalized_mean"  # the loop's name (trainers/evaluation.py); label target_<R> or policy
+WALL_SECONDS_METRIC, GPU_HOURS_METRIC = "cost/wall_seconds", "cost/gpu_hours"
+AGGREGATE_ARTIFACTS = "aggregate/{protocol}"  # the aggregator's files on the parent run
+# The aggregator's headline numbers on the parent run; statistic is mean or iqm. Sorted, one statistic's
+# algorithms stand side by side in the MLflow runs table.
+HEADLINE_METRIC = "headline/{protocol}/{domain}/{statistic}/{algorithm}"
 
 
 class TrackingError(RuntimeError):
@@ -145,6 +169,10 @@ def _log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
         mlflow_client.log_batch(run_id, params=items[i:i + 100])
 
 
+def _superseded(run) -> bool:
+    return run.data.tags.get(SUPERSEDED_TAG) == "true"
+
+
 class SweepTracker:
     """The driver's view of MLflow: the sweep's parent run and its trials' child runs."""
 
@@ -156,14 +184,14 @@ class SweepTracker:
     def start_sweep(self, sweep_name: str, params: dict[str, Any], spec_file: Path | None = None) -> str:
         """The parent run of this sweep: found again on resume, created (with params and the spec) otherwise."""
         self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
-        existing = [run for run in find_runs(self.client, self.experiment_id, role=PARENT_ROLE,
-                                             sweep_id=self.sweep_id) if run.data.tags.get("superseded") != "true"]
+        existing = [run for run in find_runs(self.client, self.experiment_id, **{ROLE_TAG: PARENT_ROLE,
+                                             SWEEP_ID_TAG: self.sweep_id}) if not _superseded(run)]
         if existing:
             run_id = existing[-1].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=self.sweep_id,
-                                     tags={"role": PARENT_ROLE, "sweep_id": self.sweep_id, "sweep_name": sweep_name})
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags={
+            ROLE_TAG: PARENT_ROLE, SWEEP_ID_TAG: self.sweep_id, SWEEP_NAME_TAG: sweep_name})
         _log_params(self.client, run.info.run_id, _flat_params("", params))
         if spec_file is not None:
             self.client.log_artifact(run.info.run_id, str(spec_file))
@@ -172,10 +200,11 @@ class SweepTracker:
     def supersede(self) -> int:
         """--restart: the sweep's earlier parent runs stay (nothing recorded is lost) but are marked superseded and
         KILLED, so a fresh parent run and fresh child runs are made. Returns how many were marked."""
-        runs = [run for run in find_runs(self.client, self.experiment_id, role=PARENT_ROLE, sweep_id=self.sweep_id)
-                if run.data.tags.get("superseded") != "true"]
+        runs = [run for run in find_runs(self.client, self.experiment_id, **{ROLE_TAG: PARENT_ROLE,
+                                                                             SWEEP_ID_TAG: self.sweep_id})
+                if not _superseded(run)]
         for run in runs:
-            self.client.set_tag(run.info.run_id, "superseded", "true")
+            self.client.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(runs)
@@ -186,8 +215,8 @@ class SweepTracker:
     def trial_run(self, parent_run_id: str, record: TrialRecord) -> tuple[str, dict[str, float] | None]:
         """The trial's child run and, when that run already FINISHED, its latest metrics (nothing to train).
         An existing unfinished run is continued (resume, retry); otherwise one is created from the record."""
-        existing = find_runs(self.client, self.experiment_id, role=TRIAL_ROLE, trial_id=record.trial_id,
-                             **{"mlflow.parentRunId": parent_run_id})
+        existing = find_runs(self.client, self.experiment_id, **{ROLE_TAG: TRIAL_ROLE, TRIAL_ID_TAG: record.trial_id,
+                                                                  PARENT_RUN_TAG: parent_run_id})
         if existing:
             run = existing[0]
             if run.info.status == "FINISHED":
@@ -196,13 +225,13 @@ class SweepTracker:
             return run.info.run_id, None
         notes = "; ".join(record.dataset.notes)
         run = self.client.create_run(self.experiment_id, run_name=record.trial_id, tags={
-            "mlflow.parentRunId": parent_run_id, "role": TRIAL_ROLE, RECORD_TAG: record.to_json(),
-            "sweep_id": record.sweep_id, "trial_id": record.trial_id, "algorithm": record.algorithm,
-            "task": record.task, "domain": record.domain, "ratio": f"{record.ratio:g}", "seed": str(record.seed),
-            **({"dataset.notes": notes[:5000]} if notes else {})})
+            PARENT_RUN_TAG: parent_run_id, ROLE_TAG: TRIAL_ROLE, RECORD_TAG: record.to_json(),
+            SWEEP_ID_TAG: record.sweep_id, TRIAL_ID_TAG: record.trial_id, ALGORITHM_TAG: record.algorithm,
+            TASK_TAG: record.task, DOMAIN_TAG: record.domain, RATIO_TAG: f"{record.ratio:g}",
+            SEED_TAG: str(record.seed), **({"dataset.notes": notes[:5000]} if notes else {})})
         fields = {k: v for k, v in record.to_dict().items() if k not in ("config", "dataset", "sampled")}
-        _log_params(self.client, run.info.run_id, _flat_params("trial.", fields)
-                    | _flat_params("config.", record.config))
+        _log_params(self.client, run.info.run_id, _flat_params(TRIAL_PARAM_PREFIX, fields)
+                    | _flat_params(CONFIG_PARAM_PREFIX, record.config))
         self._log_dataset(run.info.run_id, record)
         return run.info.run_id, None
 
@@ -226,11 +255,11 @@ class SweepTracker:
         own message (tag `error`) and traceback (error.txt)."""
         from mlflow.entities import Metric
 
-        previous = self.client.get_run(run_id).data.metrics.get("cost/wall_seconds", 0.0)
+        previous = self.client.get_run(run_id).data.metrics.get(WALL_SECONDS_METRIC, 0.0)
         total = previous + wall_seconds
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric("cost/wall_seconds", total, now, 0),
-                                               Metric("cost/gpu_hours", total * gpus / 3600, now, 0)])
+        self.client.log_batch(run_id, metrics=[Metric(WALL_SECONDS_METRIC, total, now, 0),
+                                               Metric(GPU_HOURS_METRIC, total * gpus / 3600, now, 0)])
         if error is not None:
             self.client.set_tag(run_id, ERROR_TAG, failure_message(error)[:5000])
             self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
@@ -377,3 +406,145 @@ class MlflowReport:
             relative = path.relative_to(self.run_dir) if path.is_relative_to(self.run_dir) else Path(path.name)
             folder = None if relative.parent == Path(".") else str(relative.parent)
             mlflow_client.log_artifact(self.run_id, str(path), folder)
+
+
+# ============================================================================================================
+# Reading a sweep back: the aggregator's side of the layout above. A trial's identity comes from its record.
+# ============================================================================================================
+
+
+class StoreLookupError(LookupError):
+    """The tracking store, experiment or sweep asked for is not there; the message lists what is."""
+
+
+def open_store(tracking_uri: str, experiment: str):
+    """(client, experiment id) of an existing store and experiment; creates nothing."""
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.is_file():  # MLflow would silently create an empty store
+            raise StoreLookupError(f"no tracking store at {tracking_uri} ({database} does not exist)")
+    mlflow_client = client(absolute_uri(tracking_uri))
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in mlflow_client.search_experiments())
+        raise StoreLookupError(f"no experiment {experiment!r} in {tracking_uri}; experiments found: "
+                               f"{', '.join(names) or 'none'}")
+    return mlflow_client, found.experiment_id
+
+
+def search_all(mlflow_client, experiment_id: str, query: str, order_by: list[str] | None = None) -> list:
+    """Every run matching `query`, page after page."""
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs([experiment_id], filter_string=query, order_by=order_by,
+                                         max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_sweep(mlflow_client, experiment_id: str, sweep: str):
+    """The sweep's parent run: `sweep` is a sweep id, a sweep name (its most recent sweep), or a parent run id.
+
+    A `--restart` marks the earlier parent runs superseded; the newest one that is not is the sweep."""
+    parents = search_all(mlflow_client, experiment_id, f"tags.{ROLE_TAG} = '{PARENT_ROLE}'",
+                         ["attributes.start_time DESC"])
+    current = [p for p in parents if not _superseded(p)]
+    for by in (SWEEP_ID_TAG, SWEEP_NAME_TAG):
+        matches = [p for p in current if p.data.tags.get(by) == sweep] or [p for p in parents
+                                                                           if p.data.tags.get(by) == sweep]
+        if matches:
+            return matches[0]
+    by_run_id = [p for p in parents if p.info.run_id == sweep]  # reaches a superseded parent on purpose
+    if by_run_id:
+        return by_run_id[0]
+    known = [f"{p.data.tags.get(SWEEP_NAME_TAG, '?')} ({p.data.tags.get(SWEEP_ID_TAG, '?')}, {p.info.status}"
+             f"{', superseded' if _superseded(p) else ''})" for p in parents]
+    more = f" and {len(known) - 30} older" if len(known) > 30 else ""
+    raise StoreLookupError(f"unknown sweep {sweep!r}; sweeps found in this tracking store, newest first: "
+                           + (", ".join(known[:30]) + more if known else "none"))
+
+
+def sweep_identity(parent) -> tuple[str, str]:
+    """(sweep id, sweep name) of a parent run."""
+    sweep_id = parent.data.tags[SWEEP_ID_TAG]
+    return sweep_id, parent.data.tags.get(SWEEP_NAME_TAG, sweep_id)
+
+
+def asked_seeds(parent_params: dict[str, str]) -> int | None:
+    """How many seeds the spec asked for (the parent run's `seeds` param, e.g. "[0, 1, 2]")."""
+    import ast
+
+    try:
+        seeds = ast.literal_eval(parent_params[SEEDS_PARAM])
+        return len(seeds) if isinstance(seeds, (list, tuple)) else None
+    except (KeyError, ValueError, SyntaxError):
+        return None
+
+
+def trial_record(run) -> TrialRecord:
+    """The record a child run was made from (its `trial_record` tag): the trial's identity and resolved config,
+    as the sweep resolved them."""
+    if RECORD_TAG not in run.data.tags:
+        raise StoreLookupError(f"run {run.info.run_id} ({run.info.run_name}) has no {RECORD_TAG} tag: it was not "
+                               f"written by this version of the sweep")
+    return TrialRecord.from_json(run.data.tags[RECORD_TAG])
+
+
+def _evaluation_curves(mlflow_client, run) -> dict[str, list[tuple[int, float]]]:
+    """Per eval label, the (step, normalized mean) history, by step (one value per step: the latest logged)."""
+    prefix, suffix = EVAL_METRIC.split("{label}")
+    curves = {}
+    for key in run.data.metrics:
+        label = key.removeprefix(prefix).removesuffix(suffix)
+        if key.startswith(prefix) and key.endswith(suffix) and label and "/" not in label:
+            history = {m.step: m.value for m in mlflow_client.get_metric_history(run.info.run_id, key)}
+            curves[label] = sorted(history.items())
+    return curves
+
+
+def read_trial_runs(mlflow_client, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
+    """Every trial run under the sweep's parent run, with its evaluation histories and cost, in grid order.
+    (By parent, not by sweep id: after a restart the superseded parent's runs share the sweep id.)"""
+    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and tags.{ROLE_TAG} = '{TRIAL_ROLE}'"
+    runs = []
+    for run in search_all(mlflow_client, experiment_id, query):
+        record, metrics = trial_record(run), run.data.metrics
+        runs.append(TrialRun(
+            run_id=run.info.run_id, status=run.info.status, trial_id=record.trial_id, algorithm=record.algorithm,
+            task=record.task, domain=record.domain, ratio=record.ratio, seed=record.seed,
+            num_steps=record.num_steps, curves=_evaluation_curves(mlflow_client, run),
+            wall_seconds=metrics.get(WALL_SECONDS_METRIC, 0.0), gpu_hours=metrics.get(GPU_HOURS_METRIC, 0.0),
+            config={name: str(value) for name, value in record.config.items()}))
+    return sorted(runs, key=run_order)
+
+
+def log_aggregate(mlflow_client, parent_run_id: str, protocol: str, out_dir: Path) -> str:
+    """The aggregator's files onto the parent run; returns where they are there."""
+    artifact_path = AGGREGATE_ARTIFACTS.format(protocol=protocol)
+    mlflow_client.log_artifacts(parent_run_id, str(out_dir), artifact_path)
+    return artifact_path
+
+
+def headline_metrics(protocol: str, summaries: list[DomainSummary]) -> dict[str, float]:
+    """Each algorithm's domain mean and IQM under their layout names; incomplete averages left out."""
+    metrics = {}
+    for s in summaries:
+        if s.complete:
+            for statistic, value in (("mean", s.mean), ("iqm", s.iqm)):
+                metrics[HEADLINE_METRIC.format(protocol=protocol, domain=s.domain, statistic=statistic,
+                                               algorithm=s.algorithm)] = value
+    return metrics
+
+
+def log_headline(mlflow_client, parent_run_id: str, protocol: str, summaries: list[DomainSummary]) -> dict[str, float]:
+    """The headline numbers onto the parent run, so the runs table compares algorithms at a glance."""
+    from mlflow.entities import Metric
+
+    metrics = headline_metrics(protocol, summaries)
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    for i in range(0, len(items), 1000):  # MLflow's log_batch takes at most 1000 metrics
+        mlflow_client.log_batch(parent_run_id, metrics=items[i:i + 1000])
+    return metrics

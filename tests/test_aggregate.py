@@ -4,7 +4,9 @@ Per-step scores are chosen so that every expected number below can be checked by
 
 from __future__ import annotations
 
+import ast
 import csv
+import html
 import io
 import os
 import shutil
@@ -20,9 +22,12 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from scipy.stats import mannwhitneyu
 
-from orchestrator.aggregate import (AggregationError, aggregate_sweep, main, mean_of_cell_means,
-                                    probability_of_improvement, stratified_bootstrap)
+from orchestrator.aggregate import AggregationError, aggregate_sweep, main
 from orchestrator.report import cost_table
+from orchestrator.scores import (TrialRun, mean_of_cell_means, probability_of_improvement, run_scores,
+                                 stratified_bootstrap)
+from orchestrator.tracking import SweepTracker
+from trainers.record import make_record
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "lamo-sweeps"
@@ -49,16 +54,13 @@ class SyntheticStore:
         return sweep_id, run.info.run_id
 
     def trial(self, parent: tuple[str, str], algorithm: str, task: str, ratio: float, seed: int,
-              curves: dict[str, list[tuple[int, float]]], num_steps: int | None = 1000,
+              curves: dict[str, list[tuple[int, float]]], num_steps: int = 1000,
               status: str = "FINISHED") -> str:
+        """A child run written by the sweep's own tracker from a trial record, evaluated every 100 steps."""
         sweep_id, parent_run_id = parent
-        trial_id = f"{algorithm}.{task}.r{ratio:g}.s{seed}"
-        run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
-            "mlflow.parentRunId": parent_run_id, "role": "trial", "sweep_id": sweep_id, "trial_id": trial_id,
-            "algorithm": algorithm, "task": task, "domain": DOMAINS[task], "ratio": f"{ratio:g}", "seed": str(seed)})
-        run_id = run.info.run_id
-        if num_steps is not None:
-            self.client.log_param(run_id, "config.num_steps", str(num_steps))
+        record = make_record(algorithm, task, ratio, seed, {"num_steps": num_steps, "eval_every": 100},
+                             sweep_id=sweep_id)
+        run_id, _ = SweepTracker(self.uri, EXPERIMENT, sweep_id).trial_run(parent_run_id, record)
         metrics = [Metric(f"eval/{label}/normalized_mean", value, self.clock, step)
                    for label, curve in curves.items() for step, value in curve]
         # A misleading per-step maximum over targets: the aggregator must score from the per-target histories.
@@ -73,7 +75,8 @@ class SyntheticStore:
         return run_id
 
 
-STEPS = [200, 400, 600, 800, 1000]  # num_steps 1000: the paper window is steps 800 and 1000
+# num_steps 1000, an evaluation every 100: the paper window is steps 900 and 1000 (the last 2 of 10, LaMo's share)
+STEPS = list(range(100, 1001, 100))
 
 
 def flat(value: float) -> list[tuple[int, float]]:
@@ -91,15 +94,17 @@ def store(tmp_path_factory) -> SyntheticStore:
     # "protocols": one cell per rule to check.
     sweep = store.sweep("protocols", "aaaaaaaaaa", [0, 1])
     store.trial(sweep, "lamo", "reacher2d-medium", 1.0, 0,
-                {"target_76": curve(10, 20, 30, 40, 50), "target_40": curve(60, 70, 80, 30, 20)})
+                {"target_76": curve(5, 10, 15, 20, 25, 30, 35, 38, 40, 50),
+                 "target_40": curve(60, 70, 80, 60, 50, 40, 30, 30, 30, 20)})
     store.trial(sweep, "lamo", "reacher2d-medium", 1.0, 1,
-                {"target_76": curve(20, 30, 40, 50, 60), "target_40": curve(50, 90, 50, 40, 40)})
+                {"target_76": curve(10, 15, 20, 25, 30, 35, 40, 45, 50, 60),
+                 "target_40": curve(50, 90, 50, 50, 50, 50, 50, 45, 40, 40)})
     # Each seed prefers a different target; the cell takes the target with the best mean over seeds (40).
     store.trial(sweep, "lamo", "reacher2d-medium", 0.1, 0, {"target_76": flat(60), "target_40": flat(50)})
     store.trial(sweep, "lamo", "reacher2d-medium", 0.1, 1, {"target_76": flat(10), "target_40": flat(30)})
-    # No config.num_steps: the window is the last 20 % of the last evaluation step (>= 400 of 500).
+    # A shorter run at another cadence: the window is steps > 400 of 500.
     store.trial(sweep, "bc", "reacher2d-medium", 1.0, 0,
-                {"policy": [(100, 1.0), (200, 2.0), (300, 3.0), (400, 4.0), (500, 8.0)]}, num_steps=None)
+                {"policy": [(50 * i, 1.0) for i in range(1, 9)] + [(450, 4.0), (500, 8.0)]}, num_steps=500)
     store.trial(sweep, "bc", "reacher2d-medium", 1.0, 1, {"policy": flat(10)})
 
     # "aggregates": two locomotion tasks × two ratios, plus one reacher2d cell; constant curves, score = value.
@@ -119,11 +124,17 @@ def store(tmp_path_factory) -> SyntheticStore:
     store.trial(sweep, "bc", "hopper-medium", 1.0, 0, {"policy": flat(12)})
     store.trial(sweep, "bc", "hopper-medium", 1.0, 1, {"policy": flat(1000)}, status="RUNNING")
 
+    # Only BC on generated reacher2d data: its fidelity notes must not speak of kitchen, locomotion or LaMo.
+    sweep = store.sweep("bc-reacher2d", "abcabcabca", [0, 1])
+    for seed in (0, 1):
+        store.trial(sweep, "bc", "reacher2d-medium", 1.0, seed, {"policy": flat(30 + seed)})
+
     # Bad inputs.
     store.trial(store.sweep("all-failed", "cccccccccc", [0]), "bc", "hopper-medium", 1.0, 0,
                 {"policy": flat(1)}, status="FAILED")
+    # The last evaluation is at exactly 80 %: not after it, so nothing is in the paper window.
     store.trial(store.sweep("early-evals", "dddddddddd", [0]), "bc", "hopper-medium", 1.0, 0,
-                {"policy": [(200, 5.0), (400, 7.0)]})
+                {"policy": [(200, 5.0), (400, 7.0), (800, 9.0)]})
     # The same name twice: the name means the most recent one.
     store.trial(store.sweep("renamed", "eeeeeeeeee", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(1)})
     store.trial(store.sweep("renamed", "ffffffffff", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(2)})
@@ -166,6 +177,19 @@ def test_protocol_scores_and_the_named_best_target(store, tmp_path, protocol, ta
     assert f"Protocol: {protocol}" in printed
 
 
+def test_paper_window_at_lamos_cadence_is_its_last_8_of_40_evaluations():
+    # LaMo trains 100,000 steps and evaluates every 2,500; "the last 20K steps" are the evaluations at 82,500 …
+    # 100,000: 8 of the 40. The one at 80,000 closes the first 80K and is not in the window.
+    steps = np.arange(2500, 100_001, 2500)
+    values = np.sqrt(steps)  # every evaluation different, so a window one evaluation too wide is seen
+    run = TrialRun(run_id="r", trial_id="lamo.hopper-medium.r1.s0", algorithm="lamo", task="hopper-medium",
+                   domain="locomotion", ratio=1.0, seed=0, status="FINISHED", num_steps=100_000,
+                   curves={"target_3600": list(zip(steps.tolist(), values.tolist()))})
+    assert len(steps) == 40
+    assert run_scores(run, "paper")["target_3600"] == pytest.approx(values[steps > 80_000].mean())
+    assert run_scores(run, "paper")["target_3600"] == pytest.approx(values[-8:].mean())
+
+
 def test_best_target_is_chosen_per_cell_over_seeds_not_per_seed(store, tmp_path):
     result, _ = run(store, "protocols", tmp_path, log_artifacts=False)
     cell = result.cell("lamo", "reacher2d-medium", 0.1)
@@ -177,7 +201,7 @@ def test_window_without_num_steps_and_non_return_conditioned_label(store, tmp_pa
     result, printed = run(store, "protocols", tmp_path, log_artifacts=False)
     cell = result.cell("bc", "reacher2d-medium", 1.0)
     assert cell.label == "policy" and cell.target is None
-    assert list(cell.scores) == [6.0, 10.0]  # mean(4, 8) from steps >= 400 of 500; mean(10, 10)
+    assert list(cell.scores) == [6.0, 10.0]  # mean(4, 8) from steps > 400 of 500; mean(10, 10)
     assert "8.0 ± 2.8 |" in (tmp_path / "tables.md").read_text()
     # reacher2d average over the sweep's cells: lamo (50 + 40) / 2, bc 8 over 1 of 2 cells
     assert [(s.algorithm, s.mean, s.cells, s.cells_expected) for s in result.domains] == [
@@ -275,6 +299,65 @@ def test_outputs_written_and_logged_to_the_parent_run(store, aggregates):
     assert names <= logged
 
 
+# --- fidelity notes ------------------------------------------------------------------------------------------
+
+def one_line(text: str) -> str:
+    """Text with its line wrapping undone (the terminal wraps long notes)."""
+    return " ".join(text.split())
+
+
+def test_fidelity_notes_in_every_report_follow_the_sweeps_runs(store, aggregates, tmp_path):
+    reacher, reacher_printed = run(store, "bc-reacher2d", tmp_path, log_artifacts=False)
+    result, printed = aggregates
+    mixed = {n.topic: n for n in result.notes}
+    only_bc = {n.topic: n for n in reacher.notes}
+    # lamo, dt and bc on D4RL hopper and walker2d files and on generated reacher2d, at two data ratios
+    assert mixed["training data: whole trajectories"].text.startswith("The sequence models (lamo, dt) train")
+    assert "Locomotion (hopper-medium, walker2d-medium)" in mixed["simulator: locomotion"].text
+    assert "Data ratios 10%" in mixed["training data: seeded subsets"].text
+    assert only_bc.keys() < mixed.keys()
+    for sweep, printed_text in ((result, printed), (reacher, reacher_printed)):
+        markdown = (sweep.out_dir / "tables.md").read_text()
+        page = html.unescape((sweep.out_dir / "report.html").read_text())
+        latex = (sweep.out_dir / "tables.tex").read_text()
+        for note in sweep.notes:
+            assert f"**{note.topic}**: {note.text} (source: {note.source})" in markdown
+            assert note.text in page and note.source in page
+            assert one_line(note.text) in one_line(printed_text)
+            assert f"% {note.topic}: {note.text}" in latex
+    # nothing of what the BC sweep did not run
+    for report in (reacher.out_dir / "tables.md", reacher.out_dir / "report.html"):
+        content = report.read_text().lower()
+        for absent in ("kitchen", "locomotion", "language", "lm_coef", "sequence models", "ratio_dataset"):
+            assert absent not in content, (report.name, absent)
+    assert "kitchen" not in reacher_printed.lower() and "language" not in reacher_printed.lower()
+
+
+# --- headline numbers on the parent run ---------------------------------------------------------------------
+
+def test_headline_numbers_on_the_parent_run(store, aggregates):
+    result, _ = aggregates
+    logged = {key: value for key, value in store.client.get_run(result.parent_run_id).data.metrics.items()
+              if key.startswith("headline/")}
+    expected = {}
+    for s in result.domains:
+        if s.cells == s.cells_expected:
+            expected[f"headline/paper/{s.domain}/mean/{s.algorithm}"] = s.mean
+            expected[f"headline/paper/{s.domain}/iqm/{s.algorithm}"] = s.iqm
+    assert logged == pytest.approx(expected)
+    assert "headline/paper/locomotion/mean/lamo" in logged and "headline/paper/reacher2d/iqm/lamo" in logged
+    # bc has 1 of the 4 locomotion cells: an average over fewer cells does not compare, so it is not logged
+    assert not [key for key in logged if key.endswith("/bc")]
+    # a sorted runs table puts one statistic's algorithms side by side
+    assert sorted(logged)[:3] == ["headline/paper/locomotion/iqm/dt", "headline/paper/locomotion/iqm/lamo",
+                                  "headline/paper/locomotion/mean/dt"]
+
+
+def test_no_headline_without_logging(store, tmp_path):
+    result, _ = run(store, "protocols", tmp_path, log_artifacts=False)
+    assert not [key for key in store.client.get_run(result.parent_run_id).data.metrics if key.startswith("headline/")]
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 
 def test_unknown_sweep_lists_the_sweeps_found(store, tmp_path, capsys):
@@ -304,11 +387,11 @@ def test_no_finished_run_is_an_error(store, tmp_path):
 
 
 def test_protocol_needing_missing_evaluations_is_an_error(store, tmp_path):
-    with pytest.raises(AggregationError, match=r"protocol paper needs evaluations at steps >= 80% .*"
-                                               r"bc.hopper-medium.r1.s0 \(last evaluation at step 400 of "
+    with pytest.raises(AggregationError, match=r"protocol paper needs evaluations at steps > 80% .*"
+                                               r"bc.hopper-medium.r1.s0 \(last evaluation at step 800 of "
                                                r"config.num_steps=1000\).*--protocol last"):
         run(store, "early-evals", tmp_path)
-    assert run(store, "early-evals", tmp_path, "last", log_artifacts=False)[0].cells[0].mean == 7.0
+    assert run(store, "early-evals", tmp_path, "last", log_artifacts=False)[0].cells[0].mean == 9.0
 
 
 def test_unknown_experiment_or_store(store, tmp_path, capsys):
@@ -326,6 +409,89 @@ def test_runs_as_a_script(store, tmp_path):
                           env=os.environ | {"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert "50.0 ± 7.1 (target 76)" in done.stdout and (tmp_path / "report.html").is_file()
+
+
+# --- the layout as tracking.py writes it, read back ---------------------------------------------------------
+
+def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
+    from orchestrator import tracking
+
+    writer = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, "roundtrip-0123456789")
+    parent = writer.start_sweep("roundtrip", {"seeds": [3, 4], "ratios": [0.1]})
+    record = make_record("lamo", "hopper-medium", 0.1, 4, {"num_steps": 500, "eval_every": 250},
+                         sweep_id="roundtrip-0123456789")
+    run_id, finished = writer.trial_run(parent, record)
+    assert finished is None
+    hook = tracking.MlflowReport(writer.uri, run_id, str(tmp_path))
+    for step, value in [(250, 41.0), (500, 43.0)]:
+        hook(step, {"eval/target_3600/normalized_mean": value, "eval/target_1800/normalized_mean": value - 1,
+                    "eval/best_normalized_mean": value, "eval/target_3600/return_mean": 1000.0}, [])
+    hook.close()
+    writer.finish_trial(run_id, failed=False, wall_seconds=7200.0, gpus=0.5)
+
+    mlflow_client, experiment_id = tracking.open_store(writer.uri, EXPERIMENT)
+    found = tracking.find_sweep(mlflow_client, experiment_id, "roundtrip")
+    assert found.info.run_id == parent
+    assert tracking.sweep_identity(found) == ("roundtrip-0123456789", "roundtrip")
+    assert tracking.asked_seeds(found.data.params) == 2
+    [run] = tracking.read_trial_runs(mlflow_client, experiment_id, parent)
+    assert (run.run_id, run.trial_id, run.algorithm, run.task, run.domain, run.ratio, run.seed, run.status) == (
+        run_id, "lamo.hopper-medium.r0.1.s4", "lamo", "hopper-medium", "locomotion", 0.1, 4, "FINISHED")
+    assert tracking.trial_record(mlflow_client.get_run(run_id)) == record  # the record, unchanged
+    assert run.curves == {"target_3600": [(250, 41.0), (500, 43.0)], "target_1800": [(250, 40.0), (500, 42.0)]}
+    assert run.num_steps == 500 and run.config["eval_episodes"] == "20" and run.config["backbone"] == "gpt2"
+    assert (run.wall_seconds, run.gpu_hours) == (7200.0, 1.0)
+
+
+# --- layers ------------------------------------------------------------------------------------------------
+
+def orchestrator_imports(root: Path) -> dict[str, set[str]]:
+    """orchestrator module -> the orchestrator modules it imports, at the top or inside functions alike."""
+    graph = {}
+    for path in sorted(root.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                if node.module == "orchestrator":  # from orchestrator import report, tracking
+                    imported |= {f"orchestrator.{alias.name}" for alias in node.names}
+        graph[f"orchestrator.{path.stem}"] = imported
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in done or module not in graph:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, path + [module])
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])
+    return cycles
+
+
+def test_aggregator_layers_import_downwards_without_a_circle():
+    graph = orchestrator_imports(REPO / "orchestrator")
+    assert import_cycles(graph) == []
+    # statistics apart from rendering and from MLflow; rendering apart from MLflow
+    assert not graph["orchestrator.scores"] & {"orchestrator.aggregate", "orchestrator.report",
+                                               "orchestrator.tracking", "mlflow", "matplotlib", "rich"}
+    assert not {m.split(".")[0] for m in graph["orchestrator.scores"]} & {"mlflow", "matplotlib", "rich"}
+    for rendering in ("orchestrator.report", "orchestrator.plots"):
+        assert not graph[rendering] & {"orchestrator.aggregate", "orchestrator.tracking"}
+        assert not {m.split(".")[0] for m in graph[rendering]} & {"mlflow"}
+    assert "orchestrator.report" not in graph["orchestrator.plots"]
+    # the store is read in one place: tracking.py
+    assert not {m.split(".")[0] for m in graph["orchestrator.aggregate"]} & {"mlflow"}
 
 
 # --- the HTML report in a real browser ---------------------------------------------------------------------
@@ -349,6 +515,10 @@ def test_html_report_renders_in_headless_chromium(aggregates, tmp_path):
     dom = chromium("--dump-dom", report.as_uri(), profile=tmp_path / "profile-dom").stdout
     assert dom.count("<table>") == 6 and "Average (locomotion)" in dom and "[1/2 seeds]" in dom
     assert dom.count('<img alt="') == 3 and dom.count('src="data:image/png;base64,') == 3
+    assert dom.count("<figcaption>") == 3 and "logarithmic" in dom  # each plot says what it shows
+    notes = dom[dom.index('<ul class="fidelity">'):]
+    notes = notes[:notes.index("</ul>")]
+    assert notes.count("<li>") == len(aggregates[0].notes) > 0  # the fidelity notes, one item each
     assert "http://" not in dom and "https://" not in dom  # self-contained
 
     screenshot = tmp_path / "report.png"

@@ -1,0 +1,286 @@
+"""Fidelity notes: what a sweep's runs differ in from the official setup, derived from what ran.
+
+Every report carries these notes (Markdown, HTML, LaTeX comments, the terminal footer). They are generated
+from the scored runs' trial records (tasks and resolved configs): the tasks, algorithms and settings
+the sweep actually used — a sweep of BC on reacher2d hears nothing about kitchen or LaMo's language loss.
+
+`KNOWN_DIFFERENCES` is the knowledge table: one entry per deliberate difference, with where the official
+setup is documented (LaMo's code is github.com/srzer/LaMo-2023; its paths are given relative to that
+repository) and a function that says how the given runs are affected (None when they are not). Adding a known
+difference is one entry. This module imports nothing from the aggregator: it reads any objects with the
+fields of `RanTrial` (the aggregator's `TrialRun` has them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from trainers.registry import ALGORITHMS, make_config
+from trainers.tasks import TASKS, Task
+
+LAMO_EVAL_EPISODES = 20  # LaMo's experiment-d4rl/run.sh: num_eval_episodes=20
+SEQUENCE_MODULE = "trainers.sequence_trainer"  # LaMo, its ablations, DT and Wiki-RL: LaMo's code base
+
+
+class RanTrial(Protocol):
+    """What the notes need to know about one scored run."""
+    algorithm: str
+    task: str
+    ratio: float
+    gpu_hours: float
+    config: Mapping[str, str]  # resolved config as logged: field name -> str(value)
+
+
+@dataclass(frozen=True)
+class FidelityNote:
+    topic: str
+    text: str  # how this sweep's runs differ, naming the tasks, algorithms and values concerned
+    source: str  # where the official setup (or this project's choice) is documented
+
+
+@dataclass(frozen=True)
+class KnownDifference:
+    topic: str
+    source: str
+    describe: Callable[[list[RanTrial]], str | None]  # None: the runs are not affected
+
+
+# --- what ran ------------------------------------------------------------------------------------------------
+
+def _names(values: Iterable) -> str:
+    """The distinct values, in the order given."""
+    return ", ".join(dict.fromkeys(str(v) for v in values))
+
+
+def _in_order(names: Iterable[str], order: Iterable[str]) -> list[str]:
+    order = list(order)
+    return sorted(set(names), key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+def _tasks(runs: list[RanTrial]) -> list[Task]:
+    return [TASKS[name] for name in _in_order((r.task for r in runs), TASKS) if name in TASKS]
+
+
+def _algorithms(runs: list[RanTrial], sequence_models: bool | None = None) -> list[str]:
+    """The runs' algorithms in registry order; only LaMo's code base (True) or only the others (False)."""
+    names = _in_order((r.algorithm for r in runs), ALGORITHMS)
+    if sequence_models is None:
+        return names
+    return [n for n in names if n in ALGORITHMS and (ALGORITHMS[n].module.__name__ == SEQUENCE_MODULE) == sequence_models]
+
+
+def _sequence_runs(runs: list[RanTrial]) -> list[RanTrial]:
+    sequence = set(_algorithms(runs, sequence_models=True))
+    return [r for r in runs if r.algorithm in sequence]
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- the known differences -----------------------------------------------------------------------------------
+
+def _whole_trajectories(runs: list[RanTrial]) -> str | None:
+    algorithms = _algorithms(runs, sequence_models=True)
+    if not algorithms:
+        return None
+    return (f"The sequence models ({_names(algorithms)}) train on every trajectory of their data. LaMo's "
+            f"experiment.py negates the "
+            f"returns before sorting and stops its pct_traj loop one trajectory early (a strict <), so it drops "
+            f"the highest-return trajectory even at pct_traj = 1; that off-by-one is not reproduced.")
+
+
+def _episode_boundaries(runs: list[RanTrial]) -> str | None:
+    files = [t.name for t in _tasks(runs) if t.generated_by is None]
+    if not files:
+        return None
+    return (f"Episodes of the D4RL files ({_names(files)}) end where terminals OR timeouts is set. LaMo's "
+            f"download_d4rl_datasets.py reads d4rl.qlearning_dataset, which has no timeouts and drops the last "
+            f"step of every timed-out episode, and cuts every 1000 steps instead, so its trajectories can run "
+            f"across two episodes.")
+
+
+def _seeded_subsets(runs: list[RanTrial]) -> str | None:
+    ratios = sorted({r.ratio for r in runs if r.ratio < 1})
+    if not ratios:
+        return None
+    shown = ", ".join(f"{100 * r:g}%" for r in ratios)
+    return (f"Data ratios {shown}: each task x ratio x seed trains on its own subset of whole trajectories, drawn "
+            f"without replacement by a generator seeded from (dataset, ratio, seed), so seeds differ in data as "
+            f"well as in initialisation. LaMo's ratio_dataset.py draws one subset per task and ratio with "
+            f"Python's unseeded random.sample, and every seed trains on that one subset.")
+
+
+def _locomotion_simulator(runs: list[RanTrial]) -> str | None:
+    tasks = [t for t in _tasks(runs) if t.domain == "locomotion"]
+    if not tasks:
+        return None
+    text = (f"Locomotion ({_names(t.name for t in tasks)}) is evaluated on Gymnasium MuJoCo v5 "
+            f"({_names(t.env_id for t in tasks)}, MuJoCo 3 bindings), where LaMo and D4RL use gym's mujoco-py -v2 "
+            f"environments (MuJoCo 2.1): another physics build, so one policy need not score the same on both.")
+    if any(t.env_id.startswith("Walker2d") for t in tasks):
+        text += " Walker2d-v5 loads the v2 model (walker2d.xml, right-foot friction 0.9) the D4RL data was made with."
+    return text
+
+
+def _reacher2d_simulator(runs: list[RanTrial]) -> str | None:
+    tasks = [t.name for t in _tasks(runs) if t.domain == "reacher2d"]
+    if not tasks:
+        return None
+    return (f"Reacher2d ({_names(tasks)}) runs on this project's Gymnasium MuJoCo port of LaMo's task "
+            f"(trainers/envs/reacher2d.py), not on LaMo's gym/mujoco-py Reacher2dEnv.")
+
+
+def _kitchen_simulator(runs: list[RanTrial]) -> str | None:
+    tasks = [t.name for t in _tasks(runs) if t.domain == "kitchen"]
+    if not tasks:
+        return None
+    return (f"Kitchen ({_names(tasks)}) is evaluated on Gymnasium-Robotics FrankaKitchen-v1 (MuJoCo 3, converted "
+            f"assets) presented in D4RL's 60-d observation layout, not D4RL's kitchen-*-v0 (MuJoCo 2.0, adept "
+            f"assets) that LaMo uses: contacts and observation-noise draws differ, so the data's actions do not "
+            f"replay identically.")
+
+
+def _generated_data(runs: list[RanTrial]) -> str | None:
+    parts = []
+    for task in _tasks(runs):
+        if task.generated_by is None:
+            continue
+        if task.domain == "reacher2d":
+            behaviour = f"a scripted controller at the '{task.generated_by}' noise level"
+            official = "LaMo's own reacher2d data, collected with PPO policies (data/data_generation_PPO)"
+        else:
+            behaviour = ("uniform random actions" if task.generated_by == "random"
+                         else f"a SAC policy trained online to a '{task.generated_by}' level")
+            official = f"D4RL's {task.name.removesuffix('-gen')}-v2"
+        parts.append(f"{task.name}: generated by this project with {behaviour} (python -m trainers.make_dataset), "
+                     f"not {official}")
+    return "; ".join(parts) + "." if parts else None
+
+
+def _evaluation_episodes(runs: list[RanTrial]) -> str | None:
+    by_count: dict[str, set[str]] = {}
+    for run in runs:
+        count = _number(run.config.get("eval_episodes"))
+        if count is not None and count != LAMO_EVAL_EPISODES:
+            by_count.setdefault(f"{count:g}", set()).add(run.algorithm)
+    if not by_count:
+        return None
+    shown = "; ".join(f"{count} ({_names(_in_order(algorithms, ALGORITHMS))})"
+                      for count, algorithms in sorted(by_count.items(), key=lambda kv: float(kv[0])))
+    return (f"Evaluation episodes per target return and evaluation: {shown}. LaMo evaluates "
+            f"{LAMO_EVAL_EPISODES}; fewer episodes make each evaluation noisier.")
+
+
+def _preset_values(algorithm: str, task: str) -> dict[str, str]:
+    """The algorithm's preset for the task (kitchen settings included), as the tracking layout logs values."""
+    config = make_config(algorithm, task=TASKS.get(task))
+    values = json.loads(json.dumps(dataclasses.asdict(config)))  # as the trial record holds them (lists, None)
+    return {name: str(value) for name, value in values.items()}
+
+
+def _changed_settings(runs: list[RanTrial]) -> str | None:
+    changed: dict[str, dict[str, tuple[set[str], str]]] = {}  # algorithm -> field -> (values run, preset value)
+    presets: dict[tuple[str, str], dict[str, str]] = {}
+    for run in runs:
+        if run.algorithm not in ALGORITHMS:
+            continue
+        preset = presets.get((run.algorithm, run.task))
+        if preset is None:
+            preset = presets[run.algorithm, run.task] = _preset_values(run.algorithm, run.task)
+        for name, default in preset.items():
+            value = run.config.get(name)
+            if value is not None and value != default:
+                changed.setdefault(run.algorithm, {}).setdefault(name, (set(), default))[0].add(value)
+    if not changed:
+        return None
+    parts = []
+    for algorithm in _in_order(changed, ALGORITHMS):
+        settings = ", ".join(f"{name} {' / '.join(sorted(values))} (preset {default})"
+                             for name, (values, default) in changed[algorithm].items())
+        parts.append(f"{algorithm}: {settings}")
+    return ("Settings changed from each algorithm's preset (whose comments cite the paper or reference code for "
+            "each value): "
+            + "; ".join(parts) + ".")
+
+
+def _language_pass_skipped(runs: list[RanTrial]) -> str | None:
+    algorithms = {r.algorithm for r in _sequence_runs(runs)
+                  if _number(r.config.get("lm_coef")) == 0 and r.config.get("backbone") not in (None, "None")}
+    if not algorithms:
+        return None
+    return (f"Without LaMo's language loss (lm_coef 0: {_names(_in_order(algorithms, ALGORITHMS))}) the language "
+            f"model's forward pass is skipped; LaMo's seq_trainer.py computes it every step and leaves it out of "
+            f"the loss (compute only, but it draws dropout randomness).")
+
+
+def _mixed_precision(runs: list[RanTrial]) -> str | None:
+    algorithms = {r.algorithm for r in runs if r.config.get("precision") == "bf16"
+                  or (r.config.get("precision") == "auto" and r.gpu_hours > 0)}
+    if not algorithms:
+        return None
+    return (f"bf16 autocast on GPU ({_names(_in_order(algorithms, ALGORITHMS))}), where LaMo trains in float32 "
+            f"(its --fp16 flag is off).")
+
+
+def _seeded_evaluation(runs: list[RanTrial]) -> str | None:
+    return ("Every evaluation episode is seeded (from trial.eval_seed and the trial's seed), so evaluations "
+            "are reproducible; LaMo's evaluation resets its environment unseeded.") if runs else None
+
+
+KNOWN_DIFFERENCES: list[KnownDifference] = [
+    KnownDifference("training data: whole trajectories",
+                    "LaMo code: experiment-d4rl/experiment.py (pct_traj selection); trainers/sequence_trainer.py",
+                    _whole_trajectories),
+    KnownDifference("training data: episode boundaries",
+                    "LaMo code: data/download_d4rl_datasets.py; trainers/datasets.py (split_episodes)",
+                    _episode_boundaries),
+    KnownDifference("training data: seeded subsets",
+                    "LaMo code: data/mujoco/ratio_dataset.py, data/kitchen/ratio_dataset.py; trainers/datasets.py "
+                    "(subsample_trajectories)", _seeded_subsets),
+    KnownDifference("training data: generated",
+                    "trainers/make_dataset.py; trainers/tasks.py (Task.generated_by); LaMo code: "
+                    "data/data_generation_PPO", _generated_data),
+    KnownDifference("settings",
+                    "trainers/sequence_trainer.py (Config, PRESETS: LaMo's run.sh and appendix); baselines/<name>.py "
+                    "(Config: each field cites its reference); the runs' trial records", _changed_settings),
+    KnownDifference("language model",
+                    "LaMo code: experiment-d4rl/decision_transformer/training/seq_trainer.py (train_step); "
+                    "trainers/sequence_trainer.py", _language_pass_skipped),
+    KnownDifference("numerics", "LaMo code: experiment-d4rl/experiment.py (--fp16); trainers/sequence_trainer.py "
+                    "(precision)", _mixed_precision),
+    KnownDifference("simulator: locomotion",
+                    "trainers/tasks.py; LaMo code: experiment-d4rl/experiment.py (gym.make('<env>-medium-v2'))",
+                    _locomotion_simulator),
+    KnownDifference("simulator: kitchen",
+                    "trainers/envs/kitchen.py (module docstring lists every difference); LaMo code: "
+                    "experiment-d4rl/experiment.py (gym.make('kitchen-complete-v0'))", _kitchen_simulator),
+    KnownDifference("simulator: reacher2d",
+                    "trainers/envs/reacher2d.py; LaMo code: code/decision_transformer/envs/reacher_2d.py",
+                    _reacher2d_simulator),
+    KnownDifference("evaluation: episodes",
+                    "LaMo code: experiment-d4rl/run.sh (num_eval_episodes=20); the runs' config.eval_episodes",
+                    _evaluation_episodes),
+    KnownDifference("evaluation: seeds",
+                    "trainers/evaluation.py (episode_seeds); LaMo code: "
+                    "experiment-d4rl/decision_transformer/evaluation/evaluate_episodes.py (env.reset())",
+                    _seeded_evaluation),
+]
+
+
+def fidelity_notes(runs: list[RanTrial]) -> list[FidelityNote]:
+    """The known differences that concern these runs, in the table's order, each saying how."""
+    runs = list(runs)
+    notes = []
+    for difference in KNOWN_DIFFERENCES:
+        text = difference.describe(runs)
+        if text:
+            notes.append(FidelityNote(difference.topic, text, difference.source))
+    return notes
