@@ -42,6 +42,7 @@ class Config(TrainingConfig):
     lr: PositiveFloat = 1e-3  # DiscreteBCConfig.learning_rate (Adam, d3rlpy's default betas and eps)
     beta: NonNegativeFloat = 0.5  # DiscreteBCConfig.beta: weight of the mean squared logit
     feature_size: PositiveInt = 512  # PixelEncoderFactory.feature_size
+    cnn_channels: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 64)  # PixelEncoderFactory.filters (Nature)
 
 
 PRESETS = {"bc": {}, "bc_10": {"top_fraction": 0.1}}
@@ -56,7 +57,7 @@ class DiscreteBC(DiscreteOfflineAlgorithm):
             dataset = top_fraction_by_return(dataset, config.top_fraction)
         super().__init__(config, setup, dataset)
         with seeded_init(setup.seed):
-            self.network = PixelNetwork(self.frame_stack, self.num_actions, config.feature_size)
+            self.network = PixelNetwork(self.frame_stack, self.num_actions, config.feature_size, config.cnn_channels)
         self.network.to(self.device)
         self.optimizers = {"policy": make_adam([{"params": self.network.parameters(), "lr": config.lr}],
                                                self.device)}

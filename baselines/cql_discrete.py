@@ -50,6 +50,7 @@ class Config(TrainingConfig):
     target_update_interval: PositiveInt = 8000  # DiscreteCQLConfig.target_update_interval (hard copy)
     cql_alpha: NonNegativeFloat = 1.0  # DiscreteCQLConfig.alpha, weight of the conservative term
     feature_size: PositiveInt = 512  # PixelEncoderFactory.feature_size
+    cnn_channels: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 64)  # PixelEncoderFactory.filters (Nature)
 
 
 class DiscreteCQL(DiscreteOfflineAlgorithm):
@@ -58,7 +59,7 @@ class DiscreteCQL(DiscreteOfflineAlgorithm):
     def __init__(self, config: Config, setup: TrainingSetup):
         super().__init__(config, setup, setup.dataset)
         with seeded_init(setup.seed):
-            self.network = PixelNetwork(self.frame_stack, self.num_actions, config.feature_size)
+            self.network = PixelNetwork(self.frame_stack, self.num_actions, config.feature_size, config.cnn_channels)
         self.network.to(self.device)
         self.target_network = frozen_copy(self.network)
         self.optimizers = {"q": make_adam([{"params": self.network.parameters(), "lr": config.learning_rate}],

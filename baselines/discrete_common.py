@@ -19,7 +19,7 @@ from torch import nn
 
 from baselines.common import OfflineAlgorithm, make_generator
 from trainers.algorithm import StatelessPolicy, TrainingSetup
-from trainers.atari_model import NATURE_CNN_FEATURES, nature_cnn, scale_frames
+from trainers.atari_model import CNN_OUTPUT_SIZE, NATURE_CNN_CHANNELS, nature_cnn, scale_frames
 from trainers.datasets import TrajectoryDataset
 from trainers.samplers import TransitionSampler
 
@@ -40,12 +40,13 @@ def require_discrete_frames(algorithm: str, setup: TrainingSetup) -> tuple[int, 
 
 
 class PixelNetwork(nn.Module):
-    """(B, S, 84, 84) uint8 → (B, outputs): Nature CNN → Linear(3136, feature_size) → ReLU → Linear."""
+    """(B, S, 84, 84) uint8 → (B, outputs): Nature CNN → Linear(→ feature_size) → ReLU → Linear."""
 
-    def __init__(self, frame_stack: int, outputs: int, feature_size: int = 512):
+    def __init__(self, frame_stack: int, outputs: int, feature_size: int = 512,
+                 channels: tuple[int, int, int] = NATURE_CNN_CHANNELS):
         super().__init__()
-        self.encoder = nn.Sequential(nature_cnn(frame_stack), nn.Linear(NATURE_CNN_FEATURES, feature_size),
-                                     nn.ReLU())
+        self.encoder = nn.Sequential(nature_cnn(frame_stack, channels),
+                                     nn.Linear(channels[-1] * CNN_OUTPUT_SIZE, feature_size), nn.ReLU())
         self.head = nn.Linear(feature_size, outputs)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

@@ -273,17 +273,21 @@ def read_dqn_replay(reader: DQNReplay, run_dir: Path) -> TrajectoryDataset:
 Behaviour = Callable[[np.ndarray, np.ndarray], int]  # (frame, console RAM) -> action id
 
 
-def breakout_follower(rng: np.random.Generator, epsilon: float, offset: int = 8) -> Behaviour:
-    """FIRE while no ball is in play, else move the paddle under the ball (RAM 72 paddle x, 99 ball x,
-    101 ball y); a uniform random action with probability ε. Offset 8 aims the paddle's middle."""
+def breakout_follower(rng: np.random.Generator, epsilon: float, offset: int = 8, dead_zone: int = 6
+                      ) -> Behaviour:
+    """Move the paddle when the ball is more than `dead_zone` from its middle (RAM 72 paddle x, 99 ball x,
+    101 ball y; offset 8 aims the middle), else FIRE, as also when no ball is in play; a uniform random action
+    with probability ε. FIRE only serves in Breakout, a no-op during play: as the "stay" action it is the most
+    common one (≈ 50 %), so serving is never a rare action a cloned policy could miss and then wait out the
+    horizon. (Measured, 6 episodes at ε 0.1: dead zone 2 scores 35, 6 scores 54.)"""
     def act(frame: np.ndarray, ram: np.ndarray) -> int:
         if rng.random() < epsilon:
             return int(rng.integers(4))
         paddle, ball_x, ball_y = int(ram[72]), int(ram[99]), int(ram[101])
         if ball_y == 0:
-            return 1  # FIRE
+            return 1  # FIRE: serve
         gap = ball_x - (paddle + offset)
-        return 2 if gap > 2 else 3 if gap < -2 else 0  # RIGHT, LEFT, NOOP
+        return 2 if gap > dead_zone else 3 if gap < -dead_zone else 1  # RIGHT, LEFT, FIRE (stay)
 
     return act
 

@@ -29,16 +29,18 @@ from torch.nn import functional as F
 from trainers.gpt2 import GPT2
 from trainers.trajectory_model import ResidualMLPEmbedding
 
-FRAME_SIZE = 84
-NATURE_CNN_FEATURES = 64 * 7 * 7  # the third convolution's output on an 84×84 frame stack
+NATURE_CNN_CHANNELS = (32, 64, 64)
+CNN_OUTPUT_SIZE = 7 * 7  # the third convolution's output on an 84×84 frame stack, per channel
 
 
-def nature_cnn(in_channels: int) -> nn.Sequential:
-    """The convolutional trunk of the Nature DQN (Mnih et al. 2015): (B, C, 84, 84) → (B, 3136)."""
+def nature_cnn(in_channels: int, channels: tuple[int, int, int] = NATURE_CNN_CHANNELS) -> nn.Sequential:
+    """The convolutional trunk of the Nature DQN (Mnih et al. 2015): (B, C, 84, 84) → (B, channels[-1] · 49);
+    kernels 8/4/3 and strides 4/2/1; the channel counts are a setting (LaMo's config.yaml model.cnn_channels)."""
+    first, second, third = channels
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, kernel_size=8, stride=4), nn.ReLU(),
-        nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
-        nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+        nn.Conv2d(in_channels, first, kernel_size=8, stride=4), nn.ReLU(),
+        nn.Conv2d(first, second, kernel_size=4, stride=2), nn.ReLU(),
+        nn.Conv2d(second, third, kernel_size=3, stride=1), nn.ReLU(),
         nn.Flatten(),
     )
 
@@ -70,6 +72,7 @@ class AtariTrajectoryModelConfig:
     n_embd: int = 768
     embedding: Literal["linear", "mlp"] = "mlp"  # LaMo (run.sh model.mlp_embedding=1): residual MLP blocks
     positional_embeddings: bool = True  # add the backbone's wpe, as GPT2Model(inputs_embeds=...) does
+    cnn_channels: tuple[int, int, int] = NATURE_CNN_CHANNELS
 
 
 class AtariTrajectoryTransformer(nn.Module):
@@ -78,7 +81,8 @@ class AtariTrajectoryTransformer(nn.Module):
         self.config = config
         self.backbone = backbone  # a GPT2, possibly wrapped by peft
         width, mlp = config.n_embd, config.embedding == "mlp"
-        state = [nature_cnn(config.frame_stack), nn.Linear(NATURE_CNN_FEATURES, width)]
+        cnn_features = config.cnn_channels[-1] * CNN_OUTPUT_SIZE
+        state = [nature_cnn(config.frame_stack, config.cnn_channels), nn.Linear(cnn_features, width)]
         self.embed_state = nn.Sequential(*state, ResidualMLPEmbedding(width, width)) if mlp else nn.Sequential(*state)
         self.embed_action = (ResidualActionEmbedding(config.num_actions, width) if mlp
                              else nn.Embedding(config.num_actions, width))

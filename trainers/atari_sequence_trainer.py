@@ -82,6 +82,7 @@ class Config(TrainingConfig):
     context_len: PositiveInt | None = None  # K; None = the task's (30, config.yaml model.context_len)
     embedding: Literal["linear", "mlp"] = "mlp"  # run.sh model.mlp_embedding=1
     positional_embeddings: bool = True  # GPT-2's wpe added (GPT2Model with inputs_embeds)
+    cnn_channels: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 64)  # config.yaml model.cnn_channels
     # --- adaptation (run.sh use_adapt=1, use_lora=1, lora_attn_dim=32; model.py LoraConfig(r=α=32)) ---
     adaptation: Literal["lora", "full"] = "lora"  # lora: backbone frozen, embeddings and head trained
     lora_r: PositiveInt = 32
@@ -190,7 +191,7 @@ class AtariSequenceModelAlgorithm:
         model_config = AtariTrajectoryModelConfig(
             num_actions=num_actions, frame_stack=frame_stack, context_len=self.context_len,
             max_timestep=task.horizon, n_embd=backbone.config.n_embd, embedding=config.embedding,
-            positional_embeddings=config.positional_embeddings)
+            positional_embeddings=config.positional_embeddings, cnn_channels=config.cnn_channels)
         self.model = AtariTrajectoryTransformer(model_config, backbone).to(device)
         self.objective: nn.Module = TrainingObjective(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
