@@ -468,6 +468,25 @@ def test_discrete_modules_refuse_continuous_tasks():
         build_algorithm("cql", config, setup_for(task=hopper))
 
 
+@pytest.mark.parametrize("name, overrides", [
+    ("bc", {"batch_size": 4}),
+    ("cql", {"batch_size": 4, "target_update_interval": 2}),  # target copies at updates 2 and 4
+    ("dt", {"batch_size": 2, "context_len": 3, "n_embd": 32, "n_layer": 1, "n_head": 2, "dropout": 0.0}),
+])
+def test_discrete_algorithms_resume_exactly_from_a_checkpoint(generated, name, overrides):
+    dataset = DQNReplay("breakout", checkpoints=(10,)).load(path=generated[0])
+    config = make_config(name, overrides, task=TASK)
+    first = build_algorithm(name, config, setup_for(dataset))
+    rng = np.random.default_rng(0)
+    batches = [to_torch(first.sampler.sample(config.batch_size, rng), "cpu") for _ in range(4)]
+    for batch in batches[:2]:
+        first.update(batch)
+    resumed = build_algorithm(name, config, setup_for(dataset, seed=5))
+    resumed.load_state_dict(first.state_dict())
+    for batch in batches[2:]:
+        assert first.update(batch) == resumed.update(batch)
+
+
 # --- evaluation on the real emulator ------------------------------------------------------------------------
 
 

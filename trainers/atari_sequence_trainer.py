@@ -28,6 +28,7 @@ Deviations from LaMo's Atari code, each for a stated reason:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -249,8 +250,10 @@ class AtariSequenceModelAlgorithm:
         return {names[id(p)]: p.detach() for p in self.trainable}
 
     def state_dict(self) -> dict:
+        """A snapshot: later updates do not change it (the optimizer's moments are copied too)."""
         return {"model": {k: v.clone() for k, v in self.trainable_state().items()},
-                "optimizer": self.optimizer.state_dict(), "step": self.step, "tokens_seen": self.tokens_seen,
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "step": self.step,
+                "tokens_seen": self.tokens_seen,
                 "final_tokens": self.final_tokens,
                 "language_rng": self.language.rng_state() if self.language is not None else None}
 
