@@ -14,6 +14,9 @@ Data ratios are trajectory-level samples without replacement whose random genera
 (dataset identity, ratio, seed), so one cell of a sweep trains on the same trajectories on every machine.
 The official LaMo code drew its subsets from the unseeded global RNG and split episodes across file
 boundaries; neither is reproduced here.
+
+Atari's DQN Replay layout (gz .npy checkpoints of uint8 frames) is read by trainers/atari_data.py into the same
+TrajectoryDataset (with `frame_stack` set); a task names such a reader in its `dataset_reader`.
 """
 
 from __future__ import annotations
@@ -94,6 +97,14 @@ class TrajectoryDataset:
     metadata: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
     notes: tuple[str, ...] = ()  # what was done to the file's episode flags, and why
+    # --- image datasets (Atari, trainers/atari_data.py) ---
+    # None: `observations` are the states (N, obs_dim) float32. An int: `observations` are single frames
+    # (N, H, W) uint8 with (N,) integer actions, and the state at a step is its episode's last `frame_stack`
+    # frames, zero-padded before the episode's first frame; the samplers stack them when a batch is drawn.
+    frame_stack: int | None = None
+    # How a data ratio draws its trajectories: "uniform" (LaMo's D4RL code) or "length", with probability
+    # proportional to trajectory length (LaMo's Atari code, experiment-atari/buffer.py ratio_dataset).
+    ratio_sampling: Literal["uniform", "length"] = "uniform"
 
     def __post_init__(self) -> None:
         if self.episode_ids is None:
@@ -132,8 +143,17 @@ class TrajectoryDataset:
         before = np.concatenate([[0.0], cumulative[:-1]])
         return np.repeat(end_totals, self.episodes.lengths) - before
 
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of one state: (obs_dim,), or (frame_stack, H, W) for an image dataset."""
+        if self.frame_stack is None:
+            return tuple(self.observations.shape[1:])
+        return (self.frame_stack, *self.observations.shape[1:])
+
     def state_statistics(self, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std of the observations of this (sub)set, LaMo's normalization convention."""
+        if self.frame_stack is not None:
+            raise ValueError(f"{self.name}: image frames are scaled by 1/255, not standardised")
         obs = self.observations.astype(np.float64)
         return obs.mean(0).astype(np.float32), (obs.std(0) + eps).astype(np.float32)
 
@@ -168,6 +188,8 @@ def candidate_paths(dataset_file: str, path: str | os.PathLike | None = None) ->
 
 
 def resolve_dataset_path(task: Task, path: str | os.PathLike | None = None) -> Path:
+    if task.dataset_reader is not None:  # another layout (Atari: DQN Replay, trainers/atari_data.py)
+        return task.dataset_reader.resolve(path)
     tried = candidate_paths(task.dataset_file, path)
     for candidate in tried:
         if candidate.is_file():
@@ -319,6 +341,8 @@ def load_task_dataset(task: Task, path: str | os.PathLike | None = None,
     """The dataset of a task (the d4rl cache convention unless a path is given), validated against the task's
     spaces and horizon. Read once per process for an unchanged file: trials that follow each other in one
     process (Ray reuses a sweep's trial actors) share it."""
+    if task.dataset_reader is not None:  # another layout (Atari: DQN Replay, trainers/atari_data.py)
+        return task.dataset_reader.load(task, path)
     resolved = resolve_dataset_path(task, path).resolve()
     stat = resolved.stat()
     return _load_cached(str(resolved), stat.st_size, stat.st_mtime_ns, task.name, long_episodes)
@@ -407,7 +431,8 @@ def subset_seed(dataset_name: str, num_episodes: int, ratio: float, seed: int) -
 
 
 def subsample_trajectories(dataset: TrajectoryDataset, ratio: float, seed: int) -> TrajectoryDataset:
-    """Keep floor(ratio · E) whole trajectories drawn without replacement; the kept ids are `episode_ids`."""
+    """Keep floor(ratio · E) whole trajectories drawn without replacement (uniformly, or in proportion to their
+    length when the dataset's `ratio_sampling` says so); the kept ids are `episode_ids`."""
     if not 0.0 < ratio <= 1.0:
         raise DatasetError(f"data ratio must be in (0, 1], got {ratio}")
     total = dataset.num_episodes
@@ -419,7 +444,11 @@ def subsample_trajectories(dataset: TrajectoryDataset, ratio: float, seed: int) 
                            f"trajectories, so the smallest usable ratio is {1 / total:.6g}")
     rng = np.random.default_rng(subset_seed(dataset.name, total, ratio, seed))
     # Sorted so the subset keeps the file's order; which ids are chosen depends only on the seed.
-    positions = np.sort(rng.choice(total, size=count, replace=False))
+    if dataset.ratio_sampling == "length":
+        lengths = dataset.episodes.lengths
+        positions = np.sort(rng.choice(total, size=count, replace=False, p=lengths / lengths.sum()))
+    else:
+        positions = np.sort(rng.choice(total, size=count, replace=False))
     return dataset.select_episodes(positions)
 
 

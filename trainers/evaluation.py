@@ -85,7 +85,10 @@ class EvaluationResult:
         return path
 
 
-def _clip(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+def _clip(actions: np.ndarray, space: gym.Space) -> np.ndarray:
+    """Continuous actions clipped to the box; Discrete ids (Atari) are passed on as integers, never clipped."""
+    if isinstance(space, gym.spaces.Discrete):
+        return np.asarray(actions).astype(np.int64, copy=False)
     return np.clip(actions, space.low, space.high)
 
 

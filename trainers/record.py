@@ -67,7 +67,7 @@ class TrialRecord:
 
     def algorithm_config(self) -> TrainingConfig:
         """The algorithm's Config object, exactly as resolved when the record was made."""
-        return config_from_dict(self.algorithm, self.config)
+        return config_from_dict(self.algorithm, self.config, get_task(self.task))  # the task picks the module
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,7 +90,7 @@ class TrialRecord:
 
     def with_sample(self, sampled: dict[str, Any]) -> TrialRecord:
         """A search sample of this trial: the sampled hyperparameters over its config, named by their hash."""
-        config = config_from_dict(self.algorithm, self.config | sampled)  # checks the sampled values
+        config = config_from_dict(self.algorithm, self.config | sampled, get_task(self.task))  # checks the values
         digest = hashlib.sha256(json.dumps(sampled, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return dataclasses.replace(self, trial_id=f"{self.trial_id}.h{digest}", config=_json_values(config),
                                    sampled=dict(sampled))
@@ -126,7 +126,7 @@ def make_record(algorithm: str, task: str, ratio: float = 1.0, seed: int = 0,
         source = resolve_dataset_path(found, dataset_path)
     except DatasetError:
         source = candidate_paths(found.dataset_file, dataset_path)[0]
-    name = Path(found.dataset_file).stem
+    name = found.dataset_name
     return TrialRecord(trial_id=trial_id_of(algorithm, task, ratio, seed), algorithm=algorithm, task=task,
                        domain=found.domain, ratio=float(ratio), seed=int(seed), config=_json_values(config),
                        dataset=DatasetIdentity(name=name, source=str(Path(source).resolve())), sweep_id=sweep_id,

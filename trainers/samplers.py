@@ -2,6 +2,11 @@
 
 Both are vectorised NumPy gathers: everything per-step (normalized states, returns-to-go, timesteps) is
 computed once at construction, so a batch costs a few fancy-indexing operations and no Python loop.
+
+Image datasets (Atari: `dataset.frame_stack` set) keep their single uint8 frames; `FrameStacks` builds each
+state from the last `frame_stack` frames of its episode when a batch is drawn, and a window's K states are a
+strided view over K + frame_stack − 1 gathered frames, so no frame is copied twice. Their actions are integer
+ids, padded with 0 (masked like every padded position).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ PAD_ACTION = -10.0
 
 @dataclass
 class WindowBatch:
-    states: np.ndarray  # (B, K, obs_dim) float32, normalized; zeros where padded
-    actions: np.ndarray  # (B, K, act_dim) float32; PAD_ACTION where padded
+    # (B, K, obs_dim) float32, normalized, zeros where padded; image datasets: (B, K, frame_stack, H, W) uint8,
+    # a strided view (padded positions hold the frames before the window: masked, never used)
+    states: np.ndarray
+    actions: np.ndarray  # (B, K, act_dim) float32, PAD_ACTION where padded; discrete: (B, K) int64, 0 where padded
     rewards: np.ndarray  # (B, K) float32
     returns_to_go: np.ndarray  # (B, K) float32, divided by the task's return scale
     timesteps: np.ndarray  # (B, K) int64, absolute step within the episode
@@ -30,10 +37,10 @@ class WindowBatch:
 
 @dataclass
 class TransitionBatch:
-    observations: np.ndarray  # (B, obs_dim) float32
-    actions: np.ndarray  # (B, act_dim) float32
+    observations: np.ndarray  # (B, obs_dim) float32; image datasets: (B, frame_stack, H, W) uint8
+    actions: np.ndarray  # (B, act_dim) float32; discrete: (B,) int64
     rewards: np.ndarray  # (B,) float32
-    next_observations: np.ndarray  # (B, obs_dim) float32
+    next_observations: np.ndarray  # like observations
     dones: np.ndarray  # (B,) float32: 1 only for true terminals, never for timeouts
 
 
@@ -44,6 +51,42 @@ def to_torch(batch: BatchT, device: torch.device | str) -> BatchT:
     """The same batch with every field a torch tensor on `device` (bool masks stay bool)."""
     return replace(batch, **{f.name: torch.from_numpy(getattr(batch, f.name)).to(device, non_blocking=True)
                              for f in fields(batch)})
+
+
+class FrameStacks:
+    """The states of an image dataset, stacked on demand: the state at step t is frames t − S + 1 … t of its
+    episode (S = frame_stack), with zero frames before the episode's first (LaMo's buffer, d4rl-atari `_stack`)."""
+
+    def __init__(self, dataset: TrajectoryDataset):
+        self.frames = dataset.observations  # (N, H, W) uint8, shared, never copied whole
+        self.stack = int(dataset.frame_stack)
+        self.episode_start = np.repeat(dataset.episodes.starts, dataset.episodes.lengths)
+
+    def _gather(self, steps: np.ndarray, episode_start: np.ndarray) -> np.ndarray:
+        """Frames at `steps` (any shape), zero where a step lies before its episode's start."""
+        out = self.frames[np.maximum(steps, 0)]
+        out[steps < episode_start] = 0
+        return out
+
+    def at(self, index: np.ndarray) -> np.ndarray:
+        """(B,) step indices → (B, S, H, W) uint8 states."""
+        steps = index[:, None] + np.arange(1 - self.stack, 1)
+        return self._gather(steps, self.episode_start[index][:, None])
+
+    def windows(self, first: np.ndarray, last: np.ndarray, context_len: int) -> np.ndarray:
+        """(B, K, S, H, W) uint8 states of K consecutive positions ending at step `last` (inclusive) of each
+        window; positions before the window's `first` step are padding (whatever frames precede it). One gather
+        of K + S − 1 frames per window, then a strided view that stacks them without copying."""
+        k, s = context_len, self.stack
+        steps = (last - (k + s - 2))[:, None] + np.arange(k + s - 1)
+        buffer = self._gather(steps, self.episode_start[first][:, None])  # (B, K + S − 1, H, W)
+        b, t, h, w = buffer.strides
+        return np.lib.stride_tricks.as_strided(buffer, shape=(len(first), k, s, *buffer.shape[2:]),
+                                               strides=(b, t, t, h, w))
+
+
+def _action_pad(actions: np.ndarray) -> float | int:
+    return PAD_ACTION if np.issubdtype(actions.dtype, np.floating) else 0
 
 
 class WindowSampler:
@@ -60,11 +103,13 @@ class WindowSampler:
                  max_timestep: int | None = None):
         if context_len < 1:
             raise ValueError(f"context_len must be ≥ 1, got {context_len}")
-        if state_mean is None or state_std is None:
-            state_mean, state_std = dataset.state_statistics()
         self.context_len = context_len
+        self._frames = FrameStacks(dataset) if dataset.frame_stack is not None else None
+        if self._frames is None:
+            if state_mean is None or state_std is None:
+                state_mean, state_std = dataset.state_statistics()
+            self._states = ((dataset.observations - state_mean) / state_std).astype(np.float32)
         self.state_mean, self.state_std = state_mean, state_std
-        self._states = ((dataset.observations - state_mean) / state_std).astype(np.float32)
         self._actions = dataset.actions
         self._rewards = dataset.rewards
         self._returns_to_go = (dataset.returns_to_go() / return_scale).astype(np.float32)
@@ -89,8 +134,12 @@ class WindowSampler:
             out[~mask] = pad
             return out
 
+        if self._frames is not None:
+            states = self._frames.windows(start, start + length - 1, k)
+        else:
+            states = gather(self._states, 0.0)
         return WindowBatch(
-            states=gather(self._states, 0.0), actions=gather(self._actions, PAD_ACTION),
+            states=states, actions=gather(self._actions, _action_pad(self._actions)),
             rewards=gather(self._rewards, 0.0), returns_to_go=gather(self._returns_to_go, 0.0),
             timesteps=gather(self._timesteps, 0), mask=mask,
         )
@@ -116,6 +165,7 @@ class TransitionSampler:
         if len(self._valid) == 0:
             raise ValueError(f"{dataset.name}: no transition has a next observation")
         self._dataset = dataset
+        self._frames = FrameStacks(dataset) if dataset.frame_stack is not None else None
 
     def __len__(self) -> int:
         return len(self._valid)
@@ -123,9 +173,13 @@ class TransitionSampler:
     def sample(self, batch_size: int, rng: np.random.Generator) -> TransitionBatch:
         index = self._valid[rng.integers(0, len(self._valid), size=batch_size)]
         d = self._dataset
-        next_observations = (self._next_observations[index] if self._next_observations is not None
-                             else d.observations[self._next_index[index]])
+        if self._frames is not None:  # image states, stacked now (an image dataset has no next_observations)
+            observations, next_observations = self._frames.at(index), self._frames.at(self._next_index[index])
+        else:
+            observations = d.observations[index]
+            next_observations = (self._next_observations[index] if self._next_observations is not None
+                                 else d.observations[self._next_index[index]])
         return TransitionBatch(
-            observations=d.observations[index], actions=d.actions[index], rewards=d.rewards[index],
+            observations=observations, actions=d.actions[index], rewards=d.rewards[index],
             next_observations=next_observations, dones=d.terminals[index].astype(np.float32),
         )

@@ -10,13 +10,34 @@ their scale and the context length K are LaMo's (its experiment.py and the paper
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import gymnasium as gym
 
+from trainers.atari_data import DQNReplay
+from trainers.envs.atari import GAMES, make_atari_env
+
+if TYPE_CHECKING:
+    from trainers.datasets import TrajectoryDataset
+
 Domain = Literal["locomotion", "kitchen", "reacher2d", "atari"]
+
+
+class DatasetReader(Protocol):
+    """A dataset layout other than D4RL's hdf5 file (Atari's DQN Replay: trainers/atari_data.py)."""
+
+    name: str  # dataset identity, seeds the data-ratio subsets
+
+    def resolve(self, path: str | os.PathLike | None = None) -> Path:
+        """Where the data is; DatasetError listing every place looked at when it is nowhere."""
+
+    def load(self, task: Task, path: str | os.PathLike | None = None) -> TrajectoryDataset:
+        """The validated dataset."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,13 @@ class Task:
     horizon: int  # maximum episode length
     context_len: int  # default K for sequence models
     generated_by: str | None = None  # behaviour level for `make_dataset`, None for external datasets
+    discrete_actions: bool = False  # a Discrete action space (Atari): the registry picks discrete algorithms
+    dataset_reader: DatasetReader | None = field(default=None, repr=False)  # None: D4RL hdf5 at dataset_file
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's identity (seeds data-ratio subsets): the reader's name, else the file's stem."""
+        return self.dataset_reader.name if self.dataset_reader is not None else Path(self.dataset_file).stem
 
     def normalized_score(self, episode_return: float) -> float:
         return normalized_score(episode_return, self.ref_min_score, self.ref_max_score)
@@ -125,3 +153,23 @@ for _flavour in ("complete", "partial"):
         horizon=280, context_len=20,
     ))
 
+
+# --- atari: the DQN Replay dataset as d4rl-atari reads it, ALE through Gymnasium's Atari wrappers ------------
+# Data, layout and the "medium" checkpoint: trainers/atari_data.py; games, environment, scores and targets:
+# trainers/envs/atari.py. Human-normalized score: 100 · (R − random) / (human − random). Returns-to-go are not
+# scaled (LaMo experiment-atari/cfgs/config.yaml model.reward_scale 1); K 30 (model.context_len 30).
+# `<game>-medium-gen` reads data this project generates with a scripted behaviour policy in the same layout
+# (`python -m trainers.atari_data generate`), kept apart from the real data's name and location.
+
+for _game in GAMES.values():
+    _common = dict(domain="atari", make_env=functools.partial(make_atari_env, _game.name),
+                   env_id=f"{_game.ale_name}NoFrameskip-v4", ref_min_score=_game.random_score,
+                   ref_max_score=_game.human_score, target_returns=_game.target_returns, return_scale=1.0,
+                   horizon=_game.horizon, context_len=30, discrete_actions=True)
+    _medium = DQNReplay(_game.name, run=1, checkpoints=(10,))  # d4rl-atari's "medium": checkpoint 10 of run 1
+    _register(Task(name=f"{_game.name}-medium", dataset_file=_medium.relative_dir, dataset_reader=_medium,
+                   **_common))
+    if _game.name in ("breakout", "pong"):  # the games with a scripted behaviour policy
+        _generated = DQNReplay(_game.name, run=1, checkpoints=(10,), generated=True)
+        _register(Task(name=f"{_game.name}-medium-gen", dataset_file=_generated.relative_dir,
+                       dataset_reader=_generated, **_common))
