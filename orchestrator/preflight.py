@@ -22,9 +22,9 @@ import gymnasium as gym
 from orchestrator.spec import SweepSpec
 from trainers.datasets import (
     DatasetError,
-    file_digest,
     forget_loaded_datasets,
     load_task_dataset,
+    source_digest,
     subsample_trajectories,
 )
 from trainers.record import TrialRecord
@@ -84,7 +84,7 @@ def _validate_datasets(records: list[TrialRecord], spec: SweepSpec, spec_file: P
     for (task_name, source), ratios_and_seeds in cells.items():
         task_spec = next(t for t in spec.tasks if t.name == task_name)
         where = _where_task(spec, spec_file, task_name)
-        if not Path(source).is_file():
+        if not Path(source).exists():
             field = "dataset" if task_spec.dataset else "(the d4rl cache convention)"
             try:  # the loader's own message lists where it looked and how to get the file
                 load_task_dataset(get_task(task_name), task_spec.dataset)
@@ -103,8 +103,9 @@ def _validate_datasets(records: list[TrialRecord], spec: SweepSpec, spec_file: P
             except DatasetError as error:
                 problems.append(f"{where}: ratio {ratio:g}: {error}")
         notes += [f"{source}: {note}" for note in dataset.notes]
+        digest, size = source_digest(source)
         identities[(task_name, source)] = {
-            "digest": file_digest(source), "size_bytes": Path(source).stat().st_size,
+            "digest": digest, "size_bytes": size,
             "episodes": dataset.num_episodes, "transitions": len(dataset), "notes": dataset.notes,
             "subsets": subsets}
     return identities, notes

@@ -133,9 +133,9 @@ def test_episodes_longer_than_the_horizon_are_split_and_said_or_refused(tmp_path
 def test_validation_fills_the_records_dataset_identity(tmp_path, reacher_medium_path):
     spec = load_spec(write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, ratios=[0.5, 1.0])))
     records, notes = validate_sweep_inputs(expand_trials(spec), spec, "sweep.yaml")
-    from trainers.datasets import file_digest
+    from trainers.datasets import source_digest
 
     assert notes == [] and len(records) == 4
-    assert {r.dataset.digest for r in records} == {file_digest(reacher_medium_path)}
+    assert {r.dataset.digest for r in records} == {source_digest(reacher_medium_path)[0]}
     assert {(r.ratio, r.dataset.subset_episodes) for r in records} == {(0.5, 30), (1.0, 60)}
     assert all(r.dataset.episodes == 60 and r.dataset.size_bytes > 0 for r in records)

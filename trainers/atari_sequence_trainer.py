@@ -78,6 +78,8 @@ class Config(TrainingConfig):
     n_layer: PositiveInt = 3  # only when backbone is None
     n_embd: PositiveInt | None = None  # model width; None = the backbone's (128 when built here)
     n_head: PositiveInt = 1  # only when backbone is None
+    # GPT-2 MLP activation, only when backbone is None (see the dt preset); a checkpoint uses its config's.
+    activation_function: Literal["relu", "gelu", "gelu_new", "gelu_pytorch_tanh"] | None = None
     dropout: Rate = 0.1  # GPT-2's own dropout (LaMo's drop_p 0.1 is passed to its model but never used)
     # --- trajectory model ---
     context_len: PositiveInt | None = None  # K; None = the task's (30, config.yaml model.context_len)
@@ -108,6 +110,9 @@ class Config(TrainingConfig):
         if self.backbone is None and self.lm_coef > 0:
             raise ValueError(f"lm_coef={self.lm_coef} needs a language model backbone (a hub id or a pre-trained "
                              f"directory), but backbone is None; set lm_coef to 0 or name a backbone")
+        if self.backbone is not None and self.activation_function is not None:
+            raise ValueError(f"activation_function={self.activation_function!r} applies only when backbone is None; "
+                             f"backbone {self.backbone!r} uses the activation its config names")
         return self
 
 
@@ -118,9 +123,10 @@ PRESETS: dict[str, dict] = {
     "lamo_full_ft": {"adaptation": "full"},
     "lamo_linear_emb": {"embedding": "linear"},
     # LaMo's code with pretrained_lm none: GPT2Config(n_layer=3, n_head=1, n_embed=128) — the misspelt n_embed
-    # leaves GPT-2's default width 768 in effect there; the intended 128 (DT's D4RL size) is used here.
-    "dt": {"backbone": None, "n_layer": 3, "n_head": 1, "n_embd": 128, "embedding": "linear",
-           "adaptation": "full"},
+    # leaves GPT-2's default width 768 in effect there; the intended 128 (DT's D4RL size) is used here. Its MLP
+    # keeps GPT2Config's default activation, gelu_new (LaMo's Atari code sets no activation_function).
+    "dt": {"backbone": None, "n_layer": 3, "n_head": 1, "n_embd": 128, "activation_function": "gelu_new",
+           "embedding": "linear", "adaptation": "full"},
     # Pre-trained GPT-2 fully fine-tuned with linear embeddings and LaMo's co-training weight (co_lambda 0.1).
     "wiki_rl": {"adaptation": "full", "embedding": "linear", "lm_coef": 0.1},
 }

@@ -363,13 +363,20 @@ def forget_loaded_datasets() -> None:
     _load_cached.cache_clear()
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def source_digest(path: str | os.PathLike) -> tuple[str, int]:
+    """(SHA-256, size in bytes) of a dataset's source: a file's bytes, or a directory's files (Atari's DQN
+    Replay checkpoints) with their relative paths, in path order; read in 8 MiB blocks."""
+    root = Path(path)
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    digest, size = hashlib.sha256(), 0
+    for file in files:
+        if root.is_dir():
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(8 << 20):
+                digest.update(block)
+                size += len(block)
+    return digest.hexdigest(), size
 
 
 def task_dims(task: Task) -> tuple[int, int]:

@@ -53,7 +53,7 @@ class Task:
     return_scale: float  # returns-to-go are divided by this before entering the model
     horizon: int  # maximum episode length
     context_len: int  # default K for sequence models
-    generated_by: str | None = None  # behaviour level for `make_dataset`, None for external datasets
+    generated_by: str | None = None  # behaviour level of the data this project generates; None: external data
     discrete_actions: bool = False  # a Discrete action space (Atari): the registry picks discrete algorithms
     dataset_reader: DatasetReader | None = field(default=None, repr=False)  # None: D4RL hdf5 at dataset_file
 
@@ -172,4 +172,4 @@ for _game in GAMES.values():
     if _game.name in ("breakout", "pong"):  # the games with a scripted behaviour policy
         _generated = DQNReplay(_game.name, run=1, checkpoints=(10,), generated=True)
         _register(Task(name=f"{_game.name}-medium-gen", dataset_file=_generated.relative_dir,
-                       dataset_reader=_generated, **_common))
+                       dataset_reader=_generated, generated_by="medium", **_common))
