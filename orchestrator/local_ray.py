@@ -6,12 +6,20 @@ other nodes: with Ray's local-only switch set before Ray is imported, every Ray 
 interface instead. (The switch's name, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, comes from its first use: on macOS
 and Windows Ray is local-only by default.) A cluster's nodes are started by `ray start` with their own
 addresses (cluster/*.yaml) and are not affected; setting the switch to 1 yourself opts out.
+
+A driver killed with SIGKILL takes its GCS and raylet with it (Ray fate-shares them with the process that started
+them), but Ray's per-node agents (ray::DashboardAgent, ray::RuntimeEnvAgent) can hang on their way out, reporting
+the dead raylet to the dead GCS. Every such agent and worker is a child of its node's raylet; a "ray::" process
+whose parent is no longer a raylet is stopped, by its process id, before the next local Ray starts.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+
+import psutil
 
 LOCAL_ONLY_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -23,8 +31,38 @@ def bind_to_loopback() -> None:
         os.environ.setdefault(LOCAL_ONLY_SWITCH, "0")
 
 
-def start_local_ray(cpus: float, gpus: float, trial_slots: int, dashboard: bool = False) -> None:
-    """A Ray instance owned by this process, on the loopback interface, with `trial_slots` trial drivers."""
+def orphaned_ray_processes() -> list[psutil.Process]:
+    """This user's Ray processes ("ray::..." agents and workers) whose parent is no longer a running raylet."""
+    me, orphans = psutil.Process().username(), []
+    for process in psutil.process_iter(["username", "name"]):
+        try:
+            if process.info["username"] != me or not (process.info["name"] or "").startswith("ray::"):
+                continue
+            parent = process.parent()
+            if parent is None or parent.name() != "raylet" or parent.status() == psutil.STATUS_ZOMBIE:
+                orphans.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return orphans
+
+
+def stop_orphaned_ray_processes() -> list[str]:
+    """SIGKILL the Ray processes left behind by a killed driver; returns 'name (pid)' of each one stopped."""
+    stopped = []
+    for process in orphaned_ray_processes():
+        try:
+            name = process.name()
+            process.send_signal(signal.SIGKILL)
+            stopped.append(f"{name} ({process.pid})")
+        except psutil.NoSuchProcess:
+            continue
+    return stopped
+
+
+def start_local_ray(cpus: float, gpus: float, trial_slots: int, dashboard: bool = False) -> list[str]:
+    """A Ray instance owned by this process, on the loopback interface, with `trial_slots` trial drivers. Returns
+    the Ray processes of an earlier, killed driver that it stopped first ('name (pid)')."""
+    stopped = stop_orphaned_ray_processes()
     bind_to_loopback()
     import ray
     from ray._private import ray_constants
@@ -35,3 +73,4 @@ def start_local_ray(cpus: float, gpus: float, trial_slots: int, dashboard: bool 
                            f"(or call bind_to_loopback() before importing ray), or =1 to allow it")
     ray.init(address="local", num_cpus=int(cpus), num_gpus=int(gpus), resources={"trial_slot": trial_slots},
              include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=False)
+    return stopped

@@ -91,7 +91,9 @@ def connect_ray(spec: SweepSpec, autoscaling: bool, dashboard: bool, console: Co
     if address is None:
         cpus, gpus = local_resources()
         plan = resource_plan(spec, local_nodes(cpus, gpus))
-        start_local_ray(cpus, gpus, trial_slots=plan.concurrent_trials, dashboard=dashboard)
+        stopped = start_local_ray(cpus, gpus, trial_slots=plan.concurrent_trials, dashboard=dashboard)
+        if stopped:
+            console.print(f"stopped {len(stopped)} Ray process(es) left by a killed sweep: {', '.join(stopped)}")
         console.print(f"started Ray here (127.0.0.1 only): {cpus:g} CPUs, {gpus:g} GPUs, "
                       f"{plan.concurrent_trials} trial slots")
         return plan, True

@@ -4,7 +4,8 @@ This function is the Tune trainable. A trial with one worker runs the trial core
 in the Tune trial's actor, which holds that worker's resources (CPU, a GPU or a fraction of one): no Ray Train
 controller, placement group or worker actor per trial, and Tune reuses the actor for the next trial, so
 imports, the dataset and CUDA stay warm. Its checkpoints are Tune's (`tune.get_checkpoint` / `tune.report`),
-so a trial restarted by Tune (a retry, or a resumed sweep) continues from its latest one. A trial with more
+so a trial restarted by Tune (a retry, or a resumed sweep) continues from its latest one (the newest in its storage
+when the sweep was killed before Tune recorded it). A trial with more
 workers (DDP), or any trial when `resources.trainer` is `ray_train`, is driven from here — the driver holding
 only a `trial_slot` — through a Ray Train TorchTrainer (trainers/distributed.py), named by the trial id under
 the sweep's storage so that it resumes the same way.
@@ -79,10 +80,10 @@ class TuneCheckpoints:
         from ray import tune
 
         checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_checkpoint(Path(directory))
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                return load_checkpoint(Path(directory))
+        return newest_checkpoint_in_storage()
 
     def save(self, state: dict | None, metrics: dict[str, float]) -> None:
         from ray import tune
@@ -90,6 +91,26 @@ class TuneCheckpoints:
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(Path(directory), state)
             tune.report(metrics | self.tracking.status(), checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def newest_checkpoint_in_storage() -> dict | None:
+    """A sweep killed between a trial's checkpoint and Tune's next snapshot of the experiment restores the trial
+    without it, though it is in the trial's storage: the newest one there that loads (one cut short by the kill does
+    not) is the trial's. (Tune's storage context is a developer API; ray is pinned.)"""
+    from pyarrow import fs
+    from ray import tune
+
+    storage = tune.get_context().get_storage()
+    found = storage.storage_filesystem.get_file_info(fs.FileSelector(storage.trial_fs_path, allow_not_found=True))
+    for info in sorted((i for i in found if i.base_name.startswith("checkpoint_")), key=lambda i: i.base_name,
+                       reverse=True):
+        try:
+            checkpoint = tune.Checkpoint(info.path, filesystem=storage.storage_filesystem)
+            with checkpoint.as_directory() as directory:
+                return load_checkpoint(Path(directory))
+        except Exception:  # noqa: BLE001 - a partial or unreadable checkpoint: the one before it
+            continue
+    return None
 
 
 class Reports:

@@ -298,11 +298,11 @@ def test_sweep_logs_through_the_postgres_backed_server(mlflow_postgres_server, p
     # Artifacts went through the server's proxy (mlflow-artifacts:), not to a path on this machine.
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
     listed = {artifact.path: artifact for artifact in client.list_artifacts(run_id)}
-    assert {"config.json", "eval_episodes.csv", "trajectory_ids.json", "model"} <= set(listed), sorted(listed)
+    assert {"trial_record.json", "metrics.jsonl", "eval_episodes.csv", "trajectory_ids.json", "model"} <= set(listed), sorted(listed)
     assert listed["model"].is_dir and client.list_artifacts(run_id, "model"), "model/ holds the exported weights"
-    downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.json", tracking_uri=uri,
+    downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="trial_record.json", tracking_uri=uri,
                                                      dst_path=str(tmp_path / "download"))
-    assert json.loads(Path(downloaded).read_text())["trial"]["dataset_path"] == str(reacher_medium_path)
+    assert json.loads(Path(downloaded).read_text())["dataset"]["source"] == str(reacher_medium_path)
 
     # The runs are rows in PostgreSQL: the server's backend store really is the database.
     connection = postgres_server.connect("mlflow")
