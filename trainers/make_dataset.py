@@ -124,8 +124,9 @@ def sac_behaviour(task: Task, train_steps: int, seed: int) -> tuple[BehaviourFn,
 def build_behaviour(task: Task, seed: int, sac_steps: int) -> tuple[BehaviourFn, str]:
     level = task.generated_by
     if level is None:
-        raise DatasetError(f"task {task.name!r} reads an external dataset ({task.dataset_file}); only generated "
-                           f"tasks (reacher2d-*, *-gen) can be made here")
+        raise DatasetError(f"task {task.name!r} reads an external dataset ({task.dataset_name}; fetch it with "
+                           f"`python -m trainers.fetch {task.name}`); only generated tasks (reacher2d-*, *-gen) can "
+                           f"be made here")
     if task.domain == "reacher2d":
         return reacher2d_behaviour(level, seed), f"scripted reacher2d controller, {level} noise level"
     if level == "random":
