@@ -15,7 +15,8 @@ import pytest
 
 from trainers.core import run_local
 from trainers.datasets import (
-    DatasetError, dataset_digest, load_task_dataset, subsample_trajectories, write_d4rl_dataset,
+    DatasetError, dataset_digest, dataset_size, file_digest, load_task_dataset, subsample_trajectories,
+    write_d4rl_dataset,
 )
 from trainers.record import make_record
 from trainers.samplers import TransitionSampler, WindowSampler
@@ -120,7 +121,8 @@ def test_record_and_trial_core_run_on_a_minari_task_unchanged(hopper_episodes, m
 def test_a_minari_dataset_is_described_by_a_digest_of_its_files(hopper_episodes, minari_root):
     directory = minari_root / "mujoco" / "hopper" / "medium-v0"
     digest = dataset_digest(directory)
-    assert len(digest) == 64 and digest == dataset_digest(directory)
+    assert len(digest) == 64 and digest == dataset_digest(directory) == file_digest(directory)
+    assert dataset_size(directory) == sum(p.stat().st_size for p in (directory / "data").iterdir())
     metadata = directory / "data" / "metadata.json"
     original = metadata.read_bytes()
     try:

@@ -395,7 +395,9 @@ def _load_cached(path: str, stamp: tuple[int, int], task_name: str, long_episode
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 8 MiB blocks."""
+    """SHA-256 of a file's bytes, read in 8 MiB blocks; for a directory (a Minari dataset), `dataset_digest`."""
+    if Path(path).is_dir():
+        return dataset_digest(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(8 << 20):
@@ -405,7 +407,7 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def dataset_digest(path: str | os.PathLike) -> str:
     """What a trial record's `digest` holds: a file's SHA-256, or for a directory (a Minari dataset) the SHA-256
-    of "<relative path>\0<file SHA-256>\n" over its files in sorted path order."""
+    of "<relative path>\\0<file SHA-256>\\n" over its files in sorted path order."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)
@@ -413,6 +415,12 @@ def dataset_digest(path: str | os.PathLike) -> str:
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
     return digest.hexdigest()
+
+
+def dataset_size(path: str | os.PathLike) -> int:
+    """Bytes of a dataset file, or of all the files of a dataset directory."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def task_dims(task: Task) -> tuple[int, int]:

@@ -389,9 +389,11 @@ def cached_token_stream(corpus: str | Path, tokenizer: ByteTokenizer | HFTokeniz
                         cache_dir: str | Path | None = None) -> np.ndarray:
     """`tokenize_corpus(load_corpus(corpus), tokenizer)`, built once per node into the token cache
     (trainers/corpus_cache.py, under cache_dir or $LAMO_CACHE_DIR) and returned as a read-only memory map."""
+    # 16 documents per encode_batch call: the tokenizer's per-token Encoding objects of 1,024 documents peaked at
+    # 790 MB above the corpus on 600 Debian docs; 16 at 370 MB, for the same CPU time and the same stream.
     entry = ensure_token_stream(f"{corpus_identity(corpus, cache_dir)}|{tokenizer.identity()}",
                                 tokenizer.vocab_size,
-                                lambda: document_tokens(load_corpus(corpus, cache_dir=cache_dir), tokenizer),
+                                lambda: document_tokens(load_corpus(corpus, cache_dir=cache_dir), tokenizer, chunk=16),
                                 cache_dir)
     return open_token_stream(entry.path)
 
