@@ -187,8 +187,9 @@ def test_missing_dataset_lists_paths_tried_and_how_to_get_it(d4rl_dir):
     with pytest.raises(DatasetError) as error:
         load_task_dataset(get_task("hopper-medium"))
     message = str(error.value)
-    assert str(d4rl_dir / "hopper-medium-v2.hdf5") in message and ".d4rl/datasets" in message
-    assert "download D4RL's hopper-medium-v2.hdf5" in message
+    assert str(d4rl_dir / "hopper_medium-v2.hdf5") in message and ".d4rl/datasets" in message
+    assert "python -m trainers.fetch hopper-medium" in message
+    assert "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/hopper_medium-v2.hdf5" in message
     with pytest.raises(DatasetError, match="python -m trainers.make_dataset --task reacher2d-expert"):
         load_task_dataset(get_task("reacher2d-expert"))
 
@@ -256,4 +257,5 @@ def test_registry_entries_are_complete():
     for task in TASKS.values():
         assert task.ref_max_score > task.ref_min_score and task.target_returns and task.horizon > 0
         assert task.context_len > 0
-        assert task.dataset_file.endswith(".hdf5") or task.dataset_reader is not None  # Atari: DQN Replay dirs
+        # D4RL's hdf5, a Minari dataset, or another layout read by the task's reader (Atari: DQN Replay dirs)
+        assert task.dataset_file.endswith(".hdf5") or task.reads_minari or task.dataset_reader is not None

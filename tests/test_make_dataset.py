@@ -64,7 +64,8 @@ def test_cli_writes_to_the_d4rl_cache_by_default(d4rl_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "hopper-medium"], "reads an external dataset (hopper-medium-v2.hdf5)"),
+    (["--task", "hopper-medium"], "reads an external dataset (hopper-medium-v2; fetch it with `python -m "
+                                  "trainers.fetch hopper-medium`)"),
     (["--task", "nope"], "unknown task 'nope'; known tasks:"),
 ])
 def test_cli_bad_input_is_a_clear_error_and_writes_nothing(d4rl_dir, args, message):

@@ -15,6 +15,14 @@ Data ratios are trajectory-level samples without replacement whose random genera
 The official LaMo code drew its subsets from the unseeded global RNG and split episodes across file
 boundaries; neither is reproduced here.
 
+Sources (`load_task_dataset` dispatches on what the task's data is): a D4RL-layout hdf5 file, found by the d4rl
+cache convention ($D4RL_DATASET_DIR, else ~/.d4rl/datasets, under D4RL's own file name; fetched by name with
+`python -m trainers.fetch`), or a Minari dataset directory ($MINARI_DATASETS_PATH/<id>, read by
+trainers/minari_data.py into the same arrays). A task's data can always be given as an explicit path instead:
+an hdf5 file or a Minari dataset directory. Either way the dataset is named by the task's `dataset_name` (D4RL's
+or Minari's id, or a generated file's stem), which seeds its subsets, and described in a trial record by its
+path and `source_digest` (a file's SHA-256, or for a directory the SHA-256 over its files' paths and bytes).
+
 Atari's DQN Replay layout (gz .npy checkpoints of uint8 frames) is read by trainers/atari_data.py into the same
 TrajectoryDataset (with `frame_stack` set); a task names such a reader in its `dataset_reader`.
 """
@@ -33,6 +41,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import h5py
 import numpy as np
+
+from trainers.dataset_catalog import D4RL_FILES, minari_id
+from trainers.minari_data import MinariDataError, is_minari_dataset, minari_dataset_dir, read_minari_dataset
 
 if TYPE_CHECKING:
     from trainers.tasks import Task
@@ -187,19 +198,41 @@ def candidate_paths(dataset_file: str, path: str | os.PathLike | None = None) ->
     return candidates
 
 
+def expected_dataset_path(task: Task, path: str | os.PathLike | None = None) -> Path:
+    """Where a task's data is looked for first: the explicit path, the Minari dataset directory, or the first
+    d4rl cache location."""
+    if path is None and task.reads_minari:
+        return minari_dataset_dir(task.dataset_id)
+    return candidate_paths(task.dataset_file, path)[0]
+
+
 def resolve_dataset_path(task: Task, path: str | os.PathLike | None = None) -> Path:
+    """The task's data: an hdf5 file, or a Minari dataset directory (or its reader's layout); a DatasetError
+    saying how to get it."""
     if task.dataset_reader is not None:  # another layout (Atari: DQN Replay, trainers/atari_data.py)
         return task.dataset_reader.resolve(path)
+    if path is None and task.reads_minari:
+        found = minari_dataset_dir(task.dataset_id)
+        if is_minari_dataset(found):
+            return found
+        raise DatasetError(f"Minari dataset {minari_id(task.dataset_id)} for task {task.name!r} not found at {found} "
+                           f"($MINARI_DATASETS_PATH, else ~/.minari/datasets); fetch it with `python -m "
+                           f"trainers.fetch {task.dataset_id}` (Minari's own download), or copy the dataset directory "
+                           f"there, or pass a path explicitly")
     tried = candidate_paths(task.dataset_file, path)
     for candidate in tried:
-        if candidate.is_file():
+        if candidate.is_file() or (path is not None and is_minari_dataset(candidate)):
             return candidate
     if task.generated_by is not None:
         how = (f"generate it with `python -m trainers.make_dataset --task {task.name}` "
                f"(writes {tried[0].parent / task.dataset_file} unless --out is given)")
+    elif task.dataset_id in D4RL_FILES:
+        how = (f"fetch it with `python -m trainers.fetch {task.name}` (downloads {D4RL_FILES[task.dataset_id].url} "
+               f"into $D4RL_DATASET_DIR or ~/.d4rl/datasets, the d4rl package's own cache), or put D4RL's "
+               f"{task.dataset_file} there by hand, or pass its path explicitly")
     else:
-        how = (f"download D4RL's {task.dataset_file} and put it in $D4RL_DATASET_DIR or ~/.d4rl/datasets "
-               f"(the d4rl package's own cache location), or pass its path explicitly")
+        how = (f"put {task.dataset_file} in $D4RL_DATASET_DIR or ~/.d4rl/datasets (the d4rl package's own cache "
+               f"location), or pass its path explicitly")
     raise DatasetError(f"dataset for task {task.name!r} not found; tried: {', '.join(map(str, tried))}; {how}")
 
 
@@ -336,25 +369,53 @@ def enforce_horizon(dataset: TrajectoryDataset, horizon: int, long_episodes: Lon
                    episode_ids=None, notes=(*dataset.notes, f"{found} were split every {horizon} steps"))
 
 
+def load_minari_dataset(path: str | os.PathLike, task: Task) -> TrajectoryDataset:
+    """Read a Minari dataset directory (trainers/minari_data.py) and check it like a D4RL file."""
+    path = Path(path)
+    try:
+        arrays, metadata, notes = read_minari_dataset(path, task)
+    except MinariDataError as error:
+        raise DatasetError(str(error)) from None
+    observation_dim, action_dim = task_dims(task)
+    validate_arrays(arrays, str(path), observation_dim, action_dim)
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        _check_finite(key, arrays[key], str(path))
+    return TrajectoryDataset(
+        name=task.dataset_name, observations=arrays["observations"], actions=arrays["actions"],
+        rewards=arrays["rewards"], terminals=arrays["terminals"], timeouts=arrays["timeouts"],
+        episodes=split_episodes(arrays["terminals"], arrays["timeouts"]),
+        next_observations=arrays["next_observations"], metadata=metadata, source=path, notes=notes)
+
+
 def load_task_dataset(task: Task, path: str | os.PathLike | None = None,
                       long_episodes: LongEpisodes = "split") -> TrajectoryDataset:
-    """The dataset of a task (the d4rl cache convention unless a path is given), validated against the task's
-    spaces and horizon. Read once per process for an unchanged file: trials that follow each other in one
-    process (Ray reuses a sweep's trial actors) share it."""
+    """The dataset of a task (the d4rl cache convention, or Minari's storage for a Minari task, unless a path is
+    given: an hdf5 file or a Minari dataset directory), validated against the task's spaces and horizon. Read
+    once per process while unchanged: trials that follow each other in one process (Ray reuses a sweep's trial
+    actors) share it."""
     if task.dataset_reader is not None:  # another layout (Atari: DQN Replay, trainers/atari_data.py)
         return task.dataset_reader.load(task, path)
     resolved = resolve_dataset_path(task, path).resolve()
-    stat = resolved.stat()
-    return _load_cached(str(resolved), stat.st_size, stat.st_mtime_ns, task.name, long_episodes)
+    return _load_cached(str(resolved), _stamp(resolved), task.name, long_episodes)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(bytes, newest mtime) of a file, or of every file under a directory: changes whenever the data does."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [p.stat() for p in files]
+    return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(path: str, size: int, mtime_ns: int, task_name: str, long_episodes: LongEpisodes
+def _load_cached(path: str, stamp: tuple[int, int], task_name: str, long_episodes: LongEpisodes
                  ) -> TrajectoryDataset:
     from trainers.tasks import get_task
 
     task = get_task(task_name)
-    dataset = load_d4rl_dataset(path, task=task, name=Path(task.dataset_file).stem)
+    if Path(path).is_dir():
+        dataset = load_minari_dataset(path, task)
+    else:
+        dataset = load_d4rl_dataset(path, task=task, name=task.dataset_name)
     return enforce_horizon(dataset, task.horizon, long_episodes)
 
 

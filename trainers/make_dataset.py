@@ -108,41 +108,45 @@ def reacher2d_behaviour(level: str, seed: int) -> BehaviourFn:
     return lambda obs: reacher2d_behaviour_action(obs, level, rng)
 
 
-def sac_behaviour(task: Task, train_steps: int, seed: int) -> tuple[BehaviourFn, str]:
+def sac_behaviour(task: Task, train_steps: int, seed: int, save_to: Path | None = None) -> tuple[BehaviourFn, str]:
     """Train stable-baselines3 SAC online for `train_steps`, then act with its stochastic policy (as the
-    D4RL 'medium' data was collected)."""
+    D4RL 'medium' data was collected); with `save_to`, the trained model is saved there (SAC.load reads it)."""
     try:
         from stable_baselines3 import SAC
     except ImportError as error:
         raise SystemExit("locomotion 'medium' data needs stable-baselines3: pip install -e '.[generate]'") from error
     model = SAC("MlpPolicy", task.make_env(), seed=seed, verbose=0, device="cpu")
     model.learn(total_timesteps=train_steps, progress_bar=False)
+    if save_to is not None:
+        model.save(save_to)
     return (lambda obs: model.predict(obs, deterministic=False)[0],
             f"stable-baselines3 {version('stable-baselines3')} SAC trained online for {train_steps} steps")
 
 
-def build_behaviour(task: Task, seed: int, sac_steps: int) -> tuple[BehaviourFn, str]:
+def build_behaviour(task: Task, seed: int, sac_steps: int, save_policy: Path | None = None
+                    ) -> tuple[BehaviourFn, str]:
     level = task.generated_by
     if level is None:
-        raise DatasetError(f"task {task.name!r} reads an external dataset ({task.dataset_file}); only generated "
-                           f"tasks (reacher2d-*, *-gen) can be made here")
+        raise DatasetError(f"task {task.name!r} reads an external dataset ({task.dataset_name}; fetch it with "
+                           f"`python -m trainers.fetch {task.name}`); only generated tasks (reacher2d-*, *-gen) can "
+                           f"be made here")
     if task.domain == "reacher2d":
         return reacher2d_behaviour(level, seed), f"scripted reacher2d controller, {level} noise level"
     if level == "random":
         return random_behaviour(task, seed), "uniform random actions"
-    return sac_behaviour(task, sac_steps, seed)
+    return sac_behaviour(task, sac_steps, seed, save_policy)
 
 
 def make_dataset(task_name: str, out: Path | None = None, seed: int = 0, num_episodes: int | None = None,
                  num_steps: int | None = None, sac_steps: int = 100_000, random_episodes: int = 20,
-                 overwrite: bool = False, progress: bool = False) -> Path:
+                 overwrite: bool = False, progress: bool = False, save_policy: Path | None = None) -> Path:
     task = get_task(task_name)
     path = Path(out) if out is not None else candidate_paths(task.dataset_file)[0]
     if path.exists() and not overwrite:
         raise DatasetError(f"{path} already exists; pass --overwrite to replace it")
     if num_episodes is None and num_steps is None:
         num_episodes = 1000
-    behaviour, description = build_behaviour(task, seed, sac_steps)
+    behaviour, description = build_behaviour(task, seed, sac_steps, save_policy)
     arrays = collect_episodes(task, behaviour, seed, num_episodes, num_steps, progress=progress)
     random_arrays = collect_episodes(task, random_behaviour(task, seed + 1), seed + 1, num_episodes=random_episodes)
     returns, random_returns = episode_returns(arrays), episode_returns(random_arrays)
@@ -166,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     budget.add_argument("--steps", type=int, help="number of transitions, whole episodes only")
     parser.add_argument("--sac-steps", type=int, default=100_000, help="online SAC training steps for *-medium-gen")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--save-policy", type=Path, help="*-medium-gen: also save the trained SAC model here (.zip)")
     args = parser.parse_args(argv)
     try:
         path = make_dataset(args.task, args.out, args.seed, args.episodes, args.steps, args.sac_steps,
-                            overwrite=args.overwrite, progress=sys.stderr.isatty())
+                            overwrite=args.overwrite, progress=sys.stderr.isatty(), save_policy=args.save_policy)
     except (DatasetError, KeyError) as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.algorithm import TrainingConfig
-from trainers.datasets import DatasetError, candidate_paths, resolve_dataset_path
+from trainers.datasets import DatasetError, expected_dataset_path, resolve_dataset_path
 from trainers.registry import config_from_dict, external_inputs, make_config
 from trainers.tasks import get_task
 
@@ -32,9 +32,9 @@ class DatasetIdentity:
     trajectories on every machine; the counts and digest come from the sweep's validation pass (0 and "" when
     the record was made without it, e.g. by `python -m trainers.train`)."""
 
-    name: str  # e.g. "hopper-medium-v2", the file's stem
-    source: str  # absolute path of the file
-    digest: str = ""  # SHA-256 of the file's bytes
+    name: str  # the task's dataset_name: "hopper-medium-v2", "minari:mujoco/hopper/medium-v0", a file's stem
+    source: str  # absolute path of the file, or of the Minari dataset directory
+    digest: str = ""  # trainers.datasets.source_digest: the file's SHA-256 (for a directory: over its files)
     size_bytes: int = 0
     episodes: int = 0  # in the whole file
     transitions: int = 0
@@ -125,8 +125,8 @@ def make_record(algorithm: str, task: str, ratio: float = 1.0, seed: int = 0,
     try:
         source = resolve_dataset_path(found, dataset_path)
     except DatasetError:
-        source = candidate_paths(found.dataset_file, dataset_path)[0]
-    name = found.dataset_name
+        source = expected_dataset_path(found, dataset_path)
+    name, task = found.dataset_name, found.name  # a task given by its dataset id is recorded by its name
     return TrialRecord(trial_id=trial_id_of(algorithm, task, ratio, seed), algorithm=algorithm, task=task,
                        domain=found.domain, ratio=float(ratio), seed=int(seed), config=_json_values(config),
                        dataset=DatasetIdentity(name=name, source=str(Path(source).resolve())), sweep_id=sweep_id,

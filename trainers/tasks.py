@@ -1,15 +1,20 @@
 """The task registry: everything a trial needs to know about one (environment, dataset) pair.
 
-A task name is ``<env>-<dataset flavour>``: ``hopper-medium`` reads D4RL's ``hopper-medium-v2.hdf5`` and is
-evaluated on Gymnasium's Hopper-v5; ``hopper-medium-gen`` reads a file this project generated with
-``python -m trainers.make_dataset``. Adding a task is one ``_register`` call below.
+A task name is ``<env>-<dataset flavour>``: ``hopper-medium`` reads D4RL's hopper-medium-v2 (the file
+``hopper_medium-v2.hdf5``, as the d4rl package caches it) and is evaluated on Gymnasium's Hopper-v5;
+``hopper-medium-gen`` reads a file this project generated with ``python -m trainers.make_dataset``;
+``hopper-medium-minari`` reads the Minari dataset ``mujoco/hopper/medium-v0``. A task's ``dataset_id`` names its
+data in the registry it comes from (trainers/dataset_catalog.py), and `get_task` takes that id too
+(``get_task("minari:mujoco/hopper/medium-v0")``). Adding a task is one ``_register`` call below.
 
-Reference scores are D4RL's published ones (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE); target returns,
-their scale and the context length K are LaMo's (its experiment.py and the paper's appendix).
+Reference scores are D4RL's published ones (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE), also for the Minari
+datasets of the same environments, which carry none; target returns, their scale and the context length K are
+LaMo's (its experiment.py and the paper's appendix).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 from collections.abc import Callable
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import gymnasium as gym
 
 from trainers.atari_data import DQNReplay
+from trainers.dataset_catalog import D4RL_FILES, MINARI_PREFIX, is_minari_id
 from trainers.envs.atari import GAMES, make_atari_env
 
 if TYPE_CHECKING:
@@ -46,7 +52,7 @@ class Task:
     domain: Domain
     make_env: Callable[[], gym.Env] = field(repr=False)
     env_id: str  # what the evaluation environment is, for logs and metadata
-    dataset_file: str  # file name looked up in the d4rl cache directory
+    dataset_file: str  # file name looked up in the d4rl cache directory ("" for a Minari dataset)
     ref_min_score: float  # return that normalizes to 0
     ref_max_score: float  # return that normalizes to 100
     target_returns: tuple[float, ...]  # returns-to-go the sequence models are conditioned on at evaluation
@@ -55,12 +61,22 @@ class Task:
     context_len: int  # default K for sequence models
     generated_by: str | None = None  # behaviour level of the data this project generates; None: external data
     discrete_actions: bool = False  # a Discrete action space (Atari): the registry picks discrete algorithms
-    dataset_reader: DatasetReader | None = field(default=None, repr=False)  # None: D4RL hdf5 at dataset_file
+    # The data's id in its registry: D4RL's ("hopper-medium-v2", a key of dataset_catalog.D4RL_FILES) or
+    # "minari:" + a Minari id; "" for generated files.
+    dataset_id: str = ""
+    dataset_reader: DatasetReader | None = field(default=None, repr=False)  # None: D4RL hdf5 or a Minari dataset
 
     @property
     def dataset_name(self) -> str:
-        """The dataset's identity (seeds data-ratio subsets): the reader's name, else the file's stem."""
-        return self.dataset_reader.name if self.dataset_reader is not None else Path(self.dataset_file).stem
+        """What the data is called in records and logs; it also seeds the data-ratio subsets: the reader's name,
+        else the dataset's id, else the generated file's stem."""
+        if self.dataset_reader is not None:
+            return self.dataset_reader.name
+        return self.dataset_id or Path(self.dataset_file).stem
+
+    @property
+    def reads_minari(self) -> bool:
+        return is_minari_id(self.dataset_id)
 
     def normalized_score(self, episode_return: float) -> float:
         return normalized_score(episode_return, self.ref_min_score, self.ref_max_score)
@@ -80,10 +96,17 @@ def _register(task: Task) -> None:
 
 
 def get_task(name: str) -> Task:
-    try:
+    """A task by its name, or by the id of the dataset it reads ("hopper-medium-v2", "minari:mujoco/hopper/
+    medium-v0"); an unknown name is answered with the close matches."""
+    if name in TASKS:
         return TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+    by_dataset = [task for task in TASKS.values() if task.dataset_id and task.dataset_id == name]
+    if len(by_dataset) == 1:
+        return by_dataset[0]
+    known = sorted(TASKS) + sorted(task.dataset_id for task in TASKS.values() if task.dataset_id)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise KeyError(f"unknown task {name!r}; {hint}known tasks: {', '.join(sorted(TASKS))}") from None
 
 
 # --- locomotion: D4RL v2 datasets, Gymnasium MuJoCo v5 environments -------------------------------------
@@ -109,7 +132,9 @@ for _env, (_id, _kwargs, _lo, _hi, _targets) in _LOCOMOTION.items():
                    ref_min_score=_lo, ref_max_score=_hi, target_returns=tuple(float(t) for t in _targets),
                    return_scale=1000.0, horizon=1000, context_len=20)
     for _flavour in _D4RL_FLAVOURS:
-        _register(Task(name=f"{_env}-{_flavour}", dataset_file=f"{_env}-{_flavour}-v2.hdf5", **_common))
+        _file = D4RL_FILES[f"{_env}-{_flavour}-v2"]
+        _register(Task(name=f"{_env}-{_flavour}", dataset_file=_file.file_name, dataset_id=_file.dataset_id,
+                       **_common))
     for _flavour in _GENERATED_LOCOMOTION:
         _register(Task(name=f"{_env}-{_flavour}-gen", dataset_file=f"{_env}-{_flavour}-gen.hdf5",
                        generated_by=_flavour, **_common))
@@ -148,10 +173,37 @@ def _kitchen_factory(which: str) -> Callable[[], gym.Env]:
 for _flavour in ("complete", "partial"):
     _register(Task(
         name=f"kitchen-{_flavour}", domain="kitchen", make_env=_kitchen_factory(_flavour),
-        env_id="FrankaKitchen-v1", dataset_file=f"kitchen-{_flavour}-v0.hdf5",
+        env_id="FrankaKitchen-v1", dataset_file=D4RL_FILES[f"kitchen-{_flavour}-v0"].file_name,
+        dataset_id=f"kitchen-{_flavour}-v0",
         ref_min_score=0.0, ref_max_score=4.0, target_returns=(5.0, 4.0, 3.0, 2.0, 1.0), return_scale=1.0,
         horizon=280, context_len=20,
     ))
+
+
+# --- Minari datasets: the same environments, data read through the `minari` package -----------------------
+# mujoco/<env>/{simple,medium,expert}-v0 were collected on Gymnasium's v5 environments (Walker2d-v5 with its
+# own model, so evaluation uses that one too); D4RL's reference scores normalize them. D4RL/kitchen/*-v2 were
+# re-recorded in FrankaKitchen-v1 from the original demonstrations; their observations map onto the 60-d
+# layout we evaluate on (trainers/minari_data.py says how, and what differs).
+
+_MINARI_LOCOMOTION = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+for _env, _id in _MINARI_LOCOMOTION.items():
+    _, _kwargs, _lo, _hi, _targets = _LOCOMOTION[_env]
+    for _flavour in ("simple", "medium", "expert"):
+        _register(Task(
+            name=f"{_env}-{_flavour}-minari", domain="locomotion", make_env=_mujoco_factory(_id), env_id=_id,
+            dataset_file="", dataset_id=f"{MINARI_PREFIX}mujoco/{_env}/{_flavour}-v0", ref_min_score=_lo,
+            ref_max_score=_hi, target_returns=tuple(float(t) for t in _targets), return_scale=1000.0,
+            horizon=1000, context_len=20))
+
+for _flavour in ("complete", "partial"):
+    _kitchen = TASKS[f"kitchen-{_flavour}"]
+    _register(Task(
+        name=f"kitchen-{_flavour}-minari", domain="kitchen", make_env=_kitchen.make_env, env_id=_kitchen.env_id,
+        dataset_file="", dataset_id=f"{MINARI_PREFIX}D4RL/kitchen/{_flavour}-v2",
+        ref_min_score=_kitchen.ref_min_score, ref_max_score=_kitchen.ref_max_score,
+        target_returns=_kitchen.target_returns, return_scale=_kitchen.return_scale, horizon=_kitchen.horizon,
+        context_len=_kitchen.context_len))
 
 
 # --- atari: the DQN Replay dataset as d4rl-atari reads it, ALE through Gymnasium's Atari wrappers ------------
