@@ -288,6 +288,27 @@ def test_cloud_yaml_every_node_gets_image_tracking_storage_and_token(cloud):
             assert "RAY_AUTH_MODE=token" in command, f"{name}: {command}"
 
 
+# The ports Ray nodes open to each other (Ray's "Configuring Ray" port list); each one pinned so a firewall or
+# security group can allow exactly these between the cluster's nodes, and listed in the README's port table.
+INTER_NODE_PORT_FLAGS = ("--object-manager-port", "--node-manager-port", "--dashboard-agent-grpc-port",
+                         "--dashboard-agent-listen-port", "--metrics-export-port", "--min-worker-port",
+                         "--max-worker-port")
+
+
+def test_cloud_yaml_pins_every_port_nodes_reach_and_the_readme_lists_them(cloud):
+    name, config = cloud
+    head = " ".join(config["head_start_ray_commands"])
+    workers = " ".join(config["worker_start_ray_commands"])
+    readme = (ROOT / "README.md").read_text()
+    for flag in INTER_NODE_PORT_FLAGS:
+        pinned = {re.search(rf"{flag}=(\d+)", command).group(1) if re.search(rf"{flag}=(\d+)", command) else None
+                  for command in (head, workers)}
+        assert len(pinned) == 1 and None not in pinned, f"{name}: {flag} pinned alike on head and workers: {pinned}"
+        assert f"`{flag}={pinned.pop()}`" in readme, f"README's port table lacks {flag}"
+    assert "--port=6379" in head and "$RAY_HEAD_IP:6379" in workers and "`--port=6379`" in readme
+    assert "--dashboard-host=127.0.0.1" in head, f"{name}: the Jobs port (8265) stays on the head's loopback"
+
+
 # --- KubeRay ----------------------------------------------------------------------------------------------
 
 def kuberay_documents(name: str) -> list[dict]:
