@@ -9,7 +9,8 @@ Run layout:
 - child run: name = trial id, tags `mlflow.parentRunId` (nesting in the UI), `role=trial`, `trial_record` (the
   trial record as JSON: the only carrier of the trial's identity, read back by the aggregator), and for
   searching and reading in the UI `sweep_id`, `trial_id`, `algorithm`, `task`, `domain`, `ratio`, `seed`,
-  `trajectory_ids` (compact ranges, e.g. "0-3,7"), `dataset.notes`, `error` (the failure, when it failed);
+  `trajectory_ids` (compact ranges, e.g. "0-3,7"), `dataset.notes`, `error` (the failure, when it failed),
+  `placement.{node_id,cuda_visible_devices,role}` (where its latest attempt ran);
   params = the record's fields and resolved config; its dataset as an MLflow dataset input (name, SHA-256
   digest, source file, profile with the episode counts); metrics with step = gradient step (`train/*`,
   `eval/target_<R>/*`, `eval/best_normalized_mean`, `cost/wall_seconds`, `cost/gpu_hours`); artifacts = the
@@ -53,6 +54,10 @@ from trainers.record import TrialRecord
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
 RECORD_TAG = "trial_record"
 ERROR_TAG = "error"
+# Where the trial ran (its latest attempt): the Ray node id, CUDA_VISIBLE_DEVICES as Ray set it, and whether the
+# trial trained in that process ("in_place") or drove a Ray Train run from it ("driver").
+PLACEMENT_NODE_TAG, PLACEMENT_DEVICES_TAG, PLACEMENT_ROLE_TAG = (
+    "placement.node_id", "placement.cuda_visible_devices", "placement.role")
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 # Names of the run layout, for writing and reading alike.
@@ -248,6 +253,11 @@ class SweepTracker:
                 if attempt == 2:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+
+    def record_placement(self, run_id: str, node_id: str, cuda_visible_devices: str, role: str) -> None:
+        for key, value in ((PLACEMENT_NODE_TAG, node_id), (PLACEMENT_DEVICES_TAG, cuda_visible_devices),
+                           (PLACEMENT_ROLE_TAG, role)):
+            self.client.set_tag(run_id, key, value)
 
     def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float,
                      error: BaseException | None = None) -> None:

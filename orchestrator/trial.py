@@ -17,6 +17,7 @@ recorded on its run with the exception's own message before Tune sees it.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -165,6 +166,10 @@ def trial_driver(config: dict) -> None:
         tune.report(finished_metrics | {"skipped": 1.0})
         return
 
+    import ray
+
+    tracker.record_placement(run_id, ray.get_runtime_context().get_node_id(),
+                             os.environ.get("CUDA_VISIBLE_DEVICES", ""), "in_place" if context.in_place else "driver")
     tracking = MlflowReport(tracker.uri, run_id, run_dir, context.max_outage_s)
     reports = Reports(run_dir, tracking, to_tune=context.in_place, needs_evaluation=context.searching)
     started = time.time()

@@ -1,0 +1,80 @@
+"""Packing on a cluster, without GPUs: a multi-node `ray.cluster_utils.Cluster` whose worker nodes declare one GPU
+each that does not exist. The sweep driver joins it through RAY_ADDRESS, as `ray job submit` would have it do.
+
+- Eight 0.25-GPU trials: the plan says 8 at once (4 per GPU node); each trial trains in its own Tune actor on a
+  GPU node, four of them at the same time on one node, each with CUDA_VISIBLE_DEVICES as Ray assigned it.
+- A trial through Ray Train holds only a `trial_slot` itself: its driver runs on the head, which has no CPU.
+- A trial larger than any node (2 GPUs per worker) is refused before anything is submitted or recorded.
+
+Where each trial ran comes from its MLflow run's placement tags (orchestrator/tracking.py), written by the trial
+itself from Ray's runtime context; whether trials ran together, from the runs' start and end times.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sweep_helpers import mlflow_runs, run_sweep, tiny_spec, write_spec
+
+GPU_NODES = 2
+
+
+@pytest.fixture
+def gpu_cluster():
+    """A head with trial slots and no CPU, and two worker nodes with 4 CPUs and one (declared) GPU each."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "resources": {"trial_slot": 4},
+                                                            "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=4, num_gpus=1) for _ in range(GPU_NODES)]
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, cluster.head_node.node_id, {node.node_id for node in workers}
+    finally:
+        cluster.shutdown()
+
+
+def most_at_once(runs) -> int:
+    """The largest number of runs that were training at the same moment (start/end times of the runs)."""
+    spans = [(r.info.start_time, r.info.end_time) for r in runs]
+    return max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+
+
+def test_fractional_gpu_trials_pack_four_to_a_gpu_and_drivers_hold_only_a_trial_slot(tmp_path, gpu_cluster,
+                                                                                     reacher_medium_path):
+    cluster, head, gpu_nodes = gpu_cluster
+    env = {"RAY_ADDRESS": cluster.address}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0, 1, 2, 3], ratios=[0.5, 1.0],
+                     training={"steps": 3000, "eval_every": 3000, "eval_episodes": 2},
+                     resources={"num_workers": 1, "gpus_per_worker": 0.25, "cpus_per_worker": 0.5})
+    packed = run_sweep(write_spec(tmp_path, spec, "packed.yaml"), env=env, timeout=900)
+    assert packed.returncode == 0, packed.stdout[-3000:]
+    assert "8 trials, up to 8 at once" in packed.stdout, packed.stdout[:2000]
+    _, trials = mlflow_runs(uri)
+    assert len(trials) == 8 and all(t.info.status == "FINISHED" for t in trials)
+    tags = [t.data.tags for t in trials]
+    assert {t["placement.role"] for t in tags} == {"in_place"}
+    assert {t["placement.cuda_visible_devices"] for t in tags} == {"0"}  # each node's one GPU, as Ray assigned it
+    by_node = {node: [t for t in trials if t.data.tags["placement.node_id"] == node] for node in gpu_nodes}
+    assert sum(map(len, by_node.values())) == 8, "every trial ran on a GPU node"
+    assert max(most_at_once(runs) for runs in by_node.values() if runs) == 4  # four 0.25-GPU trials on one GPU
+
+    # Through Ray Train: the trial's own actor only drives (no CPU, a trial slot: on the CPU-less head).
+    driven = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], name="driven",
+                       resources={"num_workers": 1, "cpus_per_worker": 1, "trainer": "ray_train"})
+    result = run_sweep(write_spec(tmp_path, driven, "driven.yaml"), env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    (run,) = [t for t in mlflow_runs(uri)[1] if t.data.tags["sweep_id"].startswith("driven-")]
+    assert run.info.status == "FINISHED"
+    assert (run.data.tags["placement.role"], run.data.tags["placement.node_id"]) == ("driver", head)
+
+    # Larger than any node: refused before anything is submitted or recorded.
+    too_big = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], name="too-big",
+                        tracking={"uri": f"sqlite:///{tmp_path}/refused.db"},
+                        resources={"num_workers": 1, "gpus_per_worker": 2, "cpus_per_worker": 1})
+    refused = run_sweep(write_spec(tmp_path, too_big, "too_big.yaml"), env=env, timeout=300)
+    assert refused.returncode != 0
+    assert "2 GPU" in refused.stdout and "node" in refused.stdout, refused.stdout[-2000:]
+    assert not (tmp_path / "refused.db").exists() or mlflow_runs(f"sqlite:///{tmp_path}/refused.db") == ([], [])
+    assert not list((tmp_path / "ray_results").glob("too-big-*"))
