@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import mujoco
@@ -9,7 +10,11 @@ import numpy as np
 import pytest
 
 from trainers.envs import kitchen
-from trainers.envs.kitchen import KITCHEN_COMPLETE_TASKS, KITCHEN_PARTIAL_TASKS, make_kitchen_env
+from trainers.envs.kitchen import (
+    KITCHEN_COMPLETE_TASKS,
+    KITCHEN_PARTIAL_TASKS,
+    make_kitchen_env,
+)
 
 # D4RL KitchenBase._get_task_goal() for KitchenMicrowaveKettleLightSliderV0, written out by hand
 # from D4RL's OBS_ELEMENT_INDICES / OBS_ELEMENT_GOALS so it does not depend on our code.
@@ -72,8 +77,12 @@ def test_unpatched_franka_kitchen_still_fails(monkeypatch: pytest.MonkeyPatch) -
     model, data = _kitchen_model()
     # The root cause, then the failure it causes, with the original getters put back.
     assert model.jnt_type[0] == hinge and not hinge == model.jnt_type[0]
-    for name, original in kitchen.UNPATCHED_JOINT_GETTERS.items():
-        monkeypatch.setattr(mujoco_utils, name, original)
+    # The originals, from a fresh copy of the module the patch replaced them in.
+    spec = importlib.util.spec_from_file_location("pristine_mujoco_utils", mujoco_utils.__file__)
+    pristine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pristine)
+    for name in ("get_joint_qpos", "get_joint_qvel"):
+        monkeypatch.setattr(mujoco_utils, name, getattr(pristine, name))
     with pytest.raises(AssertionError):
         mujoco_utils.get_joint_qpos(model, data, "robot:panda0_joint1")
     with pytest.raises(AssertionError):

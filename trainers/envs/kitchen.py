@@ -40,7 +40,8 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import mujoco
@@ -87,7 +88,6 @@ _J = mujoco.mjtJoint
 _QPOS_WIDTH = {int(_J.mjJNT_FREE): 7, int(_J.mjJNT_BALL): 4,
                int(_J.mjJNT_SLIDE): 1, int(_J.mjJNT_HINGE): 1}
 _QVEL_WIDTH = {**_QPOS_WIDTH, int(_J.mjJNT_FREE): 6, int(_J.mjJNT_BALL): 3}
-UNPATCHED_JOINT_GETTERS: dict[str, Callable[..., np.ndarray]] = {}  # originals, for tests
 
 
 def _joint_slice(model: mujoco.MjModel, name: str, vel: bool) -> slice:
@@ -112,9 +112,7 @@ def patch_joint_getters() -> None:
     from gymnasium_robotics.utils import mujoco_utils
 
     for name, fixed in (("get_joint_qpos", _get_joint_qpos), ("get_joint_qvel", _get_joint_qvel)):
-        current = getattr(mujoco_utils, name)
-        if current is not fixed:
-            UNPATCHED_JOINT_GETTERS.setdefault(name, current)
+        if getattr(mujoco_utils, name) is not fixed:
             setattr(mujoco_utils, name, fixed)
 
 
