@@ -48,15 +48,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainers.datasets import DatasetError, TrajectoryDataset, split_episodes
 from trainers.envs.atari import FRAME_SHAPE, FRAME_STACK, get_game, make_atari_env
-
-if TYPE_CHECKING:
-    from trainers.tasks import Task
+from trainers.trajectories import DatasetError, TrajectoryDataset, split_episodes
 
 STORE_KEYS = ("observation", "action", "reward", "terminal")
 REPLAY_LOGS = "replay_logs"
@@ -193,8 +189,9 @@ class DQNReplay:
                            f"{', '.join(map(str, self.checkpoints))} not found: looked for {wanted} in "
                            f"{', '.join(map(str, tried))}; {how}")
 
-    def load(self, task: Task | None = None, path: str | os.PathLike | None = None) -> TrajectoryDataset:
-        """Read and validate the checkpoints (once per process while the files are unchanged)."""
+    def load(self, task: object = None, path: str | os.PathLike | None = None) -> TrajectoryDataset:
+        """Read and validate the checkpoints (once per process while the files are unchanged). The task is not
+        needed: the reader was made for one game."""
         run_dir = self.resolve(path).resolve()
         files = self.files(run_dir)
         stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for c in self.checkpoints

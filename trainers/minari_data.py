@@ -38,16 +38,24 @@ kitchen environment is built for, as for D4RL's kitchen-mixed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 
 from trainers.dataset_catalog import minari_id
 
-if TYPE_CHECKING:
-    from trainers.tasks import Task
+
+class Task(Protocol):
+    """What reading a Minari dataset for a task needs of it (a trainers.tasks.Task; named here so that this reader
+    does not import the task registry, which sits above it)."""
+
+    name: str
+    domain: str
+    env_id: str
+    make_env: Callable[[], gym.Env]
 
 KITCHEN_OBSERVATION = 59  # FrankaKitchen-v1's flat "observation": robot qpos 9, qvel 9, object qpos 21, qvel 20
 

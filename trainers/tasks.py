@@ -29,7 +29,7 @@ from trainers.dataset_catalog import D4RL_FILES, MINARI_PREFIX, is_minari_id
 from trainers.envs.atari import GAMES, make_atari_env
 
 if TYPE_CHECKING:
-    from trainers.datasets import TrajectoryDataset
+    from trainers.trajectories import TrajectoryDataset
 
 Domain = Literal["locomotion", "kitchen", "reacher2d", "atari"]
 

@@ -1,0 +1,148 @@
+"""The in-memory dataset every source is read into: flat transition arrays plus the episode index, and the error
+every reader raises. The bottom of the data layer: readers (trainers/datasets.py for D4RL hdf5,
+trainers/minari_data.py, trainers/atari_data.py) build it, samplers and algorithms read it, and it knows none of
+them, nor any task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or does not match the layout or the task."""
+
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+FLAG_KEYS = ("terminals", "timeouts")
+
+
+@dataclass(frozen=True)
+class EpisodeIndex:
+    """Where each episode lies in the flat arrays."""
+
+    starts: np.ndarray  # (E,) int64 index of the first step
+    lengths: np.ndarray  # (E,) int64
+    terminated: np.ndarray  # (E,) bool: ended by a terminal (no bootstrapping past it)
+    truncated: np.ndarray  # (E,) bool: the trailing partial episode with neither flag at its last step
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self.starts + self.lengths
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def split_episodes(terminals: np.ndarray, timeouts: np.ndarray) -> EpisodeIndex:
+    """Episode boundaries from the per-step flags, vectorised."""
+    n = len(terminals)
+    done = np.asarray(terminals, bool) | np.asarray(timeouts, bool)
+    ends = np.flatnonzero(done) + 1
+    truncated_tail = n > 0 and (len(ends) == 0 or ends[-1] != n)
+    if truncated_tail:
+        ends = np.append(ends, n)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    ends = ends.astype(np.int64)
+    truncated = np.zeros(len(ends), bool)
+    if truncated_tail:
+        truncated[-1] = True
+    return EpisodeIndex(starts=starts, lengths=ends - starts,
+                        terminated=np.asarray(terminals, bool)[ends - 1] if n else np.zeros(0, bool),
+                        truncated=truncated)
+
+
+@dataclass
+class TrajectoryDataset:
+    """Flat transition arrays plus the episode index; the object every sampler and algorithm reads from."""
+
+    name: str  # dataset identity used to seed subsets, e.g. "hopper-medium-v2"
+    observations: np.ndarray  # (N, obs_dim) float32
+    actions: np.ndarray  # (N, act_dim) float32
+    rewards: np.ndarray  # (N,) float32
+    terminals: np.ndarray  # (N,) bool
+    timeouts: np.ndarray  # (N,) bool
+    episodes: EpisodeIndex
+    next_observations: np.ndarray | None = None
+    episode_ids: np.ndarray | None = None  # ids of the episodes in the source file (set by subsampling)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+    notes: tuple[str, ...] = ()  # what was done to the file's episode flags, and why
+    # --- image datasets (Atari, trainers/atari_data.py) ---
+    # None: `observations` are the states (N, obs_dim) float32. An int: `observations` are single frames
+    # (N, H, W) uint8 with (N,) integer actions, and the state at a step is its episode's last `frame_stack`
+    # frames, zero-padded before the episode's first frame; the samplers stack them when a batch is drawn.
+    frame_stack: int | None = None
+    # How a data ratio draws its trajectories: "uniform" (LaMo's D4RL code) or "length", with probability
+    # proportional to trajectory length (LaMo's Atari code, experiment-atari/buffer.py ratio_dataset).
+    ratio_sampling: Literal["uniform", "length"] = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.episode_ids is None:
+            self.episode_ids = np.arange(len(self.episodes))
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def observation_dim(self) -> int:
+        return self.observations.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+    def episode_returns(self) -> np.ndarray:
+        return np.add.reduceat(self.rewards.astype(np.float64), self.episodes.starts) if len(self) else np.zeros(0)
+
+    def episode_of_step(self) -> np.ndarray:
+        """(N,) index of the episode each step belongs to."""
+        return np.repeat(np.arange(self.num_episodes), self.episodes.lengths)
+
+    def timesteps(self) -> np.ndarray:
+        """(N,) step index within its episode (absolute timestep, as the sequence models embed it)."""
+        return np.arange(len(self)) - np.repeat(self.episodes.starts, self.episodes.lengths)
+
+    def returns_to_go(self) -> np.ndarray:
+        """(N,) undiscounted sum of rewards from each step to the end of its episode, float64."""
+        cumulative = np.cumsum(self.rewards, dtype=np.float64)
+        end_totals = cumulative[self.episodes.ends - 1]
+        before = np.concatenate([[0.0], cumulative[:-1]])
+        return np.repeat(end_totals, self.episodes.lengths) - before
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of one state: (obs_dim,), or (frame_stack, H, W) for an image dataset."""
+        if self.frame_stack is None:
+            return tuple(self.observations.shape[1:])
+        return (self.frame_stack, *self.observations.shape[1:])
+
+    def state_statistics(self, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the observations of this (sub)set, LaMo's normalization convention."""
+        if self.frame_stack is not None:
+            raise ValueError(f"{self.name}: image frames are scaled by 1/255, not standardised")
+        obs = self.observations.astype(np.float64)
+        return obs.mean(0).astype(np.float32), (obs.std(0) + eps).astype(np.float32)
+
+    def select_episodes(self, episode_positions: np.ndarray) -> TrajectoryDataset:
+        """A new dataset made of the given episodes (positions in this dataset), in the given order."""
+        positions = np.asarray(episode_positions, np.int64)
+        starts, lengths = self.episodes.starts[positions], self.episodes.lengths[positions]
+        new_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        steps = np.repeat(starts - new_starts, lengths) + np.arange(lengths.sum())
+        pick = (lambda a: None if a is None else a[steps])
+        return replace(
+            self, observations=self.observations[steps], actions=self.actions[steps], rewards=self.rewards[steps],
+            terminals=self.terminals[steps], timeouts=self.timeouts[steps],
+            next_observations=pick(self.next_observations),
+            episodes=EpisodeIndex(new_starts, lengths.astype(np.int64), self.episodes.terminated[positions],
+                                  self.episodes.truncated[positions]),
+            episode_ids=self.episode_ids[positions],
+        )
