@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainers.algorithm import StatelessPolicy, TrainingSetup, check_finite
-from trainers.datasets import TrajectoryDataset
+from trainers.trajectories import TrajectoryDataset
 from trainers.samplers import TransitionSampler
 
 # --- checks done in build(), before anything is trained -----------------------------------------------------

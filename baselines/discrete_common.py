@@ -20,7 +20,7 @@ from torch import nn
 from baselines.common import OfflineAlgorithm, make_generator
 from trainers.algorithm import StatelessPolicy, TrainingSetup
 from trainers.atari_model import CNN_OUTPUT_SIZE, NATURE_CNN_CHANNELS, nature_cnn, scale_frames
-from trainers.datasets import TrajectoryDataset
+from trainers.trajectories import TrajectoryDataset
 from trainers.samplers import TransitionSampler
 
 

@@ -36,7 +36,7 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from trainers.datasets import TrajectoryDataset
+from trainers.trajectories import TrajectoryDataset
 from trainers.algorithm import (
     Fraction,
     OpenUnit,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainers.datasets import TrajectoryDataset
+from trainers.trajectories import TrajectoryDataset
 from trainers.samplers import PAD_ACTION
 
 

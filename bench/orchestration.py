@@ -1,11 +1,15 @@
-"""Orchestration efficiency: N real trials through `python orchestrator/sweep.py` (local Ray, Tune, one Train run
-each, MLflow) against the same trials run back to back in this process with no orchestration at all.
+"""Orchestration efficiency: N real trials through `python orchestrator/sweep.py` (local Ray, Tune, MLflow) — on
+our path (a one-worker trial trains in its Tune trial's actor, `resources.trainer: auto`) and on the previous one
+(a Ray Train TorchTrainer per trial, `resources.trainer: ray_train`) — against the same trials run back to back
+in this process by the trial core itself, with no orchestration at all.
 
-    python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000]
+    python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000] [--paths auto,ray_train]
 
-The baseline times each trial's own work — load + subsample the data, build the algorithm, the updates and the
-evaluations — with one torch thread, as one Ray CPU slot has. Efficiency = Σ baseline trial time / (sweep wall
-time × slots): 1.0 means the sweep adds nothing to the work; per-trial overhead = (wall × slots − Σ) / N.
+The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
+one Ray CPU slot has, checkpointing to a directory as a trial does. Efficiency = Σ baseline trial time /
+(sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial overhead = (wall × slots − Σ) / N. The
+sweep's fixed cost (Python and Ray start-up before the first trial, aggregation after the last) is reported
+apart, and "steady" is the efficiency between the first trial's start and the last trial's end.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -25,31 +28,47 @@ REPO = Path(__file__).resolve().parents[1]
 TASK = "reacher2d-medium"
 
 
-def trial_time(dataset: Path, ratio: float, seed: int, hyperparameters: dict) -> float:
-    """One trial's work without Ray, Tune or MLflow (the same pieces trainers/loop.py runs)."""
-    from trainers.datasets import load_task_dataset, subsample_trajectories
-    from trainers.evaluation import BatchedEvaluator
-    from trainers.registry import TrainingSetup, build_algorithm, make_config
-    from trainers.samplers import to_torch
-    from trainers.tasks import get_task
+def baseline_seconds(dataset: Path, seeds: list[int], hyperparameters: dict, work: Path) -> list[float]:
+    """Each trial's own work through the trial core: load and subsample the data, build, update, evaluate,
+    checkpoint, export."""
+    from trainers.core import DirectoryCheckpoints, LocalReport, TrialCore
+    from trainers.record import make_record
 
-    started = time.perf_counter()
-    task = get_task(TASK)
-    data = subsample_trajectories(load_task_dataset(task, dataset), ratio, seed)
-    config = make_config("bc", hyperparameters, task)
-    env = task.make_env()
-    setup = TrainingSetup(task=task, dataset=data, observation_space=env.observation_space,
-                          action_space=env.action_space, device=torch.device("cpu"), seed=seed)
-    env.close()
-    algorithm = build_algorithm("bc", config, setup)
-    evaluator = BatchedEvaluator(task, config.eval_episodes, None)
-    rng = np.random.default_rng(seed)
-    for step in range(1, config.num_steps + 1):
-        algorithm.update(to_torch(algorithm.sampler.sample(config.batch_size, rng), setup.device))
-        if step % config.eval_every == 0 or step == config.num_steps:
-            evaluator.run(algorithm.policy, seed=seed)
-    evaluator.close()
-    return time.perf_counter() - started
+    times = []
+    for seed in seeds:
+        started = time.perf_counter()
+        record = make_record("bc", TASK, 1.0, seed, hyperparameters, str(dataset))
+        run_dir = work / "baseline" / record.trial_id
+        TrialCore(record, run_dir).run(LocalReport(run_dir, quiet=True), DirectoryCheckpoints(run_dir / "checkpoint"))
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def run_sweep(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperparameters: dict) -> dict:
+    """Wall time of the sweep command, and from its MLflow runs when the first trial started and the last ended."""
+    from mlflow.tracking import MlflowClient
+
+    root = work / trainer
+    root.mkdir()
+    spec = {"name": f"bench-{trainer.replace('_', '-')}", "algorithms": [{"name": "bc", "overrides": hyperparameters}],
+            "tasks": [{"name": TASK, "dataset": str(dataset)}], "ratios": [1.0], "seeds": seeds,
+            "resources": {"trainer": trainer}, "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
+            "storage": str(root / "ray_results")}
+    (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    started = time.time()
+    sweep = subprocess.run([sys.executable, str(REPO / "orchestrator" / "sweep.py"), "--spec", str(root / "sweep.yaml")],
+                           capture_output=True, text=True, cwd=root)
+    ended = time.time()
+    if sweep.returncode != 0:
+        raise RuntimeError(f"the {trainer} sweep failed:\n{sweep.stdout[-3000:]}\n{sweep.stderr[-3000:]}")
+    slots = int(next(line for line in sweep.stdout.splitlines() if "trial slots" in line)
+                .split("trial slots")[0].split(",")[-1])
+    client = MlflowClient(spec["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("lamo-sweeps").experiment_id], "tags.role = 'trial'")
+    first_start = min(r.info.start_time for r in runs) / 1000
+    last_end = max(r.info.end_time for r in runs) / 1000
+    return {"wall": ended - started, "slots": slots, "startup": first_start - started, "finish": ended - last_end,
+            "steady": last_end - first_start}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000, help="gradient steps per trial")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--paths", default="auto,ray_train", help="resources.trainer values to measure")
     parser.add_argument("--dataset", help="reacher2d-medium hdf5 (default: generate 200 episodes)")
     args = parser.parse_args(argv)
 
@@ -69,35 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         make_dataset(TASK, out=dataset, seed=0, num_episodes=200)
     hyperparameters = {"num_steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes}
     seeds = list(range(args.trials))
-    spec = {"name": "bench-orchestration", "algorithms": [{"name": "bc", "overrides": hyperparameters}],
-            "tasks": [{"name": TASK, "dataset": str(dataset)}], "ratios": [1.0], "seeds": seeds,
-            "tracking": {"uri": f"sqlite:///{work}/mlflow.db"}, "storage": str(work / "ray_results")}
-    spec_path = work / "sweep.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
 
     from trainers.cpu_allocator import keep_freed_memory_for_reuse
 
-    keep_freed_memory_for_reuse()  # as the Train workers do
+    keep_freed_memory_for_reuse()  # as a trial does
     torch.set_num_threads(1)  # one Ray CPU slot
-    baseline = [trial_time(dataset, 1.0, seed, hyperparameters) for seed in seeds]
+    total = sum(baseline_seconds(dataset, seeds, hyperparameters, work))
+    sweeps = {trainer: run_sweep(work, trainer, dataset, seeds, hyperparameters) for trainer in args.paths.split(",")}
 
-    started = time.perf_counter()
-    sweep = subprocess.run([sys.executable, str(REPO / "orchestrator" / "sweep.py"), "--spec", str(spec_path)],
-                           capture_output=True, text=True, cwd=work)
-    wall = time.perf_counter() - started
-    if sweep.returncode != 0:
-        print(sweep.stdout[-3000:], sweep.stderr[-3000:], file=sys.stderr)
-        return 1
-    slots = int(next(line for line in sweep.stdout.splitlines() if "trial slots" in line)
-                .split("trial slots")[0].split(",")[-1])
-    total = sum(baseline)
     print(f"{args.trials} bc trials on {TASK}, {args.steps} steps, evaluation every {args.eval_every} "
-          f"({args.eval_episodes} episodes); {slots} slots")
-    print(f"{'':<44}{'wall s':>10}{'per trial s':>14}")
-    print(f"{'back to back in one process (1 thread)':<44}{total:>10.1f}{total / args.trials:>14.2f}")
-    print(f"{'python orchestrator/sweep.py':<44}{wall:>10.1f}{wall * slots / args.trials:>14.2f}")
-    print(f"per-trial overhead {(wall * slots - total) / args.trials:.2f} s; "
-          f"efficiency Σ trial time / (wall × slots) = {total / (wall * slots):.2f}")
+          f"({args.eval_episodes} episodes); work in {work}")
+    print(f"{'':<48}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}{'efficiency':>12}"
+          f"{'start s':>9}{'end s':>7}{'steady':>8}")
+    print(f"{'trial core, back to back (1 thread)':<48}{total:>8.1f}{1:>7}{total / args.trials:>13.2f}")
+    names = {"auto": "sweep, one-worker trials in place (ours)", "ray_train": "sweep, a TorchTrainer per trial (before)"}
+    for trainer, m in sweeps.items():
+        wall, slots = m["wall"], m["slots"]
+        print(f"{names.get(trainer, trainer):<48}{wall:>8.1f}{slots:>7}{wall * slots / args.trials:>13.2f}"
+              f"{(wall * slots - total) / args.trials:>12.2f}{total / (wall * slots):>12.2f}{m['startup']:>9.1f}"
+              f"{m['finish']:>7.1f}{total / (m['steady'] * slots):>8.2f}")
     return 0
 
 

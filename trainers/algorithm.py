@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 if TYPE_CHECKING:
-    from trainers.datasets import TrajectoryDataset
+    from trainers.trajectories import TrajectoryDataset
     from trainers.samplers import TransitionBatch, WindowBatch
     from trainers.tasks import Task
 
