@@ -9,8 +9,8 @@ addresses (cluster/*.yaml) and are not affected; setting the switch to 1 yoursel
 
 A driver killed with SIGKILL takes its GCS and raylet with it (Ray fate-shares them with the process that started
 them), but Ray's per-node agents (ray::DashboardAgent, ray::RuntimeEnvAgent) can hang on their way out, reporting
-the dead raylet to the dead GCS. Every such agent and worker is a child of its node's raylet; a "ray::" process
-whose parent is no longer a raylet is stopped, by its process id, before the next local Ray starts.
+the dead raylet to the dead GCS. Every such agent and worker descends from its node's raylet; a "ray::" process
+with no running raylet among its ancestors is stopped, by its process id, before the next local Ray starts.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ def bind_to_loopback() -> None:
 
 
 def orphaned_ray_processes() -> list[psutil.Process]:
-    """This user's Ray processes ("ray::..." agents and workers) whose parent is no longer a running raylet."""
+    """This user's Ray processes ("ray::..." agents, workers and their forks) with no running raylet above them."""
     me, orphans = psutil.Process().username(), []
     for process in psutil.process_iter(["username", "name"]):
         try:
             if process.info["username"] != me or not (process.info["name"] or "").startswith("ray::"):
                 continue
-            parent = process.parent()
-            if parent is None or parent.name() != "raylet" or parent.status() == psutil.STATUS_ZOMBIE:
+            if not any(ancestor.name() == "raylet" and ancestor.status() != psutil.STATUS_ZOMBIE
+                       for ancestor in process.parents()):
                 orphans.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
