@@ -51,7 +51,9 @@ from orchestrator.plan import InsufficientResources, ResourcePlan, describe, loc
     resource_plan
 from orchestrator.preflight import SweepInputError, validate_sweep_inputs
 from orchestrator.spec import SpecError, SweepSpec, expand_trials, load_spec
-from orchestrator.tracking import SweepTracker, TrackingError, absolute_uri, check_tracking_uri, failure_message
+from orchestrator.tracking import (
+    SweepTracker, TrackingError, absolute_uri, check_tracking_uri, experiment_link, failure_message,
+)
 from orchestrator.trial import SweepContext, trial_driver, trial_name, trial_resources
 from trainers.record import TrialRecord
 
@@ -262,6 +264,8 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
                                searching=spec.search.kind == "optuna")
         console.print(f"sweep {spec.sweep_id}: {len(records)} trials, up to {plan.concurrent_trials} at once; "
                       f"MLflow {uri} (experiment {spec.tracking.experiment}, parent run {parent})")
+        ui = "" if uri.startswith(("http://", "https://")) else f" (after `mlflow ui --backend-store-uri {uri}`)"
+        console.print(f"runs table: {experiment_link(uri, tracker.experiment_id)}{ui}")
         progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)
         if spec.search.kind == "optuna":
             grids = run_search(spec, records, context, plan, restart, progress, tracker, console)

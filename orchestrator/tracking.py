@@ -1,8 +1,11 @@
 """MLflow layout of a sweep — the one module that writes it and reads it back.
 
 Run layout:
-- experiment: the spec's `tracking.experiment`, tagged `mlflow.experimentKind = custom_model_development` so
-  MLflow 3 opens it on the training runs table (not its GenAI view);
+- experiment: the spec's `tracking.experiment`, tagged `mlflow.experimentKind = custom_model_development` (the
+  training kind, read by the MLflow 3 releases that pick the view from it). MLflow 3.17's web app ignores the tag
+  and opens the view its sidebar switch names — the link's `workflowType`, else the browser's last choice, else
+  GenAI — so the sweep prints `experiment_link(...)`, which asks for the training runs table
+  (`?workflowType=machine_learning`; tests/test_mlflow_ui.py checks both in headless Chromium);
 - parent run: name = sweep id, tags `role=sweep`, `sweep_id`, `sweep_name` (and `superseded=true` once a
   `--restart` replaced it: the aggregator takes the newest parent that is not superseded); params = the spec's
   grid; the spec file as an artifact; `best/<cell>` metrics and `best/<cell>/config` tags from a search;
@@ -59,6 +62,7 @@ ERROR_TAG = "error"
 PLACEMENT_NODE_TAG, PLACEMENT_DEVICES_TAG, PLACEMENT_ROLE_TAG = (
     "placement.node_id", "placement.cuda_visible_devices", "placement.role")
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+EXPERIMENT_LINK = "{server}/#/experiments/{experiment_id}?workflowType=machine_learning"  # the runs table
 
 # Names of the run layout, for writing and reading alike.
 ROLE_TAG, PARENT_RUN_TAG = "role", "mlflow.parentRunId"
@@ -73,6 +77,13 @@ AGGREGATE_ARTIFACTS = "aggregate/{protocol}"  # the aggregator's files on the pa
 # The aggregator's headline numbers on the parent run; statistic is mean or iqm. Sorted, one statistic's
 # algorithms stand side by side in the MLflow runs table.
 HEADLINE_METRIC = "headline/{protocol}/{domain}/{statistic}/{algorithm}"
+
+
+def experiment_link(tracking_uri: str, experiment_id: str) -> str:
+    """Where a researcher opens the sweep in the MLflow UI: the server itself, or for a local store the address
+    `mlflow ui` serves it on by default."""
+    server = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return EXPERIMENT_LINK.format(server=server, experiment_id=experiment_id)
 
 
 class TrackingError(RuntimeError):
