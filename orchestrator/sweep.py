@@ -47,12 +47,23 @@ from urllib.parse import urlsplit, urlunsplit
 from rich.console import Console
 
 from orchestrator.local_ray import start_local_ray
-from orchestrator.plan import InsufficientResources, ResourcePlan, describe, local_nodes, local_resources, \
-    resource_plan
+from orchestrator.plan import (
+    InsufficientResources,
+    ResourcePlan,
+    describe,
+    local_nodes,
+    local_resources,
+    resource_plan,
+)
 from orchestrator.preflight import SweepInputError, validate_sweep_inputs
 from orchestrator.spec import SpecError, SweepSpec, expand_trials, load_spec
 from orchestrator.tracking import (
-    SweepTracker, TrackingError, absolute_uri, check_tracking_uri, experiment_link, failure_message,
+    SweepTracker,
+    TrackingError,
+    absolute_uri,
+    check_tracking_uri,
+    experiment_link,
+    failure_message,
 )
 from orchestrator.trial import SweepContext, trial_driver, trial_name, trial_resources
 from trainers.record import TrialRecord
@@ -217,6 +228,9 @@ def report_results(uri: str, spec: SweepSpec, console: Console) -> None:
         console.print(f"aggregation skipped: {error}")
 
 
+INTERRUPTED_EXIT = 130  # as a shell reports a command stopped by Ctrl-C
+
+
 def failed_trials(grids) -> list[tuple[str, str]]:
     """(trial id, the error's own message) for every trial that failed after its retries."""
     failed = []
@@ -250,7 +264,7 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
     uri = absolute_uri(spec.tracking.uri)
     check_tracking_uri(uri)
     plan, started_here = connect_ray(spec, autoscaling, dashboard, console)
-    failed = True
+    failed, unfinished = True, 0
     try:
         tracker = SweepTracker(uri, spec.tracking.experiment, spec.sweep_id)
         if restart:
@@ -272,18 +286,25 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
         else:
             grids = run_grid(spec, records, context, plan, restart, progress, console)
         failures = failed_trials(grids)
-        finished = sum(len(grid) for grid in grids) - len(failures)
-        console.print(f"sweep {spec.sweep_id}: {finished} trials finished, {len(failures)} failed")
+        # Counted from the trials' runs: Tune calls a trial it stopped on Ctrl-C terminated too.
+        finished = sum(status == "FINISHED" for status in tracker.trial_statuses(parent).values())
+        expected = spec.search.samples * len(grids) if spec.search.kind == "optuna" else len(records)
+        unfinished = max(0, expected - finished - len(failures))
+        console.print(f"sweep {spec.sweep_id}: {finished} trials finished, {len(failures)} failed"
+                      + (f", {unfinished} unfinished" if unfinished else ""))
         for name, message in failures:
             console.print(f"  failed {name}: {message[:500]}")
+        if unfinished:  # stopped (Ctrl-C, SIGTERM) before every trial ended: checkpoints and runs are kept
+            console.print(f"interrupted: {unfinished} trial(s) did not finish; run the same command to resume them "
+                          f"from their checkpoints")
         failed = bool(failures)
-        tracker.finish_sweep(parent, failed=failed)
+        tracker.finish_sweep(parent, failed=failed, interrupted=bool(unfinished))
         if finished:
             report_results(uri, spec, console)
     finally:
         if started_here:
             ray.shutdown()
-    return 1 if failed else 0
+    return INTERRUPTED_EXIT if unfinished else 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -225,8 +225,11 @@ class SweepTracker:
                 self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(runs)
 
-    def finish_sweep(self, parent_run_id: str, failed: bool) -> None:
-        self.client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
+    def finish_sweep(self, parent_run_id: str, failed: bool, interrupted: bool = False) -> None:
+        """FINISHED, FAILED (a trial failed after its retries) or KILLED (stopped before every trial ended; the
+        same command resumes it and sets it RUNNING again)."""
+        status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
+        self.client.set_terminated(parent_run_id, status=status)
 
     def trial_run(self, parent_run_id: str, record: TrialRecord) -> tuple[str, dict[str, float] | None]:
         """The trial's child run and, when that run already FINISHED, its latest metrics (nothing to train).
@@ -271,9 +274,10 @@ class SweepTracker:
             self.client.set_tag(run_id, key, value)
 
     def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float,
-                     error: BaseException | None = None) -> None:
+                     error: BaseException | None = None, interrupted: bool = False) -> None:
         """Close the child run; cost metrics accumulate over resumed attempts; a failure is recorded with its
-        own message (tag `error`) and traceback (error.txt)."""
+        own message (tag `error`) and traceback (error.txt); an interrupted trial is KILLED (resuming the sweep
+        sets it RUNNING again)."""
         from mlflow.entities import Metric
 
         previous = self.client.get_run(run_id).data.metrics.get(WALL_SECONDS_METRIC, 0.0)
@@ -284,7 +288,13 @@ class SweepTracker:
         if error is not None:
             self.client.set_tag(run_id, ERROR_TAG, failure_message(error)[:5000])
             self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        self.client.set_terminated(run_id, status="KILLED" if interrupted else "FAILED" if failed else "FINISHED")
+
+    def trial_statuses(self, parent_run_id: str) -> dict[str, str]:
+        """trial id -> MLflow status of each trial run of the sweep (what the summary counts)."""
+        query = f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}' and tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+        runs = search_all(self.client, self.experiment_id, query)  # every page: sweeps have thousands of trials
+        return {run.data.tags[TRIAL_ID_TAG]: run.info.status for run in runs}
 
     def record_best(self, parent_run_id: str, cell: str, metric: str, value: float, config: dict) -> None:
         """A search's best value and configuration for one cell, on the parent run."""

@@ -174,19 +174,23 @@ def trial_driver(config: dict) -> None:
     reports = Reports(run_dir, tracking, to_tune=context.in_place, needs_evaluation=context.searching)
     started = time.time()
     error: BaseException | None = None
+    interrupted = False
     try:
         if context.in_place:
             device = torch.device("cuda") if context.gpus_per_worker > 0 and torch.cuda.is_available() else None
             TrialCore(record, run_dir, device).run(reports, TuneCheckpoints(tracking))
         else:
             _fit_distributed(record, run_dir, context, reports)
+    except (KeyboardInterrupt, SystemExit):  # Tune stopping the trial (Ctrl-C on the sweep): not a failure
+        interrupted = True
+        raise
     except BaseException as failure:
         error = failure
         raise
     finally:
         gpus = context.num_workers * context.gpus_per_worker
         tracker.finish_trial(run_id, failed=error is not None, wall_seconds=time.time() - started, gpus=gpus,
-                             error=error)
+                             error=error, interrupted=interrupted)
 
 
 def _fit_distributed(record: TrialRecord, run_dir: str, context: SweepContext, reports: Any) -> None:

@@ -184,6 +184,35 @@ def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_
     assert steps == sorted(set(steps)) and steps[-1] == 6000  # every evaluation once, none lost
 
 
+def test_an_interrupted_sweep_says_so_and_exits_130(tmp_path, reacher_medium_path):
+    """Ctrl-C (SIGINT) in the middle of a trial: the summary counts it as unfinished, not finished, says how to
+    resume, the parent run is KILLED, and the exit status is 130; the same command then finishes it."""
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], algorithms=[
+        {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 6000, "eval_every": 500}])
+    path, uri = write_spec(tmp_path, spec), spec["tracking"]["uri"]
+    driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        checkpoints = str(tmp_path / "ray_results" / "tiny-*" / "tune" / "td3_bc.*" / "checkpoint_*")
+        deadline = time.time() + 300
+        while not glob.glob(checkpoints) and time.time() < deadline:
+            time.sleep(0.5)
+        assert glob.glob(checkpoints), "the trial never checkpointed"
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            stop_process_tree([psutil.Process(driver.pid), *psutil.Process(driver.pid).children(recursive=True)])
+    assert driver.returncode == 130, output[-3000:]
+    assert "0 trials finished, 0 failed, 1 unfinished" in output and "run the same command to resume" in output
+    (parent,), _ = mlflow_runs(uri)
+    assert parent.info.status == "KILLED"
+    result = run_sweep(path, cwd=tmp_path)
+    assert result.returncode == 0 and "1 trials finished, 0 failed" in result.stdout, result.stdout[-3000:]
+    (parent,), (trial,) = mlflow_runs(uri)
+    assert parent.info.status == trial.info.status == "FINISHED" and trial.data.metrics["resumed_from_step"] >= 500
+
+
 def test_optuna_search_in_one_cell_records_the_best_on_the_parent(tmp_path, reacher_medium_path):
     spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], search={
         "kind": "optuna", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "samples": 3})
