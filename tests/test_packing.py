@@ -46,7 +46,7 @@ def test_fractional_gpu_trials_pack_four_to_a_gpu_and_drivers_hold_only_a_trial_
     env = {"RAY_ADDRESS": cluster.address}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0, 1, 2, 3], ratios=[0.5, 1.0],
-                     training={"steps": 3000, "eval_every": 3000, "eval_episodes": 2},
+                     training={"steps": 2000, "eval_every": 2000, "eval_episodes": 2},
                      resources={"num_workers": 1, "gpus_per_worker": 0.25, "cpus_per_worker": 0.5})
     packed = run_sweep(write_spec(tmp_path, spec, "packed.yaml"), env=env, timeout=900)
     assert packed.returncode == 0, packed.stdout[-3000:]

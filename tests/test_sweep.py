@@ -137,7 +137,7 @@ def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_
     continues from its checkpoint."""
     spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], algorithms=[
         {"name": "bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 100, "eval_every": 100},
-        {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 6000, "eval_every": 500}])
+        {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 3000, "eval_every": 500}])
     path, uri = write_spec(tmp_path, spec), spec["tracking"]["uri"]
     driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(path)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
@@ -181,14 +181,14 @@ def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_
     assert bc.data.metrics["cost/wall_seconds"] == finished[bc.data.tags["trial_id"]]  # not trained again
     assert td3.info.status == "FINISHED" and td3.data.metrics["resumed_from_step"] >= 500
     steps = [m.step for m in MlflowClient(uri).get_metric_history(td3.info.run_id, "eval/policy/normalized_mean")]
-    assert steps == sorted(set(steps)) and steps[-1] == 6000  # every evaluation once, none lost
+    assert steps == sorted(set(steps)) and steps[-1] == 3000  # every evaluation once, none lost
 
 
 def test_an_interrupted_sweep_says_so_and_exits_130(tmp_path, reacher_medium_path):
     """Ctrl-C (SIGINT) in the middle of a trial: the summary counts it as unfinished, not finished, says how to
     resume, the parent run is KILLED, and the exit status is 130; the same command then finishes it."""
     spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], algorithms=[
-        {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 6000, "eval_every": 500}])
+        {"name": "td3_bc", "overrides": {"hidden_dims": [32, 32]}, "steps": 3000, "eval_every": 500}])
     path, uri = write_spec(tmp_path, spec), spec["tracking"]["uri"]
     driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(path)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
