@@ -278,8 +278,7 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
                                searching=spec.search.kind == "optuna")
         console.print(f"sweep {spec.sweep_id}: {len(records)} trials, up to {plan.concurrent_trials} at once; "
                       f"MLflow {uri} (experiment {spec.tracking.experiment}, parent run {parent})")
-        ui = "" if uri.startswith(("http://", "https://")) else f" (after `mlflow ui --backend-store-uri {uri}`)"
-        console.print(f"runs table: {experiment_link(uri, tracker.experiment_id)}{ui}")
+        console.print(f"runs table: {experiment_link(uri, tracker.experiment_id)}")
         progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)
         if spec.search.kind == "optuna":
             grids = run_search(spec, records, context, plan, restart, progress, tracker, console)

@@ -79,11 +79,18 @@ AGGREGATE_ARTIFACTS = "aggregate/{protocol}"  # the aggregator's files on the pa
 HEADLINE_METRIC = "headline/{protocol}/{domain}/{statistic}/{algorithm}"
 
 
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (HTTP), rather than a store this process opens itself (sqlite, a directory)."""
+    return uri.startswith(("http://", "https://"))
+
+
 def experiment_link(tracking_uri: str, experiment_id: str) -> str:
     """Where a researcher opens the sweep in the MLflow UI: the server itself, or for a local store the address
-    `mlflow ui` serves it on by default."""
-    server = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return EXPERIMENT_LINK.format(server=server, experiment_id=experiment_id)
+    `mlflow ui` serves it on by default, with the command that serves it."""
+    if is_server(tracking_uri):
+        return EXPERIMENT_LINK.format(server=tracking_uri.rstrip("/"), experiment_id=experiment_id)
+    link = EXPERIMENT_LINK.format(server="http://127.0.0.1:5000", experiment_id=experiment_id)
+    return f"{link} (after `mlflow ui --backend-store-uri {tracking_uri}`)"
 
 
 class TrackingError(RuntimeError):
@@ -97,7 +104,7 @@ def check_tracking_uri(uri: str) -> None:
         if not database.parent.is_dir():
             raise TrackingError(f"tracking URI {uri}: directory {database.parent} does not exist")
         return
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
                 if response.status == 200:
