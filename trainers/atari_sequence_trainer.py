@@ -39,7 +39,6 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from pydantic import model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -60,6 +59,9 @@ from trainers.language import LanguageBatches
 from trainers.samplers import WindowBatch, WindowSampler
 from trainers.sequence_trainer import LORA_TARGETS, build_backbone
 from trainers.sequence_trainer import external_inputs as _sequence_external_inputs
+
+# peft (and the transformers it imports, ~3 s) is imported where LoRA is applied or loaded: the sweep driver and
+# every trial that uses no LoRA load this module without it.
 
 RETURN_CONDITIONED = True
 DISCRETE_ACTIONS = True
@@ -187,6 +189,8 @@ class AtariSequenceModelAlgorithm:
         backbone = build_backbone(config)
         backbone.wte.requires_grad_(config.lm_coef > 0)  # token embeddings serve only the language loss
         if config.adaptation == "lora":
+            from peft import LoraConfig, get_peft_model
+
             for parameter in backbone.parameters():
                 parameter.requires_grad_(False)
             backbone = get_peft_model(backbone, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
@@ -290,6 +294,8 @@ class AtariSequenceModelAlgorithm:
     def load_exported(self, directory: Path) -> None:
         directory = Path(directory)
         if self.config.adaptation == "lora":
+            from peft import set_peft_model_state_dict
+
             adapter = load_file(directory / "adapter" / "adapter_model.safetensors")
             result = set_peft_model_state_dict(self.model.backbone, adapter)
             if getattr(result, "unexpected_keys", None):

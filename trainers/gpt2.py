@@ -14,10 +14,16 @@ an activation or option this module does not implement is refused (`check_suppor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import GPT2Config, GPT2Model
+
+# transformers is imported where a GPT-2 is built (~3 s): the sweep driver and every non-GPT trial load this
+# module without it.
+if TYPE_CHECKING:
+    from transformers import GPT2Config, GPT2Model
 
 
 class QKVProjection(nn.Module):
@@ -170,6 +176,8 @@ def _causal_padding_mask(valid: torch.Tensor) -> torch.Tensor:
 
 def gpt2_config(n_layer: int, n_embd: int, n_head: int, dropout: float, vocab_size: int = 1,
                 n_positions: int = 1024, activation_function: str = "gelu_pytorch_tanh") -> GPT2Config:
+    from transformers import GPT2Config
+
     return GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                       n_head=n_head, n_inner=4 * n_embd, resid_pdrop=dropout, embd_pdrop=dropout,
                       attn_pdrop=dropout, activation_function=activation_function,
@@ -178,6 +186,8 @@ def gpt2_config(n_layer: int, n_embd: int, n_head: int, dropout: float, vocab_si
 
 def random_gpt2(config: GPT2Config) -> GPT2:
     """A freshly initialised GPT-2 with Hugging Face's initialisation (N(0, 0.02), scaled residual proj)."""
+    from transformers import GPT2Model
+
     return GPT2.from_hf(GPT2Model(config))
 
 

@@ -26,14 +26,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from trainers.corpus_cache import default_cache_dir, ensure_token_stream, open_token_stream, sha256_of_file
+
+# transformers is imported where a GPT-2 is built (~3 s): the sweep driver and every non-GPT trial load this
+# module without it.
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel, GPT2Model
 
 WIKITEXT = {"wikitext-103": "wikitext-103-raw-v1", "wikitext-2": "wikitext-2-raw-v1"}
 CORPUS_FORMS = "'builtin', 'wikitext-103', 'wikitext-2', a directory of .txt files (recursive) or a .txt file"
@@ -341,6 +345,8 @@ def load_tokenizer(model_dir: str | Path | None = None) -> ByteTokenizer | HFTok
     to fit the model's embedding table (config.json vocab_size)."""
     if model_dir is None:
         return ByteTokenizer()
+    from transformers import AutoConfig, AutoTokenizer
+
     path = _local_path(model_dir)
     if path is None:
         name = str(model_dir)
@@ -447,6 +453,8 @@ def pretrained_gpt2_config(name_or_path: str | Path) -> dict:
     not a model directory, or is not a GPT-2 (used to check a sweep's backbones before anything starts)."""
     name, path = str(name_or_path), _local_path(name_or_path)
     if path is None:
+        from transformers import AutoConfig
+
         config = _from_hub(lambda **kw: AutoConfig.from_pretrained(name, **kw), name).to_dict()
         where = f"hub model {name!r}"
     elif not path.exists():
@@ -466,6 +474,8 @@ def load_pretrained_gpt2(name_or_path: str | Path, random_init: bool = False, dr
     """GPT-2 from a local directory or a hub id ('gpt2': needs network or the local HF cache); GPT2Model, or
     GPT2LMHeadModel with lm_head=True. random_init: its architecture with fresh weights (torch's RNG);
     dropout sets all three pdrop; config_overrides go to the config as from_pretrained's kwargs do."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
     cls = GPT2LMHeadModel if lm_head else GPT2Model
     name, path = str(name_or_path), _local_path(name_or_path)
     config = pretrained_gpt2_config(name_or_path)
@@ -499,6 +509,8 @@ def pretrain_tiny_gpt2(out_dir: str | Path, corpus: str | Path = "builtin", *, s
     train = LanguageBatches(tokens, seq_len=seq_len, num_sequences=batch, seed=seed)
     evaluation = LanguageBatches(held_out, seq_len=seq_len, num_sequences=batch, seed=seed + 1)
     evaluation_windows = [evaluation.sample() for _ in range(4)]
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(
         vocab_size=tok.vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,

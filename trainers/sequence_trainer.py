@@ -20,7 +20,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from pydantic import model_validator
 from torch import nn
@@ -42,6 +41,9 @@ from trainers.language import LanguageBatches, check_corpus, load_pretrained_gpt
 from trainers.samplers import WindowBatch, WindowSampler
 from trainers.sequence_policy import ContextPolicy
 from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
+
+# peft (and the transformers it imports, ~3 s) is imported where LoRA is applied or loaded: the sweep driver and
+# every trial that uses no LoRA load this module without it.
 
 
 RETURN_CONDITIONED = True  # evaluated once per target return of the task
@@ -171,6 +173,8 @@ LORA_TARGETS = r"h\.\d+\.attn\.c_attn\.(q|k|v)"
 
 def apply_lora(backbone: GPT2, config: Config) -> nn.Module:
     """Freeze the backbone and add LoRA to c_attn's q, k and v (their biases stay trainable), via peft."""
+    from peft import LoraConfig, get_peft_model
+
     for parameter in backbone.parameters():
         parameter.requires_grad_(False)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -310,6 +314,8 @@ class SequenceModelAlgorithm:
     def load_exported(self, directory: Path) -> None:
         directory = Path(directory)
         if self.config.adaptation == "lora":
+            from peft import set_peft_model_state_dict
+
             adapter = load_file(directory / "adapter" / "adapter_model.safetensors")
             result = set_peft_model_state_dict(self.model.backbone, adapter)
             if getattr(result, "unexpected_keys", None):
