@@ -40,6 +40,16 @@ def stop_process_tree(processes: list[psutil.Process]) -> None:
     psutil.wait_procs(processes, timeout=10)
 
 
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def listening_sockets(processes: list[psutil.Process]) -> dict[tuple[str, int], int]:
+    """(address, port) -> process id of every listening socket the given processes hold now."""
+    pids = {p.pid for p in processes}
+    return {(c.laddr.ip, c.laddr.port): c.pid for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
 def run_sweep(spec_path: Path, *args: str, timeout: float = 600, cwd: Path | None = None,
               env: dict | None = None) -> subprocess.CompletedProcess:
     process = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(spec_path), *args], cwd=cwd or REPO,

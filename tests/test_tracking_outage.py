@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from tests.sweep_helpers import SWEEP, stop_process_tree, tiny_spec, write_spec
 from tests.test_tracking_server import start_mlflow_server, stop_process_group
 
-OUTAGE_S = 25.0
+OUTAGE_S = 12.0
 
 
 def test_training_goes_on_through_a_tracking_outage_and_nothing_is_lost(tmp_path, reacher_medium_path):
