@@ -9,7 +9,8 @@ The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep tri
 one Ray CPU slot has, checkpointing to a directory as a trial does. Efficiency = Σ baseline trial time /
 (sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial overhead = (wall × slots − Σ) / N. The
 sweep's fixed cost (Python and Ray start-up before the first trial, aggregation after the last) is reported
-apart, and "steady" is the efficiency between the first trial's start and the last trial's end.
+apart, and "steady" is the efficiency between the first trial's start and the last trial's end, with the
+overhead per trial it implies: what each further trial of a larger sweep costs beyond its own work.
 """
 
 from __future__ import annotations
@@ -100,14 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.trials} bc trials on {TASK}, {args.steps} steps, evaluation every {args.eval_every} "
           f"({args.eval_episodes} episodes); work in {work}")
     print(f"{'':<48}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}{'efficiency':>12}"
-          f"{'start s':>9}{'end s':>7}{'steady':>8}")
+          f"{'start s':>9}{'end s':>7}{'steady':>8}{'steady overhead s':>19}")
     print(f"{'trial core, back to back (1 thread)':<48}{total:>8.1f}{1:>7}{total / args.trials:>13.2f}")
     names = {"auto": "sweep, one-worker trials in place (ours)", "ray_train": "sweep, a TorchTrainer per trial (before)"}
     for trainer, m in sweeps.items():
         wall, slots = m["wall"], m["slots"]
         print(f"{names.get(trainer, trainer):<48}{wall:>8.1f}{slots:>7}{wall * slots / args.trials:>13.2f}"
               f"{(wall * slots - total) / args.trials:>12.2f}{total / (wall * slots):>12.2f}{m['startup']:>9.1f}"
-              f"{m['finish']:>7.1f}{total / (m['steady'] * slots):>8.2f}")
+              f"{m['finish']:>7.1f}{total / (m['steady'] * slots):>8.2f}"
+              f"{(m['steady'] * slots - total) / args.trials:>19.2f}")
     return 0
 
 
