@@ -413,6 +413,38 @@ def test_runs_as_a_script(store, tmp_path):
 
 # --- the layout as tracking.py writes it, read back ---------------------------------------------------------
 
+def test_reports_made_faster_than_they_are_sent_go_in_few_requests_and_all_arrive(tmp_path):
+    """A trial reports every 100 steps, several times a second: the sender gathers what queued while it waited
+    into one log_batch, within MLflow's 1,000 metrics a request, and loses nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+
+    writer = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, "batching-0123456789")
+    parent = writer.start_sweep("batching", {"seeds": [0], "ratios": [1.0]})
+    record = make_record("bc", "hopper-medium", 1.0, 0, {"num_steps": 40_000}, sweep_id="batching-0123456789")
+    run_id, _ = writer.trial_run(parent, record)
+    sizes = []
+
+    class CountingClient(MlflowClient):
+        def log_batch(self, run_id, metrics=(), **kwargs):
+            sizes.append(len(metrics))
+            return super().log_batch(run_id, metrics=metrics, **kwargs)
+
+    hook = tracking.MlflowReport(writer.uri, run_id, str(tmp_path))
+    hook._client = CountingClient(writer.uri)
+    keys = ["train/loss", "train/grad_norm", "train/steps_per_second"]
+    for step in range(100, 40_001, 100):  # 400 reports, 1,200 metrics
+        hook(step, {key: step / 100 + i for i, key in enumerate(keys)}, [])
+    hook.close()
+
+    assert sum(sizes) == 1200 and max(sizes) <= tracking.MlflowReport.MAX_METRICS_PER_BATCH
+    assert 2 <= len(sizes) <= 5, sizes  # not one request per report
+    for i, key in enumerate(keys):
+        history = sorted((m.step, m.value) for m in MlflowClient(writer.uri).get_metric_history(run_id, key))
+        assert history == [(step, step / 100 + i) for step in range(100, 40_001, 100)]
+
+
 def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
     from orchestrator import tracking
 
