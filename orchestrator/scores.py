@@ -38,7 +38,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import trim_mean
 
 from orchestrator.fidelity import FidelityNote, fidelity_notes
 from trainers.registry import ALGORITHMS
@@ -292,9 +291,15 @@ def build_cells(runs: list[TrialRun], protocol: str, asked: int | None) -> list[
 
 # --- robust statistics (Agarwal et al. 2021; rliable) ------------------------------------------------------
 
+def _trim_mean(values: np.ndarray, proportion: float, axis: int | None = 0):
+    from scipy.stats import trim_mean  # here, not at module load: every trial actor imports this module's types
+
+    return trim_mean(values, proportion, axis=axis)
+
+
 def interquartile_mean(scores: np.ndarray) -> float:
     """Mean of the middle 50 % of the scores (25 % trimmed from each end), rliable's IQM."""
-    return float(trim_mean(np.asarray(scores, dtype=float), 0.25))
+    return float(_trim_mean(np.asarray(scores, dtype=float), 0.25))
 
 
 def stratified_bootstrap(samples: list[np.ndarray], statistic, resamples: int, seed: int = 0) -> tuple[float, float]:
@@ -311,7 +316,7 @@ def mean_of_cell_means(strata: list[np.ndarray]) -> np.ndarray:
 
 
 def pooled_iqm(strata: list[np.ndarray]) -> np.ndarray:
-    return trim_mean(np.concatenate(strata, axis=-1), 0.25, axis=-1)
+    return _trim_mean(np.concatenate(strata, axis=-1), 0.25, axis=-1)
 
 
 def _pairwise_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
