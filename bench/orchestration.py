@@ -6,16 +6,21 @@ in this process by the trial core itself, with no orchestration at all.
     python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000] [--paths auto,ray_train]
 
 The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
-one Ray CPU slot has, checkpointing to a directory as a trial does. Efficiency = Σ baseline trial time /
-(sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial overhead = (wall × slots − Σ) / N. The
-sweep's fixed cost (Python and Ray start-up before the first trial, aggregation after the last) is reported
-apart, and "steady" is the efficiency between the first trial's start and the last trial's end, with the
-overhead per trial it implies: what each further trial of a larger sweep costs beyond its own work.
+one Ray CPU slot has, checkpointing to a directory as a trial does; twice: one trial at a time in this process,
+and `slots` plain processes side by side taking trials from one queue, as the sweep runs them but with no Ray,
+Tune or MLflow; half of each baseline's trials before the sweeps and half after. Trials sharing the machine's cores, caches and memory bandwidth run slower than one alone; the
+side-by-side baseline pays that too, so against it the sweep's figures are the orchestration's own cost.
+Efficiency = Σ baseline trial time / (sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial
+overhead = (wall × slots − Σ) / N. The sweep's fixed cost (Python and Ray start-up before the first trial,
+aggregation after the last) is reported apart, and "steady" is the efficiency between the first trial's start
+and the last trial's end, with the overhead per trial it implies: what each further trial of a larger sweep
+costs beyond its own work.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import subprocess
 import sys
 import tempfile
@@ -29,20 +34,37 @@ REPO = Path(__file__).resolve().parents[1]
 TASK = "reacher2d-medium"
 
 
-def baseline_seconds(dataset: Path, seeds: list[int], hyperparameters: dict, work: Path) -> list[float]:
-    """Each trial's own work through the trial core: load and subsample the data, build, update, evaluate,
-    checkpoint, export."""
+def trial_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -> float:
+    """One trial's own work through the trial core, with one torch thread: load and subsample the data, build,
+    update, evaluate, checkpoint, export."""
     from trainers.core import DirectoryCheckpoints, LocalReport, TrialCore
+    from trainers.cpu_allocator import keep_freed_memory_for_reuse
     from trainers.record import make_record
 
-    times = []
-    for seed in seeds:
-        started = time.perf_counter()
-        record = make_record("bc", TASK, 1.0, seed, hyperparameters, str(dataset))
-        run_dir = work / "baseline" / record.trial_id
-        TrialCore(record, run_dir).run(LocalReport(run_dir, quiet=True), DirectoryCheckpoints(run_dir / "checkpoint"))
-        times.append(time.perf_counter() - started)
-    return times
+    keep_freed_memory_for_reuse()  # as a trial does
+    torch.set_num_threads(1)  # one Ray CPU slot
+    started = time.perf_counter()
+    record = make_record("bc", TASK, 1.0, seed, hyperparameters, str(dataset))
+    run_dir = work / record.trial_id
+    TrialCore(record, run_dir).run(LocalReport(run_dir, quiet=True), DirectoryCheckpoints(run_dir / "checkpoint"))
+    return time.perf_counter() - started
+
+
+def baseline_seconds(dataset: Path, seeds: list[int], hyperparameters: dict, work: Path,
+                     processes: int = 1) -> list[float]:
+    """Every trial's time: back to back in this process, or in `processes` plain processes side by side."""
+    if processes == 1:
+        return [trial_seconds(dataset, seed, hyperparameters, work) for seed in seeds]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return pool.starmap(trial_seconds, [(dataset, seed, hyperparameters, work) for seed in seeds], chunksize=1)
+
+
+def sweep_spec(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperparameters: dict) -> dict:
+    root = work / trainer
+    return {"name": f"bench-{trainer.replace('_', '-')}", "algorithms": [{"name": "bc", "overrides": hyperparameters}],
+            "tasks": [{"name": TASK, "dataset": str(dataset)}], "ratios": [1.0], "seeds": seeds,
+            "resources": {"trainer": trainer}, "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
+            "storage": str(root / "ray_results")}
 
 
 def run_sweep(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperparameters: dict) -> dict:
@@ -51,10 +73,7 @@ def run_sweep(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
 
     root = work / trainer
     root.mkdir()
-    spec = {"name": f"bench-{trainer.replace('_', '-')}", "algorithms": [{"name": "bc", "overrides": hyperparameters}],
-            "tasks": [{"name": TASK, "dataset": str(dataset)}], "ratios": [1.0], "seeds": seeds,
-            "resources": {"trainer": trainer}, "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
-            "storage": str(root / "ray_results")}
+    spec = sweep_spec(work, trainer, dataset, seeds, hyperparameters)
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
     started = time.time()
     sweep = subprocess.run([sys.executable, str(REPO / "orchestrator" / "sweep.py"), "--spec", str(root / "sweep.yaml")],
@@ -91,25 +110,34 @@ def main(argv: list[str] | None = None) -> int:
     hyperparameters = {"num_steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes}
     seeds = list(range(args.trials))
 
-    from trainers.cpu_allocator import keep_freed_memory_for_reuse
+    # The machine's speed drifts by several per cent over minutes (a shared VM): each baseline runs half of its
+    # trials before the sweeps and half after, in mirrored order, so that a steady drift cancels out.
+    from orchestrator.plan import local_nodes, local_resources, resource_plan
+    from orchestrator.spec import SweepSpec
 
-    keep_freed_memory_for_reuse()  # as a trial does
-    torch.set_num_threads(1)  # one Ray CPU slot
-    total = sum(baseline_seconds(dataset, seeds, hyperparameters, work))
+    slots = resource_plan(SweepSpec.model_validate(sweep_spec(work, "auto", dataset, seeds, hyperparameters)),
+                          local_nodes(*local_resources())).concurrent_trials
+    first, second = seeds[: len(seeds) // 2], seeds[len(seeds) // 2:]
+    serial = baseline_seconds(dataset, first, hyperparameters, work / "baseline")
+    side_by_side = baseline_seconds(dataset, first, hyperparameters, work / "baseline-side-by-side", slots)
     sweeps = {trainer: run_sweep(work, trainer, dataset, seeds, hyperparameters) for trainer in args.paths.split(",")}
+    side_by_side = sum(side_by_side + baseline_seconds(dataset, second, hyperparameters,
+                                                       work / "baseline-side-by-side", slots))
+    serial = sum(serial + baseline_seconds(dataset, second, hyperparameters, work / "baseline"))
 
     print(f"{args.trials} bc trials on {TASK}, {args.steps} steps, evaluation every {args.eval_every} "
           f"({args.eval_episodes} episodes); work in {work}")
-    print(f"{'':<48}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}{'efficiency':>12}"
-          f"{'start s':>9}{'end s':>7}{'steady':>8}{'steady overhead s':>19}")
-    print(f"{'trial core, back to back (1 thread)':<48}{total:>8.1f}{1:>7}{total / args.trials:>13.2f}")
     names = {"auto": "sweep, one-worker trials in place (ours)", "ray_train": "sweep, a TorchTrainer per trial (before)"}
-    for trainer, m in sweeps.items():
-        wall, slots = m["wall"], m["slots"]
-        print(f"{names.get(trainer, trainer):<48}{wall:>8.1f}{slots:>7}{wall * slots / args.trials:>13.2f}"
-              f"{(wall * slots - total) / args.trials:>12.2f}{total / (wall * slots):>12.2f}{m['startup']:>9.1f}"
-              f"{m['finish']:>7.1f}{total / (m['steady'] * slots):>8.2f}"
-              f"{(m['steady'] * slots - total) / args.trials:>19.2f}")
+    for label, total in [("one at a time", serial), (f"{slots} side by side", side_by_side)]:
+        print(f"\nagainst the trial core, {label}, no orchestration: {total:.1f} s, {total / args.trials:.2f} s per trial")
+        print(f"{'':<48}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}{'efficiency':>12}"
+              f"{'start s':>9}{'end s':>7}{'steady':>8}{'steady overhead s':>19}")
+        for trainer, m in sweeps.items():
+            wall, slots = m["wall"], m["slots"]
+            print(f"{names.get(trainer, trainer):<48}{wall:>8.1f}{slots:>7}{wall * slots / args.trials:>13.2f}"
+                  f"{(wall * slots - total) / args.trials:>12.2f}{total / (wall * slots):>12.2f}{m['startup']:>9.1f}"
+                  f"{m['finish']:>7.1f}{total / (m['steady'] * slots):>8.2f}"
+                  f"{(m['steady'] * slots - total) / args.trials:>19.2f}")
     return 0
 
 
