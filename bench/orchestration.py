@@ -1,15 +1,16 @@
 """Orchestration efficiency: N real trials through `python orchestrator/sweep.py` (local Ray, Tune, MLflow) — on
 our path (a one-worker trial trains in its Tune trial's actor, `resources.trainer: auto`) and on the previous one
-(a Ray Train TorchTrainer per trial, `resources.trainer: ray_train`) — against the same trials run back to back
-in this process by the trial core itself, with no orchestration at all.
+(a Ray Train TorchTrainer per trial, `resources.trainer: ray_train`) — against the same trials run by the trial
+core itself, with no orchestration at all.
 
     python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000] [--paths auto,ray_train]
 
 The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
 one Ray CPU slot has, checkpointing to a directory as a trial does; twice: one trial at a time in this process,
 and `slots` plain processes side by side taking trials from one queue, as the sweep runs them but with no Ray,
-Tune or MLflow; half of each baseline's trials before the sweeps and half after. Trials sharing the machine's cores, caches and memory bandwidth run slower than one alone; the
-side-by-side baseline pays that too, so against it the sweep's figures are the orchestration's own cost.
+Tune or MLflow; half of each baseline's trials before the sweeps and half after. Trials sharing the machine's
+cores, caches and memory bandwidth can run slower than one alone; the side-by-side baseline pays that too, so
+against it the sweep's figures are the orchestration's own cost.
 Efficiency = Σ baseline trial time / (sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial
 overhead = (wall × slots − Σ) / N. The sweep's fixed cost (Python and Ray start-up before the first trial,
 aggregation after the last) is reported apart, and "steady" is the efficiency between the first trial's start
@@ -127,17 +128,19 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.trials} bc trials on {TASK}, {args.steps} steps, evaluation every {args.eval_every} "
           f"({args.eval_episodes} episodes); work in {work}")
-    names = {"auto": "sweep, one-worker trials in place (ours)", "ray_train": "sweep, a TorchTrainer per trial (before)"}
+    names = {"auto": "sweep, one-worker trials in place (ours)",
+             "ray_train": "sweep, a TorchTrainer per trial (before)"}
     for label, total in [("one at a time", serial), (f"{slots} side by side", side_by_side)]:
-        print(f"\nagainst the trial core, {label}, no orchestration: {total:.1f} s, {total / args.trials:.2f} s per trial")
+        print(f"\nagainst the trial core, {label}, no orchestration: {total:.1f} s, "
+              f"{total / args.trials:.2f} s per trial")
         print(f"{'':<48}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}{'efficiency':>12}"
               f"{'start s':>9}{'end s':>7}{'steady':>8}{'steady overhead s':>19}")
         for trainer, m in sweeps.items():
-            wall, slots = m["wall"], m["slots"]
-            print(f"{names.get(trainer, trainer):<48}{wall:>8.1f}{slots:>7}{wall * slots / args.trials:>13.2f}"
-                  f"{(wall * slots - total) / args.trials:>12.2f}{total / (wall * slots):>12.2f}{m['startup']:>9.1f}"
-                  f"{m['finish']:>7.1f}{total / (m['steady'] * slots):>8.2f}"
-                  f"{(m['steady'] * slots - total) / args.trials:>19.2f}")
+            wall, n = m["wall"], m["slots"]
+            print(f"{names.get(trainer, trainer):<48}{wall:>8.1f}{n:>7}{wall * n / args.trials:>13.2f}"
+                  f"{(wall * n - total) / args.trials:>12.2f}{total / (wall * n):>12.2f}{m['startup']:>9.1f}"
+                  f"{m['finish']:>7.1f}{total / (m['steady'] * n):>8.2f}"
+                  f"{(m['steady'] * n - total) / args.trials:>19.2f}")
     return 0
 
 
