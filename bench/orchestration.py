@@ -4,13 +4,15 @@ our path (a one-worker trial trains in its Tune trial's actor, `resources.traine
 core itself, with no orchestration at all.
 
     python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000] [--paths auto,ray_train]
+                                  [--baselines serial,side-by-side]
 
 The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
-one Ray CPU slot has, checkpointing to a directory as a trial does; twice: one trial at a time in this process,
-and `slots` plain processes side by side taking trials from one queue, as the sweep runs them but with no Ray,
-Tune or MLflow; half of each baseline's trials before the sweeps and half after. Trials sharing the machine's
-cores, caches and memory bandwidth can run slower than one alone; the side-by-side baseline pays that too, so
-against it the sweep's figures are the orchestration's own cost.
+one Ray CPU slot has, checkpointing to a directory as a trial does; twice (`--baselines` picks): one trial at a
+time in this process ("serial"), and `slots` plain processes side by side taking trials from one queue, as the
+sweep runs them but with no Ray, Tune or MLflow ("side-by-side"); half of each baseline's trials before the
+sweeps and half after. Trials sharing the machine's cores, caches and memory bandwidth can run slower than one
+alone; the side-by-side baseline pays that too, so against it the sweep's figures are the orchestration's own
+cost.
 Efficiency = Σ baseline trial time / (sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial
 overhead = (wall × slots − Σ) / N. The sweep's fixed cost (Python and Ray start-up before the first trial,
 aggregation after the last) is reported apart, and "steady" is the efficiency between the first trial's start
@@ -100,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--paths", default="auto,ray_train", help="resources.trainer values to measure")
     parser.add_argument("--dataset", help="reacher2d-medium hdf5 (default: generate 200 episodes)")
+    parser.add_argument("--baselines", default="serial,side-by-side",
+                        help="which baselines to run: serial (one trial at a time), side-by-side (slots at once)")
     args = parser.parse_args(argv)
+    processes = {"serial": 1, "side-by-side": 0}  # processes of each baseline (side by side: the sweep's slots)
+    chosen = args.baselines.split(",")
+    if unknown := set(chosen) - set(processes):
+        parser.error(f"--baselines: unknown {', '.join(sorted(unknown))}; expected serial and/or side-by-side")
 
     work = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
     dataset = Path(args.dataset) if args.dataset else work / "reacher2d-medium.hdf5"
@@ -119,18 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     slots = resource_plan(SweepSpec.model_validate(sweep_spec(work, "auto", dataset, seeds, hyperparameters)),
                           local_nodes(*local_resources())).concurrent_trials
     first, second = seeds[: len(seeds) // 2], seeds[len(seeds) // 2:]
-    serial = baseline_seconds(dataset, first, hyperparameters, work / "baseline")
-    side_by_side = baseline_seconds(dataset, first, hyperparameters, work / "baseline-side-by-side", slots)
+    processes["side-by-side"] = slots
+    before = {name: baseline_seconds(dataset, first, hyperparameters, work / f"baseline-{name}", processes[name])
+              for name in chosen}
     sweeps = {trainer: run_sweep(work, trainer, dataset, seeds, hyperparameters) for trainer in args.paths.split(",")}
-    side_by_side = sum(side_by_side + baseline_seconds(dataset, second, hyperparameters,
-                                                       work / "baseline-side-by-side", slots))
-    serial = sum(serial + baseline_seconds(dataset, second, hyperparameters, work / "baseline"))
+    totals = {name: sum(before[name] + baseline_seconds(dataset, second, hyperparameters, work / f"baseline-{name}",
+                                                        processes[name]))
+              for name in reversed(chosen)}  # mirrored order
 
     print(f"{args.trials} bc trials on {TASK}, {args.steps} steps, evaluation every {args.eval_every} "
           f"({args.eval_episodes} episodes); work in {work}")
     names = {"auto": "sweep, one-worker trials in place (ours)",
              "ray_train": "sweep, a TorchTrainer per trial (before)"}
-    for label, total in [("one at a time", serial), (f"{slots} side by side", side_by_side)]:
+    labels = {"serial": "one at a time", "side-by-side": f"{slots} side by side"}
+    for name in chosen:
+        label, total = labels[name], totals[name]
         print(f"\nagainst the trial core, {label}, no orchestration: {total:.1f} s, "
               f"{total / args.trials:.2f} s per trial")
         print(f"{'':<48}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}{'efficiency':>12}"
