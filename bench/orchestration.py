@@ -21,7 +21,8 @@ costs beyond its own work. Comparing with a baseline measured at another time ca
 shared VM the same trial's training time moved between 58 and 85 s within one run), so the benchmark also
 prints how much of wall × slots the trials' own runs fill (their MLflow runs' start to end: load, build, train,
 evaluate, checkpoint, deliver): the orchestration's time outside the trials, measured within the sweep itself.
-What that leaves out is a slowdown of the training itself, e.g. by Ray's processes sharing the cores.
+What that leaves out is a slowdown of the training itself, e.g. by Ray's processes sharing the cores, and on the
+ray_train path the per-trial Train controller, placement group and worker start, which happen inside the run.
 """
 
 from __future__ import annotations
