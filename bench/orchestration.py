@@ -18,7 +18,7 @@ overhead = (wall × slots − Σ) / N. The sweep's fixed cost (Python and Ray st
 aggregation after the last) is reported apart, and "steady" is the efficiency between the first trial's start
 and the last trial's end, with the overhead per trial it implies: what each further trial of a larger sweep
 costs beyond its own work. Comparing with a baseline measured at another time carries the machine's drift (on a
-shared VM the same trial's training time moved between 58 and 85 s within one run), so the benchmark also
+shared VM the same trial's training time moved between 53 and 108 s within one run), so the benchmark also
 prints how much of wall × slots the trials' own runs fill (their MLflow runs' start to end: load, build, train,
 evaluate, checkpoint, deliver): the orchestration's time outside the trials, measured within the sweep itself.
 What that leaves out is a slowdown of the training itself, e.g. by Ray's processes sharing the cores, and on the
@@ -40,6 +40,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "reacher2d-medium"
+BASELINES = ("serial", "side-by-side")
 
 
 def trial_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -> float:
@@ -111,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default="serial,side-by-side",
                         help="which baselines to run: serial (one trial at a time), side-by-side (slots at once)")
     args = parser.parse_args(argv)
-    processes = {"serial": 1, "side-by-side": 0}  # processes of each baseline (side by side: the sweep's slots)
     chosen = args.baselines.split(",")
-    if unknown := set(chosen) - set(processes):
+    if unknown := set(chosen) - set(BASELINES):
         parser.error(f"--baselines: unknown {', '.join(sorted(unknown))}; expected serial and/or side-by-side")
 
     work = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     slots = resource_plan(SweepSpec.model_validate(sweep_spec(work, "auto", dataset, seeds, hyperparameters)),
                           local_nodes(*local_resources())).concurrent_trials
     first, second = seeds[: len(seeds) // 2], seeds[len(seeds) // 2:]
-    processes["side-by-side"] = slots
+    processes = {"serial": 1, "side-by-side": slots}
     before = {name: baseline_seconds(dataset, first, hyperparameters, work / f"baseline-{name}", processes[name])
               for name in chosen}
     sweeps = {trainer: run_sweep(work, trainer, dataset, seeds, hyperparameters) for trainer in args.paths.split(",")}
