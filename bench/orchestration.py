@@ -23,12 +23,17 @@ prints how much of wall × slots the trials' own runs fill (their MLflow runs' s
 evaluate, checkpoint, deliver): the orchestration's time outside the trials, measured within the sweep itself.
 What that leaves out is a slowdown of the training itself, e.g. by Ray's processes sharing the cores, and on the
 ray_train path the per-trial Train controller, placement group and worker start, which happen inside the run.
+To show the drift in the same output, every phase's trials are also timed by their training alone (the sum of
+their report windows' updates over their updates/s): the same work, so differences between phases are the
+machine's speed and whatever shares the cores with the trials.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,12 +46,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TASK = "reacher2d-medium"
 BASELINES = ("serial", "side-by-side")
+RATE = "train/steps_per_second"
 
 
-def trial_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -> float:
+def training_seconds(rates: list[tuple[int, float]]) -> float:
+    """A trial's time in gradient updates, from its (step, train/steps_per_second) reports in step order: each
+    window's updates (steps since the previous report) over its rate."""
+    previous, total = 0, 0.0
+    for step, rate in rates:
+        total, previous = total + (step - previous) / rate, step
+    return total
+
+
+def trial_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -> tuple[float, float]:
     """One trial's own work through the trial core, with one torch thread: load and subsample the data, build,
-    update, evaluate, checkpoint, export."""
-    from trainers.core import DirectoryCheckpoints, LocalReport, TrialCore
+    update, evaluate, checkpoint, export. Returns its wall time and its training time."""
+    from trainers.core import METRICS_FILE, DirectoryCheckpoints, LocalReport, TrialCore
     from trainers.cpu_allocator import keep_freed_memory_for_reuse
     from trainers.record import make_record
 
@@ -56,12 +71,15 @@ def trial_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -
     record = make_record("bc", TASK, 1.0, seed, hyperparameters, str(dataset))
     run_dir = work / record.trial_id
     TrialCore(record, run_dir).run(LocalReport(run_dir, quiet=True), DirectoryCheckpoints(run_dir / "checkpoint"))
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    reports = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    return wall, training_seconds([(r["step"], r[RATE]) for r in reports if RATE in r])
 
 
 def baseline_seconds(dataset: Path, seeds: list[int], hyperparameters: dict, work: Path,
-                     processes: int = 1) -> list[float]:
-    """Every trial's time: back to back in this process, or in `processes` plain processes side by side."""
+                     processes: int = 1) -> list[tuple[float, float]]:
+    """Every trial's wall and training time: back to back in this process, or in `processes` plain processes
+    side by side."""
     if processes == 1:
         return [trial_seconds(dataset, seed, hyperparameters, work) for seed in seeds]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
@@ -97,8 +115,14 @@ def run_sweep(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
     first_start = min(r.info.start_time for r in runs) / 1000
     last_end = max(r.info.end_time for r in runs) / 1000
     in_trials = sum(r.info.end_time - r.info.start_time for r in runs) / 1000
+    training = [training_seconds(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, RATE)))
+                for r in runs]
     return {"wall": ended - started, "slots": slots, "startup": first_start - started, "finish": ended - last_end,
-            "steady": last_end - first_start, "in_trials": in_trials}
+            "steady": last_end - first_start, "in_trials": in_trials, "training": training}
+
+
+def spread(seconds: list[float]) -> str:
+    return f"median {statistics.median(seconds):.1f} s ({min(seconds):.1f}–{max(seconds):.1f}; {len(seconds)} trial{'s' * (len(seconds) > 1)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     before = {name: baseline_seconds(dataset, first, hyperparameters, work / f"baseline-{name}", processes[name])
               for name in chosen}
     sweeps = {trainer: run_sweep(work, trainer, dataset, seeds, hyperparameters) for trainer in args.paths.split(",")}
-    totals = {name: sum(before[name] + baseline_seconds(dataset, second, hyperparameters, work / f"baseline-{name}",
-                                                        processes[name]))
-              for name in reversed(chosen)}  # mirrored order
+    after = {name: baseline_seconds(dataset, second, hyperparameters, work / f"baseline-{name}", processes[name])
+             for name in reversed(chosen)}  # mirrored order
+    totals = {name: sum(wall for wall, _ in before[name] + after[name]) for name in chosen}
 
     print(f"{args.trials} bc trials on {TASK}, {args.steps} steps, evaluation every {args.eval_every} "
           f"({args.eval_episodes} episodes); work in {work}")
@@ -163,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         filled, steady = m["in_trials"] / (m["wall"] * m["slots"]), m["in_trials"] / (m["steady"] * m["slots"])
         print(f"{names.get(trainer, trainer)}: the trials' own runs fill {filled:.3f} of wall × slots, {steady:.3f} "
               f"between the first trial's start and the last one's end")
+    print("\ntraining time per trial (the same updates in every phase, so the machine's drift shows here), in order:")
+    for name in chosen:
+        print(f"  {labels[name]}, before the sweeps: {spread([t for _, t in before[name]])}")
+    for trainer, m in sweeps.items():
+        print(f"  {names.get(trainer, trainer)}: {spread(m['training'])}")
+    for name in reversed(chosen):
+        print(f"  {labels[name]}, after the sweeps: {spread([t for _, t in after[name]])}")
     return 0
 
 
