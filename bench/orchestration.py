@@ -4,7 +4,7 @@ our path (a one-worker trial trains in its Tune trial's actor, `resources.traine
 core itself, with no orchestration at all.
 
     python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000] [--paths auto,ray_train]
-                                  [--baselines serial,side-by-side]
+                                  [--baselines serial,side-by-side] [--alongside]
 
 The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
 one Ray CPU slot has, checkpointing to a directory as a trial does; twice (`--baselines` picks): one trial at a
@@ -19,20 +19,27 @@ aggregation after the last) is reported apart, and "steady" is the efficiency be
 and the last trial's end, with the overhead per trial it implies: what each further trial of a larger sweep
 costs beyond its own work. Comparing with a baseline measured at another time carries the machine's drift (on a
 shared VM the same trial's training time moved between 53 and 108 s within one run), so the benchmark also
-prints how much of wall × slots the trials' own runs fill (their MLflow runs' start to end: load, build, train,
-evaluate, checkpoint, deliver): the orchestration's time outside the trials, measured within the sweep itself.
-What that leaves out is a slowdown of the training itself, e.g. by Ray's processes sharing the cores, and on the
-ray_train path the per-trial Train controller, placement group and worker start, which happen inside the run.
-To show the drift in the same output, every phase's trials are also timed by their training alone (the sum of
-their report windows' updates over their updates/s): the same work, so differences between phases are the
-machine's speed and whatever shares the cores with the trials.
+measures the sweep's cost in ways the drift cannot reach:
+- the trials' own runs (their MLflow runs' start to end: load, build, train, evaluate, checkpoint, deliver) as a
+  share of wall × slots — the orchestration's time outside the trials (on the ray_train path the per-trial Train
+  controller, placement group and worker start happen inside the runs, so there it says less);
+- the CPU the sweep's processes used between the first trial's start and the last one's end (psutil, once a
+  second): the trials' processes against the rest (driver, GCS, raylet, dashboard, monitors), which takes its
+  share from the trials' cores;
+- with `--alongside`, a one-slot sweep and one plain process running the trial core at Ray's worker niceness,
+  training at the same time on the two halves of the machine: the same drift reaches both, so the ratio of their
+  training times is what running inside a Ray actor does to the training itself.
+Every phase's training time per trial (the sum of its report windows' updates over their updates/s) is printed
+too: the same work in each, so differences between phases show the drift.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import torch
 import yaml
 
@@ -47,6 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 TASK = "reacher2d-medium"
 BASELINES = ("serial", "side-by-side")
 RATE = "train/steps_per_second"
+TRIAL_PROCESS = {"auto": "ray::ImplicitFunc", "ray_train": "ray::RayTrainWorker"}  # process titles doing the work
+RAY_WORKER_NICENESS = 15  # Ray's default worker_niceness: its workers run at this niceness
 
 
 def training_seconds(rates: list[tuple[int, float]]) -> float:
@@ -86,29 +96,67 @@ def baseline_seconds(dataset: Path, seeds: list[int], hyperparameters: dict, wor
         return pool.starmap(trial_seconds, [(dataset, seed, hyperparameters, work) for seed in seeds], chunksize=1)
 
 
-def sweep_spec(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperparameters: dict) -> dict:
-    root = work / trainer
+def sweep_spec(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperparameters: dict,
+               max_concurrent: int | None = None) -> dict:
     return {"name": f"bench-{trainer.replace('_', '-')}", "algorithms": [{"name": "bc", "overrides": hyperparameters}],
             "tasks": [{"name": TASK, "dataset": str(dataset)}], "ratios": [1.0], "seeds": seeds,
-            "resources": {"trainer": trainer}, "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
-            "storage": str(root / "ray_results")}
+            "resources": {"trainer": trainer}, "concurrency": {"max_concurrent_trials": max_concurrent},
+            "tracking": {"uri": f"sqlite:///{root}/mlflow.db"}, "storage": str(root / "ray_results")}
 
 
-def run_sweep(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperparameters: dict) -> dict:
-    """Wall time of the sweep command, and from its MLflow runs when the first trial started and the last ended."""
+def cpu_samples(sweep: subprocess.Popen) -> list[tuple[float, dict[int, tuple[str, float]]]]:
+    """Once a second until the sweep exits: every process of its tree (the driver, Ray's GCS, raylet, dashboard
+    and monitors, the trial actors) with its title and its CPU seconds so far."""
+    tree, samples = psutil.Process(sweep.pid), []
+    while sweep.poll() is None:
+        now, seen = time.time(), {}
+        for process in [tree, *tree.children(recursive=True)]:
+            try:
+                with process.oneshot():
+                    seen[process.pid] = (" ".join(process.cmdline()), sum(process.cpu_times()[:2]))
+            except psutil.Error:  # ended between listing and reading
+                pass
+        samples.append((now, seen))
+        time.sleep(1.0)
+    return samples
+
+
+def cpu_shares(samples: list[tuple[float, dict[int, tuple[str, float]]]], trial_title: str, start: float,
+               end: float) -> tuple[float, float]:
+    """Shares of the machine's cores that the trial processes and the rest of the sweep used between start and
+    end (a process started within the window counts from zero, one that ended counts to its last sample)."""
+    window = [sample for sample in samples if start <= sample[0] <= end]
+    if len(window) < 2:
+        return math.nan, math.nan
+    first, latest = window[0][1], {}
+    for _, seen in window:
+        latest.update(seen)
+    used = {True: 0.0, False: 0.0}
+    for pid, (title, cpu) in latest.items():
+        used[title.startswith(trial_title)] += cpu - first.get(pid, (title, 0.0))[1]
+    cores = (window[-1][0] - window[0][0]) * psutil.cpu_count()
+    return used[True] / cores, used[False] / cores
+
+
+def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperparameters: dict,
+              max_concurrent: int | None = None) -> dict:
+    """Wall time of the sweep command; from its MLflow runs when the first trial started and the last ended and
+    each trial's training time; and the CPU its processes used in between."""
     from mlflow.tracking import MlflowClient
 
-    root = work / trainer
     root.mkdir()
-    spec = sweep_spec(work, trainer, dataset, seeds, hyperparameters)
+    spec = sweep_spec(root, trainer, dataset, seeds, hyperparameters, max_concurrent)
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
     started = time.time()
     command = [sys.executable, str(REPO / "orchestrator" / "sweep.py"), "--spec", str(root / "sweep.yaml")]
-    sweep = subprocess.run(command, capture_output=True, text=True, cwd=root)
+    with (root / "sweep.out").open("w") as out:
+        sweep = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+        samples = cpu_samples(sweep)
     ended = time.time()
+    output = (root / "sweep.out").read_text()
     if sweep.returncode != 0:
-        raise RuntimeError(f"the {trainer} sweep failed:\n{sweep.stdout[-3000:]}\n{sweep.stderr[-3000:]}")
-    slots = int(next(line for line in sweep.stdout.splitlines() if "trial slots" in line)
+        raise RuntimeError(f"the {trainer} sweep failed (its output: {root / 'sweep.out'}):\n{output[-3000:]}")
+    slots = int(next(line for line in output.splitlines() if "trial slots" in line)
                 .split("trial slots")[0].split(",")[-1])
     client = MlflowClient(spec["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name("lamo-sweeps").experiment_id], "tags.role = 'trial'")
@@ -118,7 +166,39 @@ def run_sweep(work: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
     training = [training_seconds(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, RATE)))
                 for r in runs]
     return {"wall": ended - started, "slots": slots, "startup": first_start - started, "finish": ended - last_end,
-            "steady": last_end - first_start, "in_trials": in_trials, "training": training}
+            "steady": last_end - first_start, "in_trials": in_trials, "training": training,
+            "first_start": first_start, "last_end": last_end,
+            "cpu": cpu_shares(samples, TRIAL_PROCESS[trainer], first_start, last_end)}
+
+
+def plain_trials_until(stop: Path, dataset: Path, hyperparameters: dict, work: Path, results) -> None:
+    """Trial after trial through the trial core, at Ray's worker niceness, until `stop` exists: each trial's end
+    time and training time onto `results`."""
+    os.nice(RAY_WORKER_NICENESS)
+    seed = 10_000
+    while not stop.exists():
+        _, training = trial_seconds(dataset, seed, hyperparameters, work)
+        results.put((time.time(), training))
+        seed += 1
+
+
+def alongside(work: Path, dataset: Path, seeds: list[int], hyperparameters: dict) -> tuple[list[float], list[float]]:
+    """A one-slot sweep and one plain process running the trial core, training at the same time on the two
+    halves of the machine, so that its drift reaches both alike: the training times of the sweep's trials and of
+    the plain trials that ended between the sweep's first trial start and its last trial end."""
+    context = multiprocessing.get_context("spawn")
+    stop, results = work / "alongside.stop", context.Queue()
+    plain = context.Process(target=plain_trials_until, args=(stop, dataset, hyperparameters, work / "plain", results))
+    plain.start()
+    try:
+        sweep = run_sweep(work / "alongside", "auto", dataset, seeds, hyperparameters, max_concurrent=1)
+    finally:
+        stop.touch()
+        plain.join()
+    ended = []
+    while not results.empty():
+        ended.append(results.get())
+    return sweep["training"], [t for at, t in ended if sweep["first_start"] < at <= sweep["last_end"]]
 
 
 def spread(seconds: list[float]) -> str:
@@ -135,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="reacher2d-medium hdf5 (default: generate 200 episodes)")
     parser.add_argument("--baselines", default="serial,side-by-side",
                         help="which baselines to run: serial (one trial at a time), side-by-side (slots at once)")
+    parser.add_argument("--alongside", action="store_true",
+                        help="also run a one-slot sweep beside a plain trial-core process and compare their training")
     args = parser.parse_args(argv)
     chosen = args.baselines.split(",")
     if unknown := set(chosen) - set(BASELINES):
@@ -154,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.plan import local_nodes, local_resources, resource_plan
     from orchestrator.spec import SweepSpec
 
-    slots = resource_plan(SweepSpec.model_validate(sweep_spec(work, "auto", dataset, seeds, hyperparameters)),
+    slots = resource_plan(SweepSpec.model_validate(sweep_spec(work / "auto", "auto", dataset, seeds, hyperparameters)),
                           local_nodes(*local_resources())).concurrent_trials
     first, second = seeds[: len(seeds) // 2], seeds[len(seeds) // 2:]
     processes = {"serial": 1, "side-by-side": slots}
     before = {name: baseline_seconds(dataset, first, hyperparameters, work / f"baseline-{name}", processes[name])
               for name in chosen}
-    sweeps = {trainer: run_sweep(work, trainer, dataset, seeds, hyperparameters) for trainer in args.paths.split(",")}
+    sweeps = {trainer: run_sweep(work / trainer, trainer, dataset, seeds, hyperparameters)
+              for trainer in args.paths.split(",")}
     after = {name: baseline_seconds(dataset, second, hyperparameters, work / f"baseline-{name}", processes[name])
              for name in reversed(chosen)}  # mirrored order
     totals = {name: sum(wall for wall, _ in before[name] + after[name]) for name in chosen}
@@ -186,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     for trainer, m in sweeps.items():
         filled, steady = m["in_trials"] / (m["wall"] * m["slots"]), m["in_trials"] / (m["steady"] * m["slots"])
         print(f"{names.get(trainer, trainer)}: the trials' own runs fill {filled:.3f} of wall × slots, {steady:.3f} "
-              f"between the first trial's start and the last one's end")
+              f"between the first trial's start and the last one's end; in between, the trials' processes used "
+              f"{m['cpu'][0]:.3f} of the machine's cores, the rest of the sweep (driver, Ray) {m['cpu'][1]:.3f}")
     print("\ntraining time per trial (the same updates in every phase, so the machine's drift shows here), in order:")
     for name in chosen:
         print(f"  {labels[name]}, before the sweeps: {spread([t for _, t in before[name]])}")
@@ -194,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {names.get(trainer, trainer)}: {spread(m['training'])}")
     for name in reversed(chosen):
         print(f"  {labels[name]}, after the sweeps: {spread([t for _, t in after[name]])}")
+    if args.alongside:
+        in_sweep, plain = alongside(work, dataset, seeds, hyperparameters)
+        print("\na one-slot sweep and a plain process running the trial core (at Ray's worker niceness), training at "
+              f"the same time:\n  in the sweep: {spread(in_sweep)}\n  plain: {spread(plain)}\n  sweep / plain: "
+              f"{statistics.mean(in_sweep) / statistics.mean(plain):.3f} (means), "
+              f"{statistics.median(in_sweep) / statistics.median(plain):.3f} (medians)")
     return 0
 
 
