@@ -172,20 +172,21 @@ def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
 
 
 def plain_trials_until(stop: Path, dataset: Path, hyperparameters: dict, work: Path, results) -> None:
-    """Trial after trial through the trial core, at Ray's worker niceness, until `stop` exists: each trial's end
-    time and training time onto `results`."""
+    """Trial after trial through the trial core, at Ray's worker niceness, until `stop` exists: each trial's start
+    and end time and its training time onto `results`."""
     os.nice(RAY_WORKER_NICENESS)
     seed = 10_000
     while not stop.exists():
+        started = time.time()
         _, training = trial_seconds(dataset, seed, hyperparameters, work)
-        results.put((time.time(), training))
+        results.put((started, time.time(), training))
         seed += 1
 
 
 def alongside(work: Path, dataset: Path, seeds: list[int], hyperparameters: dict) -> tuple[list[float], list[float]]:
     """A one-slot sweep and one plain process running the trial core, training at the same time on the two
     halves of the machine, so that its drift reaches both alike: the training times of the sweep's trials and of
-    the plain trials that ended between the sweep's first trial start and its last trial end."""
+    the plain trials that ran between the sweep's first trial start and its last trial end."""
     context = multiprocessing.get_context("spawn")
     stop, results = work / "alongside.stop", context.Queue()
     plain = context.Process(target=plain_trials_until, args=(stop, dataset, hyperparameters, work / "plain", results))
@@ -195,14 +196,14 @@ def alongside(work: Path, dataset: Path, seeds: list[int], hyperparameters: dict
     finally:
         stop.touch()
         plain.join()
-    ended = []
-    while not results.empty():
-        ended.append(results.get())
-    return sweep["training"], [t for at, t in ended if sweep["first_start"] < at <= sweep["last_end"]]
+    plain_trials = [results.get() for _ in range(results.qsize())]
+    return sweep["training"], [training for started, ended, training in plain_trials
+                               if sweep["first_start"] <= started and ended <= sweep["last_end"]]
 
 
 def spread(seconds: list[float]) -> str:
-    return f"median {statistics.median(seconds):.1f} s ({min(seconds):.1f}–{max(seconds):.1f}; {len(seconds)} trial{'s' * (len(seconds) > 1)})"
+    trials = f"{len(seconds)} trial{'s' * (len(seconds) > 1)}"
+    return f"median {statistics.median(seconds):.1f} s ({min(seconds):.1f}–{max(seconds):.1f}; {trials})"
 
 
 def main(argv: list[str] | None = None) -> int:
