@@ -281,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {labels[name]}, after the sweeps: {spread([t for _, t in after[name]])}")
     if args.alongside:
         in_sweep, plain = alongside(work, dataset, seeds, hyperparameters)
+        if not plain:
+            print("\n--alongside: no plain trial ran wholly between the sweep's first trial start and its last trial "
+                  "end; nothing to compare (use more or longer trials)")
+            return 0
         print("\na one-slot sweep and a plain process running the trial core (at Ray's worker niceness), training at "
               f"the same time:\n  in the sweep: {spread(in_sweep)}\n  plain: {spread(plain)}\n  sweep / plain: "
               f"{statistics.mean(in_sweep) / statistics.mean(plain):.3f} (means), "
