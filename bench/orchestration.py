@@ -28,7 +28,9 @@ measures the sweep's cost in ways the drift cannot reach:
   share from the trials' cores;
 - with `--alongside`, a one-slot sweep and one plain process running the trial core at Ray's worker niceness,
   training at the same time on the two halves of the machine: the same drift reaches both, so the ratio of their
-  training times is what running inside a Ray actor does to the training itself.
+  training times is what running inside a Ray actor does to the training itself. It cannot see what the running
+  sweep does to every process on the machine (its threads' wake-ups slow the plain neighbour too: 3.7 % in the
+  README's block test).
 Every phase's training time per trial (the sum of its report windows' updates over their updates/s) is printed
 too: the same work in each, so differences between phases show the drift.
 """
