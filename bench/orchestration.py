@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.baselines.split(",")
     if unknown := set(chosen) - set(BASELINES):
         parser.error(f"--baselines: unknown {', '.join(sorted(unknown))}; expected serial and/or side-by-side")
+    if unknown := set(args.paths.split(",")) - set(TRIAL_PROCESS):
+        parser.error(f"--paths: unknown {', '.join(sorted(unknown))}; expected {' and/or '.join(TRIAL_PROCESS)} "
+                     "(resources.trainer values)")
 
     work = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
     dataset = Path(args.dataset) if args.dataset else work / "reacher2d-medium.hdf5"
