@@ -52,7 +52,10 @@ def listening_sockets(processes: list[psutil.Process]) -> dict[tuple[str, int], 
 
 def run_sweep(spec_path: Path, *args: str, timeout: float = 600, cwd: Path | None = None,
               env: dict | None = None) -> subprocess.CompletedProcess:
-    process = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(spec_path), *args], cwd=cwd or REPO,
+    """The sweep command, run in `cwd` (default: the spec's directory, so that what a sweep writes relative to its
+    working directory — reports/, an MLflow store's ./mlruns — stays in the test's directory, not the checkout)."""
+    process = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(spec_path), *args],
+                               cwd=cwd or spec_path.parent,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, **(env or {})})
     try:
