@@ -71,6 +71,10 @@ def start_local_ray(cpus: float, gpus: float, trial_slots: int, dashboard: bool 
         raise RuntimeError(f"ray was imported before orchestrator.local_ray.bind_to_loopback(): a local Ray would "
                            f"listen on this machine's network address. Set {LOCAL_ONLY_SWITCH}=0 in the environment "
                            f"(or call bind_to_loopback() before importing ray), or =1 to allow it")
+    # Ray starts idle task workers for the first driver, one per CPU, to be ready for tasks; a sweep runs actors
+    # only (trials, Train workers), which Ray starts processes of their own for, so those workers would only take
+    # CPU while the sweep starts and memory and wake-ups while it runs.
     ray.init(address="local", num_cpus=int(cpus), num_gpus=int(gpus), resources={"trial_slot": trial_slots},
-             include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=False)
+             include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=False,
+             _system_config={"prestart_worker_first_driver": False})
     return stopped

@@ -95,6 +95,18 @@ def test_a_trial_larger_than_the_machine_is_refused_before_ray_starts(tmp_path, 
     assert nothing_written(tmp_path)
 
 
+def test_the_embedded_ray_starts_no_idle_task_workers():
+    """A sweep runs only actors, which Ray starts processes of their own for: the task workers Ray would start
+    for a first driver (one per CPU) would only take CPU at start and memory and wake-ups while trials train."""
+    script = ("import time, psutil; from orchestrator.local_ray import start_local_ray; start_local_ray(2, 0, 2); "
+              "time.sleep(3); print(sorted(p.name() for p in psutil.Process().children(recursive=True)))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=SWEEP.parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    processes = done.stdout.strip().splitlines()[-1]
+    assert "raylet" in processes and "ray::IDLE" not in processes, processes
+
+
 # ------------------------------------------------------------------------------------------------ real sweeps
 
 def test_sweep_runs_trials_as_nested_mlflow_runs_with_their_artifacts(tmp_path, reacher_medium_path, tiny_gpt2):
