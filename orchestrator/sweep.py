@@ -42,6 +42,7 @@ import argparse
 import gc
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from urllib.parse import urlsplit, urlunsplit
 
@@ -96,21 +97,30 @@ def outputs_root(spec: SweepSpec) -> str:
 
 # ------------------------------------------------------------------------------------------------ Ray
 
-def connect_ray(spec: SweepSpec, autoscaling: bool, dashboard: bool, console: Console) -> tuple[ResourcePlan, bool]:
-    """Start Ray here or join the cluster in RAY_ADDRESS; returns (resource plan, whether Ray was started here).
-    A trial that cannot fit is refused before Ray starts (locally) or before anything is submitted (cluster)."""
+def local_plan(spec: SweepSpec) -> ResourcePlan | None:
+    """The plan for a Ray started on this machine (None when joining the cluster in RAY_ADDRESS); refuses a trial
+    this machine cannot hold, before Ray starts."""
+    if "RAY_ADDRESS" in os.environ:
+        return None
+    return resource_plan(spec, local_nodes(*local_resources()))
+
+
+def connect_ray(spec: SweepSpec, plan: ResourcePlan | None, autoscaling: bool, dashboard: bool,
+                console: Console) -> tuple[ResourcePlan, bool]:
+    """Start Ray here with the `local_plan` `plan`, or (plan None) join the cluster in RAY_ADDRESS; returns (resource
+    plan, whether Ray was started here). On a cluster a trial that cannot fit is refused before anything is
+    submitted."""
     import ray
 
-    address = os.environ.get("RAY_ADDRESS")
-    if address is None:
+    if plan is not None:
         cpus, gpus = local_resources()
-        plan = resource_plan(spec, local_nodes(cpus, gpus))
         stopped = start_local_ray(cpus, gpus, trial_slots=plan.concurrent_trials, dashboard=dashboard)
         if stopped:
             console.print(f"stopped {len(stopped)} Ray process(es) left by a killed sweep: {', '.join(stopped)}")
         console.print(f"started Ray here (127.0.0.1 only): {cpus:g} CPUs, {gpus:g} GPUs, "
                       f"{plan.concurrent_trials} trial slots")
         return plan, True
+    address = os.environ["RAY_ADDRESS"]
     ray.init(address=address, configure_logging=False, log_to_driver=False)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     r = spec.resources
@@ -249,11 +259,48 @@ def record_name(config: dict) -> str:
     return record_of(config).trial_id
 
 
+def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tracker: SweepTracker,
+               plan: ResourcePlan, restart: bool, console: Console) -> tuple[int, bool, int]:
+    """Open (or find again) the parent run, run the trials through Tune, close the parent run; returns (trials
+    finished, whether any failed, trials unfinished)."""
+    from orchestrator.progress import SweepProgress
+
+    if restart:
+        _supersede_storage(spec, console)
+        console.print(f"--restart: {tracker.supersede()} earlier parent run(s) marked superseded")
+    parent = tracker.start_sweep(spec.name, spec.model_dump(mode="json", exclude={"tracking"}), spec_file)
+    r = spec.resources
+    context = SweepContext(tracker.uri, spec.tracking.experiment, spec.sweep_id, parent, outputs_root(spec),
+                           sweep_root(spec, "train"), r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
+                           spec.concurrency.worker_retries, r.in_place, spec.tracking.max_outage_s,
+                           searching=spec.search.kind == "optuna")
+    console.print(f"sweep {spec.sweep_id}: {len(records)} trials, up to {plan.concurrent_trials} at once; "
+                  f"MLflow {tracker.uri} (experiment {spec.tracking.experiment}, parent run {parent})")
+    console.print(f"runs table: {experiment_link(tracker.uri, tracker.experiment_id)}")
+    progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)
+    if spec.search.kind == "optuna":
+        grids = run_search(spec, records, context, plan, restart, progress, tracker, console)
+    else:
+        grids = run_grid(spec, records, context, plan, restart, progress, console)
+    failures = failed_trials(grids)
+    # Counted from the trials' runs: Tune calls a trial it stopped on Ctrl-C terminated too.
+    finished = sum(status == "FINISHED" for status in tracker.trial_statuses(parent).values())
+    expected = spec.search.samples * len(grids) if spec.search.kind == "optuna" else len(records)
+    unfinished = max(0, expected - finished - len(failures))
+    console.print(f"sweep {spec.sweep_id}: {finished} trials finished, {len(failures)} failed"
+                  + (f", {unfinished} unfinished" if unfinished else ""))
+    for name, message in failures:
+        console.print(f"  failed {name}: {message[:500]}")
+    if unfinished:  # stopped (Ctrl-C, SIGTERM) before every trial ended: checkpoints and runs are kept
+        console.print(f"interrupted: {unfinished} trial(s) did not finish; run the same command to resume them "
+                      f"from their checkpoints")
+    tracker.finish_sweep(parent, failed=bool(failures), interrupted=bool(unfinished))
+    return finished, bool(failures), unfinished
+
+
 def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, restart: bool = False,
               autoscaling: bool = False, dashboard: bool = False, console: Console | None = None) -> int:
     import ray
-
-    from orchestrator.progress import SweepProgress
 
     console = console or Console(highlight=False, soft_wrap=True)
     if restart and is_uri(spec.storage):
@@ -264,46 +311,25 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
         console.print(f"note: {note}")
     uri = absolute_uri(spec.tracking.uri)
     check_tracking_uri(uri)
-    plan, started_here = connect_ray(spec, autoscaling, dashboard, console)
-    failed, unfinished = True, 0
-    try:
-        tracker = SweepTracker(uri, spec.tracking.experiment, spec.sweep_id)
-        if restart:
-            _supersede_storage(spec, console)
-            console.print(f"--restart: {tracker.supersede()} earlier parent run(s) marked superseded")
-        parent = tracker.start_sweep(spec.name, spec.model_dump(mode="json", exclude={"tracking"}), spec_file)
-        r = spec.resources
-        context = SweepContext(uri, spec.tracking.experiment, spec.sweep_id, parent, outputs_root(spec),
-                               sweep_root(spec, "train"), r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
-                               spec.concurrency.worker_retries, r.in_place, spec.tracking.max_outage_s,
-                               searching=spec.search.kind == "optuna")
-        console.print(f"sweep {spec.sweep_id}: {len(records)} trials, up to {plan.concurrent_trials} at once; "
-                      f"MLflow {uri} (experiment {spec.tracking.experiment}, parent run {parent})")
-        console.print(f"runs table: {experiment_link(uri, tracker.experiment_id)}")
-        progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)
-        if spec.search.kind == "optuna":
-            grids = run_search(spec, records, context, plan, restart, progress, tracker, console)
-        else:
-            grids = run_grid(spec, records, context, plan, restart, progress, console)
-        failures = failed_trials(grids)
-        # Counted from the trials' runs: Tune calls a trial it stopped on Ctrl-C terminated too.
-        finished = sum(status == "FINISHED" for status in tracker.trial_statuses(parent).values())
-        expected = spec.search.samples * len(grids) if spec.search.kind == "optuna" else len(records)
-        unfinished = max(0, expected - finished - len(failures))
-        console.print(f"sweep {spec.sweep_id}: {finished} trials finished, {len(failures)} failed"
-                      + (f", {unfinished} unfinished" if unfinished else ""))
-        for name, message in failures:
-            console.print(f"  failed {name}: {message[:500]}")
-        if unfinished:  # stopped (Ctrl-C, SIGTERM) before every trial ended: checkpoints and runs are kept
-            console.print(f"interrupted: {unfinished} trial(s) did not finish; run the same command to resume them "
-                          f"from their checkpoints")
-        failed = bool(failures)
-        tracker.finish_sweep(parent, failed=failed, interrupted=bool(unfinished))
-        if finished:
-            report_results(uri, spec, console)
-    finally:
-        if started_here:
-            ray.shutdown()
+    plan = local_plan(spec)
+    aggregation = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-background") as background:
+        # Two waits of about 2 s each overlap with work in this thread: on this machine, whose plan has accepted the
+        # sweep, the tracking store opens (MLflow's import; the store's tables, created on first use) while Ray
+        # starts — on a cluster only once joined and its plan accepted, so that nothing is written for a refused
+        # sweep; and the results are aggregated while Ray shuts down.
+        opening = background.submit(SweepTracker, uri, spec.tracking.experiment, spec.sweep_id) if plan else None
+        plan, started_here = connect_ray(spec, plan, autoscaling, dashboard, console)
+        try:
+            tracker = opening.result() if opening else SweepTracker(uri, spec.tracking.experiment, spec.sweep_id)
+            finished, failed, unfinished = run_trials(spec, records, spec_file, tracker, plan, restart, console)
+            if finished:
+                aggregation = background.submit(report_results, uri, spec, console)
+        finally:
+            if started_here:
+                ray.shutdown()
+        if aggregation is not None:
+            aggregation.result()
     return INTERRUPTED_EXIT if unfinished else 1 if failed else 0
 
 
