@@ -5,6 +5,7 @@ core itself, with no orchestration at all.
 
     python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000] [--paths auto,ray_train]
                                   [--baselines serial,side-by-side] [--alongside]
+    python -m bench.orchestration --neighbour 4 --trials 3 --steps 20000 --eval-every 10000
 
 The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
 one Ray CPU slot has, checkpointing to a directory as a trial does; twice (`--baselines` picks): one trial at a
@@ -29,8 +30,9 @@ measures the sweep's cost in ways the drift cannot reach:
 - with `--alongside`, a one-slot sweep and one plain process running the trial core at Ray's worker niceness,
   training at the same time on the two halves of the machine: the same drift reaches both, so the ratio of their
   training times is what running inside a Ray actor does to the training itself. It cannot see what the running
-  sweep does to every process on the machine (its threads' wake-ups slow the plain neighbour too: 3.7 % in the
-  README's block test).
+  sweep does to every process on the machine (its threads' wake-ups slow the plain neighbour too);
+- `--neighbour BLOCKS`, a measurement of its own, sees that: a plain process's training beside another plain
+  process and beside a one-slot sweep, in alternating blocks.
 Every phase's training time per trial (the sum of its report windows' updates over their updates/s) is printed
 too: the same work in each, so differences between phases show the drift.
 """
@@ -173,10 +175,15 @@ def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
             "cpu": cpu_shares(samples, TRIAL_PROCESS[trainer], first_start, last_end)}
 
 
+def as_ray_worker() -> None:
+    """This process at Ray's worker niceness (absolute: a pool's process may run several trials)."""
+    os.setpriority(os.PRIO_PROCESS, 0, RAY_WORKER_NICENESS)
+
+
 def plain_trials_until(stop: Path, dataset: Path, hyperparameters: dict, work: Path, results) -> None:
     """Trial after trial through the trial core, at Ray's worker niceness, until `stop` exists: each trial's start
     and end time and its training time onto `results`."""
-    os.nice(RAY_WORKER_NICENESS)
+    as_ray_worker()
     seed = 10_000
     while not stop.exists():
         started = time.time()
@@ -203,9 +210,44 @@ def alongside(work: Path, dataset: Path, seeds: list[int], hyperparameters: dict
                                if sweep["first_start"] <= started and ended <= sweep["last_end"]]
 
 
+def plain_training_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -> float:
+    as_ray_worker()
+    return trial_seconds(dataset, seed, hyperparameters, work)[1]
+
+
+def neighbour(work: Path, dataset: Path, blocks: int, per_block: int,
+              hyperparameters: dict) -> tuple[list[float], list[float]]:
+    """What a running sweep costs the other processes on the machine: blocks in turn of (A) two plain processes
+    running the trial core side by side and (B) a one-slot sweep beside one plain process, all at Ray's worker
+    niceness. Returns the plain processes' training times in the A blocks and in the B blocks."""
+    beside_plain, beside_sweep = [], []
+    for block in range(blocks):
+        seeds, where = list(range(100 * block, 100 * block + per_block)), work / f"block-{block}"
+        where.mkdir()
+        if block % 2 == 0:
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                beside_plain += pool.starmap(plain_training_seconds, [(dataset, seed, hyperparameters, where)
+                                                                     for seed in seeds + [s + 50 for s in seeds]])
+        else:
+            beside_sweep += alongside(where, dataset, seeds, hyperparameters)[1]
+    return beside_plain, beside_sweep
+
+
 def spread(seconds: list[float]) -> str:
     trials = f"{len(seconds)} trial{'s' * (len(seconds) > 1)}"
     return f"median {statistics.median(seconds):.1f} s ({min(seconds):.1f}–{max(seconds):.1f}; {trials})"
+
+
+def report_neighbour(work: Path, dataset: Path, blocks: int, per_block: int, hyperparameters: dict) -> int:
+    beside_plain, beside_sweep = neighbour(work, dataset, blocks, per_block, hyperparameters)
+    print(f"{blocks} blocks of {per_block} bc trials on {TASK}, {hyperparameters['num_steps']} steps; work in {work}\n"
+          f"a plain process running the trial core (at Ray's worker niceness), its training time per trial:\n"
+          f"  beside another plain process: {spread(beside_plain)}\n  beside a one-slot sweep: "
+          f"{spread(beside_sweep) if beside_sweep else 'no trial ran wholly within the sweep (use longer trials)'}")
+    if beside_sweep:
+        print(f"  beside the sweep / beside a plain process: "
+              f"{statistics.mean(beside_sweep) / statistics.mean(beside_plain):.3f} (means)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="which baselines to run: serial (one trial at a time), side-by-side (slots at once)")
     parser.add_argument("--alongside", action="store_true",
                         help="also run a one-slot sweep beside a plain trial-core process and compare their training")
+    parser.add_argument("--neighbour", type=int, metavar="BLOCKS", default=0,
+                        help="instead: BLOCKS alternating blocks of --trials trials, a plain trial-core process beside "
+                             "another, then beside a one-slot sweep; compare its training in the two")
     args = parser.parse_args(argv)
+    if args.neighbour and args.neighbour < 2:
+        parser.error(f"--neighbour {args.neighbour}: expected 2 or more blocks (beside a plain process, beside a "
+                     "sweep, in turn)")
     chosen = args.baselines.split(",")
     if unknown := set(chosen) - set(BASELINES):
         parser.error(f"--baselines: unknown {', '.join(sorted(unknown))}; expected serial and/or side-by-side")
@@ -236,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         make_dataset(TASK, out=dataset, seed=0, num_episodes=200)
     hyperparameters = {"num_steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes}
     seeds = list(range(args.trials))
+    if args.neighbour:
+        return report_neighbour(work, dataset, args.neighbour, args.trials, hyperparameters)
 
     # The machine's speed drifts by several per cent over minutes (a shared VM): each baseline runs half of its
     # trials before the sweeps and half after, in mirrored order, so that a steady drift cancels out.
