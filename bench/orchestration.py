@@ -128,16 +128,18 @@ def cpu_samples(sweep: subprocess.Popen) -> list[tuple[float, dict[int, tuple[st
 def cpu_shares(samples: list[tuple[float, dict[int, tuple[str, float]]]], trial_title: str, start: float,
                end: float) -> tuple[float, float]:
     """Shares of the machine's cores that the trial processes and the rest of the sweep used between start and
-    end (a process started within the window counts from zero, one that ended counts to its last sample)."""
+    end (a process started within the window counts from zero, one that ended counts to its last sample). A
+    process is a trial's if it carried the trial title in any sample (its title can change on its way out)."""
     window = [sample for sample in samples if start <= sample[0] <= end]
     if len(window) < 2:
         return math.nan, math.nan
-    first, latest = window[0][1], {}
+    first, latest, trial_processes = window[0][1], {}, set()
     for _, seen in window:
         latest.update(seen)
+        trial_processes |= {pid for pid, (title, _) in seen.items() if title.startswith(trial_title)}
     used = {True: 0.0, False: 0.0}
     for pid, (title, cpu) in latest.items():
-        used[title.startswith(trial_title)] += cpu - first.get(pid, (title, 0.0))[1]
+        used[pid in trial_processes] += cpu - first.get(pid, (title, 0.0))[1]
     cores = (window[-1][0] - window[0][0]) * psutil.cpu_count()
     return used[True] / cores, used[False] / cores
 
