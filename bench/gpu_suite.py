@@ -32,7 +32,7 @@ import yaml
 from gymnasium.spaces import Box
 from rich.console import Console
 
-from bench.orchestration import RATE, training_seconds
+from bench.orchestration import run_training_seconds, trial_runs
 from bench.sequence_step import hopper_like
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,8 +102,6 @@ def sweep_throughput(work: Path, dataset: Path, model_dir: Path, trials: int, gp
     """`trials` LaMo trials through the sweep command, each holding `gpu_share` of a GPU (none on a CPU): their
     updates/s together (each trial's updates over its training time, summed: they run at the same time) and how
     many trained at once."""
-    from mlflow.tracking import MlflowClient
-
     work.mkdir()
     spec = {"name": f"gpu-suite-{trials}", "tasks": [{"name": "reacher2d-medium", "dataset": str(dataset)}],
             "algorithms": [{"name": "lamo", "overrides": {"backbone": str(model_dir), "lm_corpus": "builtin",
@@ -119,10 +117,8 @@ def sweep_throughput(work: Path, dataset: Path, model_dir: Path, trials: int, gp
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"the {trials}-trial sweep failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    client = MlflowClient(spec["tracking"]["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("lamo-sweeps").experiment_id], "tags.role = 'trial'")
-    rates = [steps / training_seconds(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, RATE)))
-             for r in runs]
+    client, runs = trial_runs(spec["tracking"]["uri"])
+    rates = [steps / run_training_seconds(client, r) for r in runs]
     spans = [(r.info.start_time, r.info.end_time) for r in runs]
     at_once = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
     return {"updates_per_s": sum(rates), "per_trial": statistics.median(rates), "at_once": at_once, "wall": wall}

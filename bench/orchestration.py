@@ -72,6 +72,20 @@ def training_seconds(rates: list[tuple[int, float]]) -> float:
     return total
 
 
+def trial_runs(tracking_uri: str) -> tuple:
+    """(client, the trials' MLflow runs) of a sweep's store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    return client, client.search_runs([client.get_experiment_by_name("lamo-sweeps").experiment_id],
+                                      "tags.role = 'trial'")
+
+
+def run_training_seconds(client, run) -> float:
+    """A trial run's time in gradient updates, from the rates it logged."""
+    return training_seconds(sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, RATE)))
+
+
 def trial_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -> tuple[float, float]:
     """One trial's own work through the trial core, with one torch thread: load and subsample the data, build,
     update, evaluate, checkpoint, export. Returns its wall time and its training time."""
@@ -148,8 +162,6 @@ def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
               max_concurrent: int | None = None) -> dict:
     """Wall time of the sweep command; from its MLflow runs when the first trial started and the last ended and
     each trial's training time; and the CPU its processes used in between."""
-    from mlflow.tracking import MlflowClient
-
     root.mkdir()
     spec = sweep_spec(root, trainer, dataset, seeds, hyperparameters, max_concurrent)
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
@@ -164,13 +176,11 @@ def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
         raise RuntimeError(f"the {trainer} sweep failed (its output: {root / 'sweep.out'}):\n{output[-3000:]}")
     slots = int(next(line for line in output.splitlines() if "trial slots" in line)
                 .split("trial slots")[0].split(",")[-1])
-    client = MlflowClient(spec["tracking"]["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("lamo-sweeps").experiment_id], "tags.role = 'trial'")
+    client, runs = trial_runs(spec["tracking"]["uri"])
     first_start = min(r.info.start_time for r in runs) / 1000
     last_end = max(r.info.end_time for r in runs) / 1000
     in_trials = sum(r.info.end_time - r.info.start_time for r in runs) / 1000
-    training = [training_seconds(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, RATE)))
-                for r in runs]
+    training = [run_training_seconds(client, r) for r in runs]
     return {"wall": ended - started, "slots": slots, "startup": first_start - started, "finish": ended - last_end,
             "steady": last_end - first_start, "in_trials": in_trials, "training": training,
             "first_start": first_start, "last_end": last_end,
