@@ -49,6 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 from rich.console import Console
 
 from orchestrator.local_ray import start_local_ray
+from orchestrator.phases import Phases
 from orchestrator.plan import (
     InsufficientResources,
     ResourcePlan,
@@ -260,7 +261,7 @@ def record_name(config: dict) -> str:
 
 
 def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tracker: SweepTracker,
-               plan: ResourcePlan, restart: bool, console: Console) -> tuple[int, bool, int]:
+               plan: ResourcePlan, restart: bool, console: Console, phases: Phases) -> tuple[int, bool, int]:
     """Open (or find again) the parent run, run the trials through Tune, close the parent run; returns (trials
     finished, whether any failed, trials unfinished)."""
     from orchestrator.progress import SweepProgress
@@ -268,7 +269,8 @@ def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tra
     if restart:
         _supersede_storage(spec, console)
         console.print(f"--restart: {tracker.supersede()} earlier parent run(s) marked superseded")
-    parent = tracker.start_sweep(spec.name, spec.model_dump(mode="json", exclude={"tracking"}), spec_file)
+    with phases.phase("parent-run"):
+        parent = tracker.start_sweep(spec.name, spec.model_dump(mode="json", exclude={"tracking"}), spec_file)
     r = spec.resources
     context = SweepContext(tracker.uri, spec.tracking.experiment, spec.sweep_id, parent, outputs_root(spec),
                            sweep_root(spec, "train"), r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
@@ -278,10 +280,11 @@ def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tra
                   f"MLflow {tracker.uri} (experiment {spec.tracking.experiment}, parent run {parent})")
     console.print(f"runs table: {experiment_link(tracker.uri, tracker.experiment_id)}")
     progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)
-    if spec.search.kind == "optuna":
-        grids = run_search(spec, records, context, plan, restart, progress, tracker, console)
-    else:
-        grids = run_grid(spec, records, context, plan, restart, progress, console)
+    with phases.phase("trials"):
+        if spec.search.kind == "optuna":
+            grids = run_search(spec, records, context, plan, restart, progress, tracker, console)
+        else:
+            grids = run_grid(spec, records, context, plan, restart, progress, console)
     failures = failed_trials(grids)
     # Counted from the trials' runs: Tune calls a trial it stopped on Ctrl-C terminated too.
     finished = sum(status == "FINISHED" for status in tracker.trial_statuses(parent).values())
@@ -299,14 +302,18 @@ def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tra
 
 
 def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, restart: bool = False,
-              autoscaling: bool = False, dashboard: bool = False, console: Console | None = None) -> int:
+              autoscaling: bool = False, dashboard: bool = False, console: Console | None = None,
+              phases: Phases | None = None) -> int:
+    """Run the sweep; `phases` (from the command's start) times its parts, printed as one line at the end."""
     import ray
 
     console = console or Console(highlight=False, soft_wrap=True)
+    phases = phases or Phases(from_process_start=False)
     if restart and is_uri(spec.storage):
         raise SweepInputError(f"--restart with storage {spec.storage}: remove {sweep_root(spec)} yourself (earlier "
                               f"results are only moved aside on a local directory), then run without --restart")
-    records, notes = validate_sweep_inputs(records, spec, spec_file)
+    with phases.phase("inputs"):
+        records, notes = validate_sweep_inputs(records, spec, spec_file)
     for note in notes:
         console.print(f"note: {note}")
     uri = absolute_uri(spec.tracking.uri)
@@ -318,18 +325,32 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
         # sweep, the tracking store opens (MLflow's import; the store's tables, created on first use) while Ray
         # starts — on a cluster only once joined and its plan accepted, so that nothing is written for a refused
         # sweep; and the results are aggregated while Ray shuts down.
-        opening = background.submit(SweepTracker, uri, spec.tracking.experiment, spec.sweep_id) if plan else None
-        plan, started_here = connect_ray(spec, plan, autoscaling, dashboard, console)
+        def open_store() -> SweepTracker:
+            with phases.phase("store"):
+                return SweepTracker(uri, spec.tracking.experiment, spec.sweep_id)
+
+        def aggregate() -> None:
+            with phases.phase("aggregation"):
+                report_results(uri, spec, console)
+
+        opening = background.submit(open_store) if plan else None
+        with phases.phase("ray"):
+            plan, started_here = connect_ray(spec, plan, autoscaling, dashboard, console)
+        with phases.phase("tune-import"):  # ray.tune (about 1 s) while the store may still be opening
+            import orchestrator.progress  # noqa: F401
         try:
-            tracker = opening.result() if opening else SweepTracker(uri, spec.tracking.experiment, spec.sweep_id)
-            finished, failed, unfinished = run_trials(spec, records, spec_file, tracker, plan, restart, console)
+            tracker = opening.result() if opening else open_store()
+            finished, failed, unfinished = run_trials(spec, records, spec_file, tracker, plan, restart, console,
+                                                      phases)
             if finished:
-                aggregation = background.submit(report_results, uri, spec, console)
+                aggregation = background.submit(aggregate)
         finally:
             if started_here:
-                ray.shutdown()
+                with phases.phase("ray-shutdown"):
+                    ray.shutdown()
         if aggregation is not None:
             aggregation.result()
+    console.print(phases.line())
     return INTERRUPTED_EXIT if unfinished else 1 if failed else 0
 
 
@@ -349,9 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Logs (`ray job logs`, CI) are not terminals: give tables room instead of rich's 80 columns.
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    phases = Phases()
     try:
-        spec = load_spec(args.spec)
-        records = expand_trials(spec)
+        with phases.phase("spec"):
+            spec = load_spec(args.spec)
+            records = expand_trials(spec)
         if args.dry_run:
             cpus, gpus = local_resources()
             for_cluster = args.cpus is not None or args.gpus is not None
@@ -359,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                      for_cluster)
             return 0
         return run_sweep(spec, records, Path(args.spec), restart=args.restart, autoscaling=args.autoscaling,
-                         dashboard=args.dashboard, console=console)
+                         dashboard=args.dashboard, console=console, phases=phases)
     except (SpecError, SweepInputError, TrackingError, InsufficientResources) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.phases import PREFIX, Phases, parse
 from orchestrator.sweep import main
 from orchestrator.tracking import compact_ranges
 from tests.sweep_helpers import (
@@ -149,6 +150,29 @@ def test_sweep_runs_trials_as_nested_mlflow_runs_with_their_artifacts(tmp_path, 
     lamo = next(c for c in children if c.data.tags["algorithm"] == "lamo")
     adapter = Path(client.download_artifacts(lamo.info.run_id, "model/adapter", str(tmp_path / "adapter")))
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+
+    # The driver's last line times its phases: the store opened while Ray started, the trials ran inside the parent
+    # run, the aggregation overlapped Ray's shutdown.
+    phases = parse(next(line for line in result.stdout.splitlines() if line.startswith(PREFIX)))
+    assert set(phases) == {"python", "spec", "inputs", "store", "ray", "parent-run", "trials", "ray-shutdown",
+                           "aggregation"}
+    assert phases["python"][0] == 0 and phases["inputs"][1] <= phases["ray"][0]
+    assert phases["store"][0] < phases["ray"][1] and phases["ray"][0] < phases["store"][1]
+    assert max(phases["ray"][1], phases["store"][1]) <= phases["parent-run"][0] < phases["trials"][0]
+    assert phases["trials"][1] <= min(phases["ray-shutdown"][0], phases["aggregation"][0])
+
+
+def test_phases_are_recorded_from_any_thread_even_when_they_fail():
+    phases = Phases(from_process_start=False)
+    with pytest.raises(ValueError), phases.phase("refused"):
+        raise ValueError("bad input")
+    with phases.phase("search"):
+        time.sleep(0.05)
+    with phases.phase("search"):  # a second Tuner (search cell) under the same name
+        time.sleep(0.05)
+    spans = parse(phases.line())
+    assert list(spans) == ["refused", "search"]
+    assert spans["search"][1] - spans["search"][0] >= 0.1 - 0.01  # first start to last end
 
 
 def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_path, reacher_medium_path):
