@@ -10,17 +10,17 @@ core itself, with no orchestration at all.
 The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
 one Ray CPU slot has, checkpointing to a directory as a trial does; twice (`--baselines` picks): one trial at a
 time in this process ("serial"), and `slots` plain processes side by side taking trials from one queue, as the
-sweep runs them but with no Ray, Tune or MLflow ("side-by-side"); half of each baseline's trials before the
-sweeps and half after. Trials sharing the machine's cores, caches and memory bandwidth can run slower than one
-alone; the side-by-side baseline pays that too, so against it the sweep's figures are the orchestration's own
-cost.
+sweep runs them but with no Ray, Tune or MLflow ("side-by-side"). The baselines' trials run in blocks, one
+before each sweep and one after the last, and each sweep is compared with the blocks just before and after it.
+Trials sharing the machine's cores, caches and memory bandwidth can run slower than one alone; the side-by-side
+baseline pays that too, so against it the sweep's figures are the orchestration's own cost.
 Efficiency = Σ baseline trial time / (sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial
 overhead = (wall × slots − Σ) / N. The sweep's fixed cost (Python and Ray start-up before the first trial,
-aggregation after the last) is reported apart, and "steady" is the efficiency between the first trial's start
-and the last trial's end, with the overhead per trial it implies: what each further trial of a larger sweep
-costs beyond its own work. Comparing with a baseline measured at another time carries the machine's drift (on a
-shared VM the same trial's training time moved between 53 and 108 s within one run), so the benchmark also
-measures the sweep's cost in ways the drift cannot reach:
+aggregation after the last) is reported apart, split by the driver's own timing of its phases, and "steady" is
+the efficiency between the first trial's start and the last trial's end, with the overhead per trial it implies:
+what each further trial of a larger sweep costs beyond its own work. Comparing with a baseline measured at
+another time carries the machine's drift (on a shared VM the same trial's training time moved between 53 and
+108 s within one run), so the benchmark also measures the sweep's cost in ways the drift cannot reach:
 - the trials' own runs (their MLflow runs' start to end: load, build, train, evaluate, checkpoint, deliver) as a
   share of wall × slots — the orchestration's time outside the trials (on the ray_train path the per-trial Train
   controller, placement group and worker start happen inside the runs, so there it says less);
@@ -54,6 +54,9 @@ from pathlib import Path
 import psutil
 import torch
 import yaml
+
+from orchestrator.phases import PREFIX as PHASES
+from orchestrator.phases import parse as parse_phases
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "reacher2d-medium"
@@ -181,10 +184,33 @@ def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
     last_end = max(r.info.end_time for r in runs) / 1000
     in_trials = sum(r.info.end_time - r.info.start_time for r in runs) / 1000
     training = [run_training_seconds(client, r) for r in runs]
+    phases = parse_phases(next(line for line in output.splitlines() if line.startswith(PHASES)))
     return {"wall": ended - started, "slots": slots, "startup": first_start - started, "finish": ended - last_end,
             "steady": last_end - first_start, "in_trials": in_trials, "training": training,
-            "first_start": first_start, "last_end": last_end,
+            "first_start": first_start, "last_end": last_end, "phases": phases,
             "cpu": cpu_shares(samples, TRIAL_PROCESS[trainer], first_start, last_end)}
+
+
+def start_and_end(m: dict) -> str:
+    """The sweep's start-up and end split by the driver's own phases (seconds from the command's start): the
+    driver until Tune starts (Python and imports, input checks, Ray and the store, the parent run), Tune until the
+    first trial's run opens (its actor started, imports); the last trial's end until Tune returns, Ray's shutdown
+    and the aggregation (side by side), the process's exit."""
+    phases, wall = m["phases"], m["wall"]
+    tune_start, tune_end = phases["trials"]
+    last_end = wall - m["finish"]
+
+    def took(name: str) -> float:
+        start, end = phases.get(name, (0.0, 0.0))
+        return end - start
+
+    closing = max(phases["ray-shutdown"][1], phases.get("aggregation", (0, 0))[1])
+    exiting = max(0.0, wall - closing)  # phases count from the process's start, a few ms after this clock's
+    return (f"start-up {m['startup']:.1f} s = driver {tune_start:.1f} (python {phases['python'][1]:.1f}, inputs "
+            f"{took('inputs'):.1f}, ray {took('ray'):.1f} beside the store {took('store'):.1f}) + Tune to the first "
+            f"trial's run {m['startup'] - tune_start:.1f}; end {m['finish']:.1f} s = Tune's end "
+            f"{tune_end - last_end:.1f} + Ray's shutdown {took('ray-shutdown'):.1f} and the aggregation "
+            f"{took('aggregation'):.1f} side by side, {closing - tune_end:.1f} + exit {exiting:.1f}")
 
 
 def as_ray_worker() -> None:
@@ -245,6 +271,11 @@ def neighbour(work: Path, dataset: Path, blocks: int, per_block: int,
     return beside_plain, beside_sweep
 
 
+def seed_blocks(seeds: list[int], blocks: int) -> list[list[int]]:
+    """`seeds` cut into `blocks` consecutive blocks of (nearly) equal size."""
+    return [seeds[len(seeds) * i // blocks: len(seeds) * (i + 1) // blocks] for i in range(blocks)]
+
+
 def spread(seconds: list[float]) -> str:
     trials = f"{len(seconds)} trial{'s' * (len(seconds) > 1)}"
     return f"median {statistics.median(seconds):.1f} s ({min(seconds):.1f}–{max(seconds):.1f}; {trials})"
@@ -284,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.baselines.split(",")
     if unknown := set(chosen) - set(BASELINES):
         parser.error(f"--baselines: unknown {', '.join(sorted(unknown))}; expected serial and/or side-by-side")
+    if args.trials < len(args.paths.split(",")) + 1 and not args.neighbour:
+        parser.error(f"--trials {args.trials}: expected at least {len(args.paths.split(',')) + 1} (a block of baseline "
+                     "trials before each sweep and after the last)")
     if unknown := set(args.paths.split(",")) - set(TRIAL_PROCESS):
         parser.error(f"--paths: unknown {', '.join(sorted(unknown))}; expected {' and/or '.join(TRIAL_PROCESS)} "
                      "(resources.trainer values)")
@@ -299,22 +333,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.neighbour:
         return report_neighbour(work, dataset, args.neighbour, args.trials, hyperparameters)
 
-    # The machine's speed drifts by several per cent over minutes (a shared VM): each baseline runs half of its
-    # trials before the sweeps and half after, in mirrored order, so that a steady drift cancels out.
+    # The machine's speed drifts by several per cent over minutes (a shared VM): the baselines' trials run in
+    # blocks, one before each sweep and one after the last, and each sweep is measured against the two blocks
+    # around it (each block's baselines in mirrored order), so that a drift through the sweep cancels out.
     from orchestrator.plan import local_nodes, local_resources, resource_plan
     from orchestrator.spec import SweepSpec
 
     slots = resource_plan(SweepSpec.model_validate(sweep_spec(work / "auto", "auto", dataset, seeds, hyperparameters)),
                           local_nodes(*local_resources())).concurrent_trials
-    first, second = seeds[: len(seeds) // 2], seeds[len(seeds) // 2:]
+    paths = args.paths.split(",")
     processes = {"serial": 1, "side-by-side": slots}
-    before = {name: baseline_seconds(dataset, first, hyperparameters, work / f"baseline-{name}", processes[name])
-              for name in chosen}
-    sweeps = {trainer: run_sweep(work / trainer, trainer, dataset, seeds, hyperparameters)
-              for trainer in args.paths.split(",")}
-    after = {name: baseline_seconds(dataset, second, hyperparameters, work / f"baseline-{name}", processes[name])
-             for name in reversed(chosen)}  # mirrored order
-    totals = {name: sum(wall for wall, _ in before[name] + after[name]) for name in chosen}
+    blocks, sweeps = [], {}
+    for index, block_seeds in enumerate(seed_blocks(seeds, len(paths) + 1)):
+        order = chosen if index % 2 == 0 else list(reversed(chosen))
+        blocks.append({name: baseline_seconds(dataset, block_seeds, hyperparameters, work / f"baseline-{name}",
+                                              processes[name]) for name in order})
+        if index < len(paths):
+            sweeps[paths[index]] = run_sweep(work / paths[index], paths[index], dataset, seeds, hyperparameters)
+
+    def per_trial(name: str, trainer: str) -> float:
+        """The baseline's mean wall time per trial in the blocks just before and after the sweep."""
+        index = paths.index(trainer)
+        walls = [wall for block in blocks[index:index + 2] for wall, _ in block[name]]
+        return sum(walls) / len(walls)
 
     print(f"{args.trials} bc trials on {TASK}, {args.steps} steps, evaluation every {args.eval_every} "
           f"({args.eval_episodes} episodes); work in {work}")
@@ -322,14 +363,14 @@ def main(argv: list[str] | None = None) -> int:
              "ray_train": "sweep, a TorchTrainer per trial (before)"}
     labels = {"serial": "one at a time", "side-by-side": f"{slots} side by side"}
     for name in chosen:
-        label, total = labels[name], totals[name]
-        print(f"\nagainst the trial core, {label}, no orchestration: {total:.1f} s, "
-              f"{total / args.trials:.2f} s per trial")
-        print(f"{'':<48}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}{'efficiency':>12}"
-              f"{'start s':>9}{'end s':>7}{'steady':>8}{'steady overhead s':>19}")
+        print(f"\nagainst the trial core, {labels[name]}, no orchestration (its trials in the blocks just before and "
+              f"after each sweep)")
+        print(f"{'':<48}{'baseline s':>11}{'wall s':>8}{'slots':>7}{'per trial s':>13}{'overhead s':>12}"
+              f"{'efficiency':>12}{'start s':>9}{'end s':>7}{'steady':>8}{'steady overhead s':>19}")
         for trainer, m in sweeps.items():
-            wall, n = m["wall"], m["slots"]
-            print(f"{names.get(trainer, trainer):<48}{wall:>8.1f}{n:>7}{wall * n / args.trials:>13.2f}"
+            wall, n, base = m["wall"], m["slots"], per_trial(name, trainer)
+            total = base * args.trials
+            print(f"{names.get(trainer, trainer):<48}{base:>11.2f}{wall:>8.1f}{n:>7}{wall * n / args.trials:>13.2f}"
                   f"{(wall * n - total) / args.trials:>12.2f}{total / (wall * n):>12.2f}{m['startup']:>9.1f}"
                   f"{m['finish']:>7.1f}{total / (m['steady'] * n):>8.2f}"
                   f"{(m['steady'] * n - total) / args.trials:>19.2f}")
@@ -338,14 +379,14 @@ def main(argv: list[str] | None = None) -> int:
         filled, steady = m["in_trials"] / (m["wall"] * m["slots"]), m["in_trials"] / (m["steady"] * m["slots"])
         print(f"{names.get(trainer, trainer)}: the trials' own runs fill {filled:.3f} of wall × slots, {steady:.3f} "
               f"between the first trial's start and the last one's end; in between, the trials' processes used "
-              f"{m['cpu'][0]:.3f} of the machine's cores, the rest of the sweep (driver, Ray) {m['cpu'][1]:.3f}")
+              f"{m['cpu'][0]:.3f} of the machine's cores, the rest of the sweep (driver, Ray) {m['cpu'][1]:.3f}\n"
+              f"  {start_and_end(m)}")
     print("\ntraining time per trial (the same updates in every phase, so the machine's drift shows here), in order:")
-    for name in chosen:
-        print(f"  {labels[name]}, before the sweeps: {spread([t for _, t in before[name]])}")
-    for trainer, m in sweeps.items():
-        print(f"  {names.get(trainer, trainer)}: {spread(m['training'])}")
-    for name in reversed(chosen):
-        print(f"  {labels[name]}, after the sweeps: {spread([t for _, t in after[name]])}")
+    for index, block in enumerate(blocks):
+        for name in block:
+            print(f"  {labels[name]}, block {index + 1}: {spread([t for _, t in block[name]])}")
+        if index < len(paths):
+            print(f"  {names.get(paths[index], paths[index])}: {spread(sweeps[paths[index]]['training'])}")
     if args.alongside:
         in_sweep, plain = alongside(work, dataset, seeds, hyperparameters)
         if not plain:
