@@ -4,7 +4,7 @@ our path (a one-worker trial trains in its Tune trial's actor, `resources.traine
 core itself, with no orchestration at all.
 
     python -m bench.orchestration [--trials 16] [--steps 3000] [--eval-every 1000] [--paths auto,ray_train]
-                                  [--baselines serial,side-by-side] [--alongside]
+                                  [--baselines serial,side-by-side] [--cold] [--alongside]
     python -m bench.orchestration --neighbour 4 --trials 3 --steps 20000 --eval-every 10000
 
 The baseline runs `TrialCore(record, dir).run(...)` — the code every sweep trial runs — with one torch thread, as
@@ -12,8 +12,13 @@ one Ray CPU slot has, checkpointing to a directory as a trial does; twice (`--ba
 time in this process ("serial"), and `slots` plain processes side by side taking trials from one queue, as the
 sweep runs them but with no Ray, Tune or MLflow ("side-by-side"). The baselines' trials run in blocks, one
 before each sweep and one after the last, and each sweep is compared with the blocks just before and after it.
-Trials sharing the machine's cores, caches and memory bandwidth can run slower than one alone; the side-by-side
-baseline pays that too, so against it the sweep's figures are the orchestration's own cost.
+Each measured sweep follows a two-trial warm-up sweep of the same path (`--cold`: none), so that every path
+starts with the libraries a sweep reads (Ray, MLflow, their dependencies: about 340 MB) in memory: otherwise
+the first path measured reads them from disk and the next ones do not — on this VM, whose disk gives about 35
+MB/s and which pages out file pages idle for seconds, 20 s of difference. The warm-up's own start-up and end
+are printed too: a cold start's figures. Trials sharing the machine's cores, caches and memory bandwidth can
+run slower than one alone; the side-by-side baseline pays that too, so against it the sweep's figures are the
+orchestration's own cost.
 Efficiency = Σ baseline trial time / (sweep wall time × slots): 1.0 means the sweep adds nothing; per-trial
 overhead = (wall × slots − Σ) / N. The sweep's fixed cost (Python and Ray start-up before the first trial,
 aggregation after the last) is reported apart, split by the driver's own timing of its phases, and "steady" is
@@ -63,6 +68,7 @@ TASK = "reacher2d-medium"
 BASELINES = ("serial", "side-by-side")
 RATE = "train/steps_per_second"
 TRIAL_PROCESS = {"auto": "ray::ImplicitFunc", "ray_train": "ray::RayTrainWorker"}  # process titles doing the work
+WARM_UP = {"num_steps": 100, "eval_every": 100, "eval_episodes": 1}  # a sweep that only reads what sweeps read
 RAY_WORKER_NICENESS = 15  # Ray's default worker_niceness: its workers run at this niceness
 
 
@@ -125,10 +131,12 @@ def sweep_spec(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperp
             "tracking": {"uri": f"sqlite:///{root}/mlflow.db"}, "storage": str(root / "ray_results")}
 
 
-def cpu_samples(sweep: subprocess.Popen) -> list[tuple[float, dict[int, tuple[str, float]]]]:
+def cpu_samples(sweep: subprocess.Popen) -> tuple[list[tuple[float, dict[int, tuple[str, float]]]],
+                                                  list[tuple[float, float, float, int]]]:
     """Once a second until the sweep exits: every process of its tree (the driver, Ray's GCS, raylet, dashboard
-    and monitors, the trial actors) with its title and its CPU seconds so far."""
-    tree, samples = psutil.Process(sweep.pid), []
+    and monitors, the trial actors) with its title and its CPU seconds so far; and the machine's counters: the
+    cores' seconds waiting on the disk (iowait) and taken by the VM's host (steal), and the bytes read from disk."""
+    tree, samples, machine = psutil.Process(sweep.pid), [], []
     while sweep.poll() is None:
         now, seen = time.time(), {}
         for process in [tree, *tree.children(recursive=True)]:
@@ -138,8 +146,21 @@ def cpu_samples(sweep: subprocess.Popen) -> list[tuple[float, dict[int, tuple[st
             except psutil.Error:  # ended between listing and reading
                 pass
         samples.append((now, seen))
+        cpu, disk = psutil.cpu_times(), psutil.disk_io_counters()
+        machine.append((now, cpu.iowait, cpu.steal, disk.read_bytes if disk else 0))
         time.sleep(1.0)
-    return samples
+    return samples, machine
+
+
+def machine_between(machine: list[tuple[float, float, float, int]], start: float, end: float) -> str:
+    """What the machine's counters say of the window: why a phase took longer than it does on a quiet machine
+    (reading its libraries back from disk, or cores taken by the host)."""
+    window = [sample for sample in machine if start <= sample[0] <= end]
+    if len(window) < 2:
+        return "machine counters: no two samples in the window"
+    (_, iowait0, steal0, read0), (_, iowait1, steal1, read1) = window[0], window[-1]
+    return (f"{(read1 - read0) / 2**20:.0f} MB read from disk, cores waiting on it {iowait1 - iowait0:.1f} s, "
+            f"taken by the host {steal1 - steal0:.1f} s")
 
 
 def cpu_shares(samples: list[tuple[float, dict[int, tuple[str, float]]]], trial_title: str, start: float,
@@ -172,7 +193,7 @@ def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
     command = [sys.executable, str(REPO / "orchestrator" / "sweep.py"), "--spec", str(root / "sweep.yaml")]
     with (root / "sweep.out").open("w") as out:
         sweep = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
-        samples = cpu_samples(sweep)
+        samples, machine = cpu_samples(sweep)
     ended = time.time()
     output = (root / "sweep.out").read_text()
     if sweep.returncode != 0:
@@ -188,6 +209,7 @@ def run_sweep(root: Path, trainer: str, dataset: Path, seeds: list[int], hyperpa
     return {"wall": ended - started, "slots": slots, "startup": first_start - started, "finish": ended - last_end,
             "steady": last_end - first_start, "in_trials": in_trials, "training": training,
             "first_start": first_start, "last_end": last_end, "phases": phases,
+            "machine": (machine_between(machine, started, first_start), machine_between(machine, last_end, ended)),
             "cpu": cpu_shares(samples, TRIAL_PROCESS[trainer], first_start, last_end)}
 
 
@@ -210,7 +232,8 @@ def start_and_end(m: dict) -> str:
             f"{took('inputs'):.1f}, ray {took('ray'):.1f} beside the store {took('store'):.1f}) + Tune to the first "
             f"trial's run {m['startup'] - tune_start:.1f}; end {m['finish']:.1f} s = Tune's end "
             f"{tune_end - last_end:.1f} + Ray's shutdown {took('ray-shutdown'):.1f} and the aggregation "
-            f"{took('aggregation'):.1f} side by side, {closing - tune_end:.1f} + exit {exiting:.1f}")
+            f"{took('aggregation'):.1f} side by side, {closing - tune_end:.1f} + exit {exiting:.1f}\n"
+            f"  during the start-up: {m['machine'][0]}; during the end: {m['machine'][1]}")
 
 
 def as_ray_worker() -> None:
@@ -303,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="reacher2d-medium hdf5 (default: generate 200 episodes)")
     parser.add_argument("--baselines", default="serial,side-by-side",
                         help="which baselines to run: serial (one trial at a time), side-by-side (slots at once)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up sweep before each measured one: the first path measured then starts with its "
+                             "libraries on disk, the next ones with them in memory")
     parser.add_argument("--alongside", action="store_true",
                         help="also run a one-slot sweep beside a plain trial-core process and compare their training")
     parser.add_argument("--neighbour", type=int, metavar="BLOCKS", default=0,
@@ -343,13 +369,16 @@ def main(argv: list[str] | None = None) -> int:
                           local_nodes(*local_resources())).concurrent_trials
     paths = args.paths.split(",")
     processes = {"serial": 1, "side-by-side": slots}
-    blocks, sweeps = [], {}
+    blocks, sweeps, warm_ups = [], {}, {}
     for index, block_seeds in enumerate(seed_blocks(seeds, len(paths) + 1)):
         order = chosen if index % 2 == 0 else list(reversed(chosen))
         blocks.append({name: baseline_seconds(dataset, block_seeds, hyperparameters, work / f"baseline-{name}",
                                               processes[name]) for name in order})
         if index < len(paths):
-            sweeps[paths[index]] = run_sweep(work / paths[index], paths[index], dataset, seeds, hyperparameters)
+            path = paths[index]
+            if not args.cold:
+                warm_ups[path] = run_sweep(work / f"{path}-warm-up", path, dataset, seeds[:2], WARM_UP)
+            sweeps[path] = run_sweep(work / path, path, dataset, seeds, hyperparameters)
 
     def per_trial(name: str, trainer: str) -> float:
         """The baseline's mean wall time per trial in the blocks just before and after the sweep."""
@@ -381,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
               f"between the first trial's start and the last one's end; in between, the trials' processes used "
               f"{m['cpu'][0]:.3f} of the machine's cores, the rest of the sweep (driver, Ray) {m['cpu'][1]:.3f}\n"
               f"  {start_and_end(m)}")
+        if trainer in warm_ups:
+            print(f"  its warm-up sweep (2 trials of {WARM_UP['num_steps']} steps) before it: "
+                  f"{start_and_end(warm_ups[trainer])}")
     print("\ntraining time per trial (the same updates in every phase, so the machine's drift shows here), in order:")
     for index, block in enumerate(blocks):
         for name in block:
