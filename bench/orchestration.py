@@ -68,7 +68,7 @@ TASK = "reacher2d-medium"
 BASELINES = ("serial", "side-by-side")
 RATE = "train/steps_per_second"
 TRIAL_PROCESS = {"auto": "ray::ImplicitFunc", "ray_train": "ray::RayTrainWorker"}  # process titles doing the work
-WARM_UP = {"num_steps": 100, "eval_every": 100, "eval_episodes": 1}  # a sweep that only reads what sweeps read
+WARM_UP = {"num_steps": 100, "eval_every": 100, "eval_episodes": 1}  # loads what any sweep loads, trains little
 RAY_WORKER_NICENESS = 15  # Ray's default worker_niceness: its workers run at this niceness
 
 
