@@ -30,6 +30,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python orchestrator/sweep.py`: the project root, not orchestrator/, on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from orchestrator.phases import first_line  # noqa: E402 (read before the imports, which the first phase times)
+
+FIRST_LINE = first_line()
+
 # Tune warns whenever it snapshots its state more than once in 5 s, which keeping the last two checkpoints of
 # short trials forces: expected here, and the snapshot is a small local write.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -165,7 +169,7 @@ def run_grid(spec: SweepSpec, records: list[TrialRecord], context: SweepContext,
              restart: bool, progress, console: Console):
     from ray import tune
 
-    progress.total = len(records)
+    progress.expect(records)
     trainable = tune.with_resources(trial_driver, trial_resources(context))
 
     def build(trainable):
@@ -207,7 +211,7 @@ def run_search(spec: SweepSpec, records: list[TrialRecord], context: SweepContex
                 run_config=_run_config(spec, f"search-{cell}", progress))
 
         console.print(f"search in cell {cell}: {search.samples} samples of {', '.join(search.space)}")
-        progress.total = search.samples
+        progress.expect([record] * search.samples)
         grid = _make_tuner(sweep_root(spec, f"search-{cell}"), restart, build, trainable, console).fit()
         best = grid.get_best_result(metric=search.metric, mode=search.mode, filter_nan_and_inf=True)
         if best.metrics and search.metric in best.metrics:
@@ -308,7 +312,7 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
     import ray
 
     console = console or Console(highlight=False, soft_wrap=True)
-    phases = phases or Phases(from_process_start=False)
+    phases = phases or Phases()
     if restart and is_uri(spec.storage):
         raise SweepInputError(f"--restart with storage {spec.storage}: remove {sweep_root(spec)} yourself (earlier "
                               f"results are only moved aside on a local directory), then run without --restart")
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Logs (`ray job logs`, CI) are not terminals: give tables room instead of rich's 80 columns.
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-    phases = Phases()
+    phases = Phases(FIRST_LINE)
     try:
         with phases.phase("spec"):
             spec = load_spec(args.spec)

@@ -24,6 +24,7 @@ from orchestrator.sweep import main
 from orchestrator.tracking import compact_ranges
 from tests.sweep_helpers import (
     LOOPBACK,
+    REPO,
     SWEEP,
     listening_sockets,
     mlflow_runs,
@@ -57,7 +58,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, reacher_medium_pat
 
 
 def test_dry_run_of_the_paper_grid_works_without_its_files(capsys):
-    assert main(["--spec", "sweeps/lamo_paper.yaml", "--dry-run", "--cpus", "64", "--gpus", "8"]) == 0
+    assert main(["--spec", str(REPO / "sweeps/lamo_paper.yaml"), "--dry-run", "--cpus", "64", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
     assert "684 trials" in out and "8 concurrent trials (limited by GPUs)" in out
     assert "aggregation: protocol paper" in out
@@ -65,7 +66,7 @@ def test_dry_run_of_the_paper_grid_works_without_its_files(capsys):
 
 def test_dry_run_of_a_cluster_sized_sweep_on_a_laptop_plans_it_and_names_the_flags(capsys):
     """This machine has no GPU: the plan is still printed for what the sweep names, with the way to a cluster."""
-    assert main(["--spec", "sweeps/lamo_paper.yaml", "--dry-run"]) == 0
+    assert main(["--spec", str(REPO / "sweeps/lamo_paper.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "684 trials" in out and "each trial: 1 worker(s) × 4 CPU, 1 GPU, in place" in out
     assert "cannot run one trial" in out and "--cpus N --gpus M" in out and "ray job submit" in out
@@ -165,7 +166,7 @@ def test_sweep_runs_trials_as_nested_mlflow_runs_with_their_artifacts(tmp_path, 
 
 
 def test_phases_are_recorded_from_any_thread_even_when_they_fail():
-    phases = Phases(from_process_start=False)
+    phases = Phases()
     with pytest.raises(ValueError), phases.phase("refused"):
         raise ValueError("bad input")
     with phases.phase("search"):
@@ -175,6 +176,25 @@ def test_phases_are_recorded_from_any_thread_even_when_they_fail():
     spans = parse(phases.line())
     assert list(spans) == ["refused", "search"]
     assert spans["search"][1] - spans["search"][0] >= 0.1 - 0.01  # first start to last end
+
+
+def test_phases_count_from_the_interpreter_even_when_a_shell_ran_other_commands_first():
+    """`a && b && python orchestrator/sweep.py`: bash execs the chain's last command, so the process started with
+    the shell; the line then counts from the script's first line and says how long the commands before it took."""
+    script = ("import os; from orchestrator.sweep import FIRST_LINE; from orchestrator.phases import Phases; "
+              "print(os.getpid()); print(Phases(FIRST_LINE).line())")
+    busy = "import time; [0 for _ in iter(lambda: time.process_time() < 3, False)]"  # 3 s of CPU
+    chain = f"echo $$ && {sys.executable} -c '{busy}' && {sys.executable} -c '{script}'"
+    shell, python, line = subprocess.run(["bash", "-c", chain], capture_output=True, text=True, check=True,
+                                         timeout=120, cwd=SWEEP.parents[1]).stdout.splitlines()[-3:]
+    assert shell == python  # the shell exec'd the interpreter: the process's start is the shell's
+    before = float(line.removeprefix("phases (s from the script's first line; the process ran other commands "
+                                     "for ").split(" s before it): ")[0])
+    assert before >= 3 and parse(line)["python"] == (0.0, parse(line)["python"][1])
+    assert parse(line)["python"][1] < before  # the 3 s of the command before are not Python's
+    alone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120,
+                           cwd=SWEEP.parents[1]).stdout.splitlines()[-1]
+    assert alone.startswith("phases (s from the command): python 0.0–")
 
 
 def test_sweep_killed_with_sigkill_resumes_without_rerunning_or_duplicating(tmp_path, reacher_medium_path):
