@@ -156,6 +156,18 @@ def test_a_corrupt_download_is_refused_and_leaves_nothing(server, hopper_file, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_of_another_environment_is_refused_under_hopper_s_name(server, tmp_path, capsys):
+    """D4RL's layout, but 12-d observations: no task reading hopper_medium-v2.hdf5 could use it."""
+    source = tmp_path / "src" / "other.hdf5"
+    write_d4rl_dataset(source, synthetic_arrays([100] * 5, obs_dim=12, act_dim=3))
+    server.files["/gym_mujoco_v2/hopper_medium-v2.hdf5"] = source.read_bytes()
+    assert main(["hopper-medium-v2", "--base-url", server.url, "--dir", str(tmp_path / "d4rl")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the tasks that read it (hopper-medium: observations: expected shape (N, 11) for this " \
+           "task, got (500, 12)); deleted" in err
+    assert list((tmp_path / "d4rl").iterdir()) == []  # neither the file nor its .part
+
+
 def test_a_wrong_size_on_the_server_is_refused_before_downloading(server, hopper_file, tmp_path):
     target = remote(server, hopper_file)
     server.files["/hopper_medium-v2.hdf5"] = hopper_file + b"extra"

@@ -11,8 +11,9 @@ into its storage ($MINARI_DATASETS_PATH, else ~/.minari/datasets).
 A D4RL download streams into ``<file>.part`` beside its destination with a progress bar, resumes from the bytes
 already there (an HTTP Range request; also when the connection drops mid-transfer, up to --retries times, or when
 the command is run again), checks the size (the table's, else the server's Content-Length), the SHA-256 where the
-table knows it, and that the file reads as D4RL's hdf5 layout, and only then renames it into place. A file that
-fails a check is deleted, so nothing half-written or corrupt is ever where a loader looks. A Minari download goes
+table knows it, that the file reads as D4RL's hdf5 layout with the observation and action sizes of every task that
+reads it, and only then renames it into place. A file that fails a check is deleted, so nothing half-written,
+corrupt or of another environment is ever where a loader looks. A Minari download goes
 to a scratch directory inside Minari's storage and is moved into place once Minari's download returned.
 ``--base-url`` (or $LAMO_D4RL_BASE_URL) fetches D4RL's files from a mirror of its directory layout instead.
 """
@@ -38,9 +39,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from trainers.dataset_catalog import D4RL_BASE_URL, D4RL_FILES, MINARI_PREFIX, RemoteFile, is_minari_id, minari_id
-from trainers.datasets import DatasetError, candidate_paths, validate_arrays
+from trainers.datasets import DatasetError, candidate_paths, task_dims, validate_arrays
 from trainers.minari_data import is_minari_dataset, minari_dataset_dir, minari_root
-from trainers.tasks import TASKS
+from trainers.tasks import TASKS, Task
 
 BLOCK = 1 << 16  # bytes per read from the socket: what a dropped connection can lose of the last read
 BASE_URL_ENV = "LAMO_D4RL_BASE_URL"
@@ -172,7 +173,9 @@ def _transfer(remote: RemoteFile, partial: Path, expected_size: int | None, prog
 
 
 def _verify(path: Path, remote: RemoteFile, expected_size: int | None) -> None:
-    """Size, SHA-256 where known, and D4RL's layout; the messages say the file is deleted, which the caller does."""
+    """Size, SHA-256 where known, D4RL's layout and the spaces of every task that reads the file (a hopper file
+    with 12-d observations is refused here, not later by a sweep); the messages say the file is deleted, which the
+    caller does."""
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
         raise FetchError(f"{remote.url}: {path} has {size:,} bytes, expected {expected_size:,}; deleted")
@@ -186,8 +189,19 @@ def _verify(path: Path, remote: RemoteFile, expected_size: int | None) -> None:
     try:
         with h5py.File(path, "r") as f:
             validate_arrays(f, str(path))
+            for task in readers_of(remote):
+                try:
+                    validate_arrays(f, task.name, *task_dims(task))
+                except DatasetError as error:
+                    raise FetchError(f"{remote.url}: {path} does not fit the tasks that read it ({error}); "
+                                     f"deleted") from None
     except (OSError, DatasetError) as error:
         raise FetchError(f"{remote.url}: {path} is not a D4RL hdf5 file ({error}); deleted") from None
+
+
+def readers_of(remote: RemoteFile) -> list[Task]:
+    """The tasks that read this file: those that look its name up in the d4rl cache directory."""
+    return [task for task in TASKS.values() if task.dataset_file == remote.file_name]
 
 
 def sha256_of(path: Path) -> str:
