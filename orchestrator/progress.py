@@ -3,10 +3,18 @@ failure with its exception's own message) and a status line every `interval_s` �
 failed / pending, the best score so far per cell (algorithm × task × ratio), elapsed and estimated remaining
 time, and, while trials cannot reach the tracking server, for how long and how many reports wait. Plain lines,
 so `ray job logs` shows them too.
+
+The remaining time is estimated per trial, not from the mean finished trial (a sweep's first trials to finish
+are its fastest algorithms, and a mean says "3 s left" while LaMo trials run for minutes): a running trial from
+its own step rate (it reports its step to Tune every few seconds: orchestrator/trial.py), a pending one from the
+seconds per step of its algorithm on its task (else on any task) in finished and running trials, and the trials
+are then laid out over the sweep's concurrent slots in order. Where a trial has neither — an algorithm none of
+whose trials has reported yet — the line says `? left` rather than a number that would be wrong.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
 import time
 from collections import Counter
@@ -36,29 +44,44 @@ def _trial_error(trial) -> str:
     return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)", "", lines[-1])  # "pkg.module.Error: x" -> "Error: x"
 
 
+Work = tuple[str, str, int]  # what a trial's time depends on: algorithm, task, steps
+
+
 class SweepProgress(Callback):
     def __init__(self, metric: str, mode: str = "max", slots: int = 1, interval_s: float = 30.0,
                  console: Console | None = None):
         self.metric, self.mode, self.slots, self.interval_s = metric, mode, max(1, slots), interval_s
-        self.total = 0  # trials in the current Tuner (Tune creates them lazily, so `trials` can be shorter)
+        # The current Tuner's trials, created or not (Tune creates them lazily, so `trials` can be shorter).
+        self.planned: list[Work] = []
         self.console = console or Console(highlight=False, soft_wrap=True)
         self._reset()
+
+    def expect(self, records) -> None:
+        """The trials the next Tuner runs (a search: its cell's record once per sample)."""
+        self.planned = [(record.algorithm, record.task, record.num_steps) for record in records]
 
     def _reset(self) -> None:
         self.started = time.time()
         self.last_status = 0.0
-        self.trial_seconds: list[float] = []
-        self.trial_started: dict[str, float] = {}
+        self.finished_rates: list[tuple[Work, float]] = []  # (work, seconds per step) of finished trials
+        self.trial_started: dict[str, tuple[float, int]] = {}  # trial id -> (time, step) at its (re)start
+        self.works: dict[str, Work] = {}  # trial id -> its work, parsed once
         self.outages: set[str] = set()  # trials whose last report said the tracking server was unreachable
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; the console does not travel
         return {"metric": self.metric, "mode": self.mode, "slots": self.slots, "interval_s": self.interval_s,
-                "total": self.total}
+                "planned": self.planned}
 
     def __setstate__(self, state: dict) -> None:
-        total = state.pop("total")
+        planned = state.pop("planned")
         self.__init__(**state)
-        self.total = total
+        self.planned = planned
+
+    def _work(self, trial) -> Work:
+        if trial.trial_id not in self.works:
+            record = record_of(trial.config)
+            self.works[trial.trial_id] = record.algorithm, record.task, record.num_steps
+        return self.works[trial.trial_id]
 
     def _say(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)  # "[sweep]" is text, not rich markup
@@ -82,18 +105,42 @@ class SweepProgress(Callback):
         status after the callback)."""
         counts = Counter(outcome if trial is finishing else trial.status for trial in trials)
         done, running, failed = counts["TERMINATED"], counts["RUNNING"], counts["ERROR"]
-        total = max(self.total, len(trials))
+        total = max(len(self.planned), len(trials))
         pending = total - done - running - failed
-        elapsed = time.time() - self.started
         line = f"{done}/{total} done, {running} running, {failed} failed, {pending} pending; " \
-               f"elapsed {_duration(elapsed)}"
-        if self.trial_seconds and (running or pending):
-            mean = sum(self.trial_seconds) / len(self.trial_seconds)
-            line += f", ~{_duration(mean * (pending + running / 2) / self.slots)} left"
+               f"elapsed {_duration(time.time() - self.started)}"
+        if running or pending:
+            left = self.remaining_seconds(trials, finishing)
+            line += f", ~{_duration(left)} left" if left is not None else ", ? left"
         return line
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.trial_started[trial.trial_id] = time.time()
+    def remaining_seconds(self, trials, finishing=None) -> float | None:
+        """Until the last trial ends: running trials finish at their own rates, pending ones start in the first
+        free slot and take their algorithm's seconds per step; None where some trial's time is unknown."""
+        now = time.time()
+        running, progress = [], []  # (work, seconds so far, steps done, steps left); (work, seconds per step)
+        for trial in trials:
+            if trial is not finishing and trial.status == "RUNNING":
+                step = (trial.last_result or {}).get("step", 0)
+                started, first_step = self.trial_started.get(trial.trial_id, (now, step))  # starting now
+                work = self._work(trial)
+                running.append((work, now - started, step - first_step, work[2] - step))
+                if step > first_step:
+                    progress.append((work, (now - started) / (step - first_step)))
+        left = []
+        for work, seconds, done, steps_left in running:
+            rate = _seconds_per_step(work, self.finished_rates, progress)
+            if done > 0:
+                left.append(seconds * steps_left / done)  # its own rate
+            else:  # nothing reported yet: its algorithm's rate, unless it has taken longer than that already
+                left.append(rate * steps_left - seconds if rate and rate * steps_left >= seconds else None)
+        started = Counter(self._work(t) for t in trials if t is finishing or t.status != "PENDING")
+        waiting = (Counter(self.planned) | Counter(self._work(t) for t in trials)) - started
+        queued = [rate * work[2] if (rate := _seconds_per_step(work, self.finished_rates, progress)) else None
+                  for work in _in_plan_order(self.planned, list(waiting.elements()))]
+        if None in left or None in queued:
+            return None
+        return _makespan(left, queued, self.slots)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """A line when a trial first reports that the tracking server is unreachable, and when it is back."""
@@ -109,7 +156,10 @@ class SweepProgress(Callback):
 
     def _finished(self, trials, trial, outcome: str) -> None:
         if trial.trial_id in self.trial_started:
-            self.trial_seconds.append(time.time() - self.trial_started.pop(trial.trial_id))
+            started, first_step = self.trial_started.pop(trial.trial_id)
+            work = self._work(trial)
+            if outcome == "TERMINATED" and work[2] > first_step and not (trial.last_result or {}).get("skipped"):
+                self.finished_rates.append((work, (time.time() - started) / (work[2] - first_step)))
         value = (trial.last_result or {}).get(self.metric)
         score = f"{self.metric} {value:.1f}" if value is not None else "no evaluation"
         if outcome == "ERROR":
@@ -142,6 +192,34 @@ class SweepProgress(Callback):
         longest = max(r["tracking/unreachable_s"] for r in outages)
         waiting = sum(r.get("tracking/pending", 0) for r in outages)
         return f"; tracking unreachable for {longest:.0f} s in {len(outages)} trial(s), {waiting:.0f} reports waiting"
+
+
+def _seconds_per_step(work: Work, finished: list[tuple[Work, float]], running: list[tuple[Work, float]]
+                      ) -> float | None:
+    """The mean seconds per step of the same algorithm on the same task, else on any task — finished trials
+    first (a running trial's rate still carries its start-up); None if no such trial reported."""
+    algorithm, task, _ = work
+    for same in (lambda w: w[:2] == (algorithm, task), lambda w: w[0] == algorithm):
+        for rates in (finished, running):
+            found = [rate for w, rate in rates if same(w)]
+            if found:
+                return sum(found) / len(found)
+    return None
+
+
+def _in_plan_order(planned: list[Work], waiting: list[Work]) -> list[Work]:
+    """The waiting trials in the order the Tuner was given them (Tune starts them in that order)."""
+    rank = {work: i for i, work in reversed(list(enumerate(planned)))}
+    return sorted(waiting, key=lambda work: rank.get(work, len(planned)))
+
+
+def _makespan(running_left: list[float], queued: list[float], slots: int) -> float:
+    """When the last trial ends if each queued trial starts in the first slot to come free."""
+    free_at = sorted(running_left + [0.0] * max(0, slots - len(running_left)))
+    heapq.heapify(free_at)
+    for seconds in queued:
+        heapq.heappush(free_at, heapq.heappop(free_at) + seconds)
+    return max(free_at, default=0.0)
 
 
 def _duration(seconds: float) -> str:

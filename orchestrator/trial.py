@@ -115,15 +115,18 @@ def newest_checkpoint_in_storage() -> dict | None:
 
 
 class Reports:
-    """metrics.jsonl beside the trial's files, then MLflow (queued, never blocking). In place, while the tracking
-    server is unreachable, the outage also goes to Tune every `OUTAGE_REPORT_S` so the sweep's progress says so."""
+    """metrics.jsonl beside the trial's files, then MLflow (queued, never blocking). In place, the trial also
+    tells Tune its step and whether the tracking server answers every `PROGRESS_REPORT_S` (between its checkpoints,
+    which report too), so that the sweep's progress estimates its remaining time from its own step rate and says
+    when trials cannot reach the tracking server."""
 
-    OUTAGE_REPORT_S = 10.0
+    PROGRESS_REPORT_S = 10.0
 
     def __init__(self, run_dir: str, tracking: MlflowReport, to_tune: bool, needs_evaluation: bool):
         self.local, self.tracking, self.to_tune = LocalReport(run_dir, quiet=True), tracking, to_tune
-        self.needs_evaluation = needs_evaluation  # a search: outage reports wait for an evaluation to repeat
-        self._last_outage_report = 0.0
+        self.needs_evaluation = needs_evaluation  # a search: Tune's searcher needs an evaluation in every report
+        self._last_progress_report = time.time()
+        self._told_outage = False
         self._last_evaluation: dict[str, float] = {}
 
     def __call__(self, step: int, metrics: dict[str, float], files: list[Path]) -> None:
@@ -131,14 +134,14 @@ class Reports:
         self.tracking(step, metrics, files)
         if any(key.startswith("eval/") for key in metrics):
             self._last_evaluation = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-        status = self.tracking.status()
         ready = self._last_evaluation or not self.needs_evaluation
-        if self.to_tune and ready and status["tracking/unreachable_s"] > 0 and \
-                time.time() - self._last_outage_report > self.OUTAGE_REPORT_S:
+        if self.to_tune and ready and time.time() - self._last_progress_report > self.PROGRESS_REPORT_S:
             from ray import tune
 
+            status = self.tracking.status()
             tune.report({"step": step} | self._last_evaluation | status)
-            self._last_outage_report = time.time()
+            self._last_progress_report = time.time()
+            self._told_outage |= status["tracking/unreachable_s"] > 0
 
     def close(self) -> None:
         """The local metrics file goes to the run too, then everything still queued is delivered (and Tune
@@ -147,7 +150,7 @@ class Reports:
         if metrics_file.is_file():
             self.tracking(0, {}, [metrics_file])
         self.tracking.close()
-        if self.to_tune and self._last_outage_report:
+        if self.to_tune and self._told_outage:
             from ray import tune
 
             tune.report(self._last_evaluation | self.tracking.status())

@@ -1,0 +1,94 @@
+"""The sweep's progress lines: the remaining time follows each trial's own pace, and says `?` where unknown."""
+
+from __future__ import annotations
+
+import io
+import time
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from orchestrator.progress import SweepProgress
+from trainers.record import make_record
+
+
+def trial(algorithm: str, seed: int, steps: int):
+    record = record_of_trial(algorithm, seed, steps)
+    return SimpleNamespace(trial_id=record.trial_id, config={"record": record.to_dict()}, status="PENDING",
+                           last_result={}, error_file=None)
+
+
+def record_of_trial(algorithm: str, seed: int, steps: int):
+    return make_record(algorithm, "reacher2d-medium", 1.0, seed, {"num_steps": steps, "eval_every": steps})
+
+
+def started(progress: SweepProgress, t, seconds_ago: float, at_step: int = 0) -> None:
+    t.status = "RUNNING"
+    progress.on_trial_start(0, [], t)
+    progress.trial_started[t.trial_id] = (time.time() - seconds_ago, at_step)
+
+
+def sweep(slots: int = 2):
+    """Two fast BC trials first, then two LaMo trials eight times longer, as the quickstart's grid orders them."""
+    trials = [trial("bc", 0, 100), trial("bc", 1, 100), trial("lamo", 0, 800), trial("lamo", 1, 800)]
+    out = io.StringIO()
+    progress = SweepProgress("eval/best_normalized_mean", slots=slots, console=Console(file=out, width=300))
+    progress.expect([record_of_trial("bc", s, 100) for s in (0, 1)] + [record_of_trial("lamo", s, 800) for s in (0, 1)])
+    return progress, trials, out
+
+
+def finish(progress: SweepProgress, trials, t) -> str:
+    progress.on_trial_complete(0, trials, t)
+    t.status = "TERMINATED"
+    return progress.status_line(trials)
+
+
+def test_slow_trials_still_running_are_not_estimated_from_the_fast_ones_that_finished():
+    progress, trials, _ = sweep()
+    bc0, bc1, lamo0, lamo1 = trials
+    for t in (bc0, bc1):
+        started(progress, t, seconds_ago=3)
+        finish(progress, trials, t)
+    for t in (lamo0, lamo1):
+        started(progress, t, seconds_ago=20)
+    # LaMo has reported nothing and no LaMo trial finished: no honest number (the mean finished trial said 0m01s).
+    assert progress.status_line(trials).endswith(", ? left")
+    # Each has reported step 200 of 800 after 20 s: 600 steps at its own 0.1 s per step.
+    for t in (lamo0, lamo1):
+        t.last_result = {"step": 200}
+    assert progress.status_line(trials).endswith(", ~1m00s left")
+
+
+def test_pending_trials_take_their_algorithms_pace_in_the_first_free_slot():
+    progress, trials, _ = sweep(slots=1)
+    bc0, bc1, lamo0, lamo1 = trials
+    started(progress, bc0, seconds_ago=3)
+    assert progress.status_line(trials).endswith(", ? left")  # neither algorithm has reported a step yet
+    line = finish(progress, trials, bc0)
+    assert line.endswith(", ? left")  # bc's pace is known (0.03 s per step), lamo's is not
+    started(progress, bc1, seconds_ago=1)
+    started(progress, lamo0, seconds_ago=40)  # a second slot opened (a resource freed elsewhere)
+    lamo0.last_result = {"step": 400}  # 0.1 s per step: 40 s left for it, 80 s for the pending lamo.s1
+    # In one slot after bc.s1's 2 s left: lamo.s1 follows the first trial to end (bc.s1 at 2 s): 2 + 80 s.
+    assert progress.status_line(trials).endswith(", ~1m22s left")
+
+
+def test_a_trial_resumed_from_a_checkpoint_is_paced_by_the_steps_it_trained_since():
+    progress, trials, _ = sweep(slots=2)
+    lamo0 = trials[2]
+    lamo0.last_result = {"step": 400}  # restored at step 400
+    started(progress, lamo0, seconds_ago=10, at_step=400)
+    lamo0.last_result = {"step": 500}  # 100 steps in 10 s since: 300 left at 0.1 s
+    progress.planned = progress.planned[2:3]
+    assert progress.status_line(trials[2:3]).endswith(", ~0m30s left")
+
+
+def test_a_running_trial_whose_start_was_not_seen_yet_counts_as_starting_now():
+    """Tune marks a trial RUNNING before it calls on_trial_start: a status line in between must not break."""
+    progress, trials, _ = sweep(slots=2)
+    bc0, bc1 = trials[:2]
+    started(progress, bc0, seconds_ago=3)
+    finish(progress, trials, bc0)
+    bc1.status = "RUNNING"  # not started through the callback yet
+    progress.planned = progress.planned[:2]
+    assert progress.status_line(trials[:2]).endswith(", ~0m03s left")  # a whole bc trial at bc's pace
