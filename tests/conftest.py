@@ -1,11 +1,42 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from trainers.make_dataset import make_dataset
+
+
+REPO = Path(__file__).resolve().parents[1]
+# What the main job (README command 1) leaves in the checkout, and its caches: no test may see them or need them.
+RUN_OUTPUTS = ("models", "data", "mlflow.db", "mlruns", "reports", "ray_results")
+DEFAULT_LOCATIONS = ("MLFLOW_TRACKING_URI", "LAMO_SWEEPS_STORAGE", "LAMO_D4RL_BASE_URL", "RAY_ADDRESS")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def away_from_the_checkout(tmp_path_factory):
+    """Every test runs in an empty working directory with an empty LaMo cache, so it passes alike in a fresh clone
+    and in a checkout where the main job ran: the job's models/, data/, mlflow.db, reports/ and ray_results/ are
+    not in the working directory, ~/.cache/lamo-sweeps is not the cache, and defaults that name a location
+    (sqlite:///mlflow.db, ray_results) land in the session's directory. Subprocesses inherit both; tests read
+    repository files by their path from REPO. At the end, the checkout's run outputs are as they were."""
+    before = _run_outputs()
+    session = tmp_path_factory.mktemp("session")
+    patch = pytest.MonkeyPatch()
+    (session / "cwd").mkdir()
+    patch.chdir(session / "cwd")
+    patch.setenv("LAMO_CACHE_DIR", str(session / "lamo-cache"))
+    for name in DEFAULT_LOCATIONS:
+        patch.delenv(name, raising=False)
+    yield session
+    patch.undo()
+    assert _run_outputs() == before, "a test wrote the main job's outputs into the checkout"
+
+
+def _run_outputs() -> dict[str, int | None]:
+    return {name: (REPO / name).stat().st_mtime_ns if (REPO / name).exists() else None for name in RUN_OUTPUTS}
 
 
 def synthetic_arrays(episode_lengths: list[int], obs_dim: int = 3, act_dim: int = 2, seed: int = 0,

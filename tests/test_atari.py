@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO
 from transformers import GPT2Model
 
 from trainers.algorithm import StatelessPolicy
@@ -547,8 +548,8 @@ def test_random_policy_scores_near_zero_human_normalized():
 
 @pytest.mark.parametrize("path", ["sweeps/lamo_atari.yaml", "sweeps/atari_quick.yaml"])
 def test_atari_sweep_files_resolve_a_config_for_every_cell(path):
-    spec = yaml.safe_load(Path(path).read_text())
-    reference = yaml.safe_load(Path("sweeps/lamo_paper.yaml").read_text())
+    spec = yaml.safe_load((REPO / path).read_text())
+    reference = yaml.safe_load((REPO / "sweeps/lamo_paper.yaml").read_text())
     assert set(spec) <= set(reference) | {"training", "ratios"}
     training = spec.get("training", {})
     for entry in spec["algorithms"]:
