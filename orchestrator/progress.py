@@ -9,7 +9,8 @@ are its fastest algorithms, and a mean says "3 s left" while LaMo trials run for
 its own step rate (it reports its step to Tune every few seconds: orchestrator/trial.py), a pending one from the
 seconds per step of its algorithm on its task (else on any task) in finished and running trials, and the trials
 are then laid out over the sweep's concurrent slots in order. Where a trial has neither — an algorithm none of
-whose trials has reported yet — the line says `? left` rather than a number that would be wrong.
+whose trials has reported yet — the line says `? left` rather than a number that would be wrong, with the
+lower bound the known trials give and the algorithms whose pace is still unknown.
 """
 
 from __future__ import annotations
@@ -110,13 +111,15 @@ class SweepProgress(Callback):
         line = f"{done}/{total} done, {running} running, {failed} failed, {pending} pending; " \
                f"elapsed {_duration(time.time() - self.started)}"
         if running or pending:
-            left = self.remaining_seconds(trials, finishing)
-            line += f", ~{_duration(left)} left" if left is not None else ", ? left"
+            left, unknown = self.remaining_seconds(trials, finishing)
+            line += f", ~{_duration(left)} left" if not unknown else \
+                f", ? left (≥ {_duration(left)}; no pace yet for {', '.join(unknown)})"
         return line
 
-    def remaining_seconds(self, trials, finishing=None) -> float | None:
+    def remaining_seconds(self, trials, finishing=None) -> tuple[float, list[str]]:
         """Until the last trial ends: running trials finish at their own rates, pending ones start in the first
-        free slot and take their algorithm's seconds per step; None where some trial's time is unknown."""
+        free slot and take their algorithm's seconds per step. Where some trial's time is unknown, the seconds
+        are a lower bound (those trials counted as taking none) and their algorithms are listed."""
         now = time.time()
         running, progress = [], []  # (work, seconds so far, steps done, steps left); (work, seconds per step)
         for trial in trials:
@@ -127,20 +130,25 @@ class SweepProgress(Callback):
                 running.append((work, now - started, step - first_step, work[2] - step))
                 if step > first_step:
                     progress.append((work, (now - started) / (step - first_step)))
-        left = []
+        left, unknown = [], []
         for work, seconds, done, steps_left in running:
             rate = _seconds_per_step(work, self.finished_rates, progress)
             if done > 0:
                 left.append(seconds * steps_left / done)  # its own rate
-            else:  # nothing reported yet: its algorithm's rate, unless it has taken longer than that already
-                left.append(rate * steps_left - seconds if rate and rate * steps_left >= seconds else None)
+            elif rate and rate * steps_left >= seconds:  # nothing reported yet: its algorithm's rate
+                left.append(rate * steps_left - seconds)
+            else:  # no rate, or it has taken longer than its algorithm's rate says already
+                left.append(0.0)
+                unknown.append(work[0])
         started = Counter(self._work(t) for t in trials if t is finishing or t.status != "PENDING")
         waiting = (Counter(self.planned) | Counter(self._work(t) for t in trials)) - started
-        queued = [rate * work[2] if (rate := _seconds_per_step(work, self.finished_rates, progress)) else None
-                  for work in _in_plan_order(self.planned, list(waiting.elements()))]
-        if None in left or None in queued:
-            return None
-        return _makespan(left, queued, self.slots)
+        queued = []
+        for work in _in_plan_order(self.planned, list(waiting.elements())):
+            rate = _seconds_per_step(work, self.finished_rates, progress)
+            queued.append(rate * work[2] if rate else 0.0)
+            if not rate:
+                unknown.append(work[0])
+        return _makespan(left, queued, self.slots), list(dict.fromkeys(unknown))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """A line when a trial first reports that the tracking server is unreachable, and when it is back."""

@@ -52,7 +52,7 @@ def test_slow_trials_still_running_are_not_estimated_from_the_fast_ones_that_fin
     for t in (lamo0, lamo1):
         started(progress, t, seconds_ago=20)
     # LaMo has reported nothing and no LaMo trial finished: no honest number (the mean finished trial said 0m01s).
-    assert progress.status_line(trials).endswith(", ? left")
+    assert progress.status_line(trials).endswith(", ? left (≥ 0m00s; no pace yet for lamo)")
     # Each has reported step 200 of 800 after 20 s: 600 steps at its own 0.1 s per step.
     for t in (lamo0, lamo1):
         t.last_result = {"step": 200}
@@ -63,9 +63,10 @@ def test_pending_trials_take_their_algorithms_pace_in_the_first_free_slot():
     progress, trials, _ = sweep(slots=1)
     bc0, bc1, lamo0, lamo1 = trials
     started(progress, bc0, seconds_ago=3)
-    assert progress.status_line(trials).endswith(", ? left")  # neither algorithm has reported a step yet
+    # Neither algorithm has reported a step yet.
+    assert progress.status_line(trials).endswith(", ? left (≥ 0m00s; no pace yet for bc, lamo)")
     line = finish(progress, trials, bc0)
-    assert line.endswith(", ? left")  # bc's pace is known (0.03 s per step), lamo's is not
+    assert line.endswith(", ? left (≥ 0m03s; no pace yet for lamo)")  # bc's pace: 0.03 s per step
     started(progress, bc1, seconds_ago=1)
     started(progress, lamo0, seconds_ago=40)  # a second slot opened (a resource freed elsewhere)
     lamo0.last_result = {"step": 400}  # 0.1 s per step: 40 s left for it, 80 s for the pending lamo.s1
