@@ -150,14 +150,17 @@ class SweepProgress(Callback):
                 unknown.append(work[0])
         return _makespan(left, queued, self.slots), list(dict.fromkeys(unknown))
 
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.trial_started[trial.trial_id] = time.time(), (trial.last_result or {}).get("step", 0)  # resumed?
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """A line when a trial first reports that the tracking server is unreachable, and when it is back."""
         unreachable = result.get("tracking/unreachable_s", 0) > 0
         if unreachable and trial.trial_id not in self.outages:
             self.outages.add(trial.trial_id)
             self._say(f"[tracking] {trial_name(trial)} cannot reach the tracking server "
-                               f"(for {result['tracking/unreachable_s']:.0f} s, {result.get('tracking/pending', 0):.0f} "
-                               f"reports waiting); it keeps training and delivers them when the server is back")
+                      f"(for {result['tracking/unreachable_s']:.0f} s, {result.get('tracking/pending', 0):.0f} "
+                      f"reports waiting); it keeps training and delivers them when the server is back")
         elif not unreachable and trial.trial_id in self.outages:
             self.outages.discard(trial.trial_id)
             self._say(f"[tracking] {trial_name(trial)} reaches the tracking server again")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
-import time
 from types import SimpleNamespace
 
+import pytest
 from rich.console import Console
 
+from orchestrator import progress as progress_module
 from orchestrator.progress import SweepProgress
 from trainers.record import make_record
 
@@ -22,10 +23,30 @@ def record_of_trial(algorithm: str, seed: int, steps: int):
     return make_record(algorithm, "reacher2d-medium", 1.0, seed, {"num_steps": steps, "eval_every": steps})
 
 
-def started(progress: SweepProgress, t, seconds_ago: float, at_step: int = 0) -> None:
-    t.status = "RUNNING"
+class Clock:
+    """The progress module's clock, moved by hand."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(progress_module, "time", fake)
+    return fake
+
+
+def started(progress: SweepProgress, t, seconds_ago: float) -> None:
+    """Tune starts the trial `seconds_ago` (its last result, if any, is where a restored trial resumes)."""
+    clock = progress_module.time
+    clock.now -= seconds_ago
     progress.on_trial_start(0, [], t)
-    progress.trial_started[t.trial_id] = (time.time() - seconds_ago, at_step)
+    t.status = "RUNNING"
+    clock.now += seconds_ago
 
 
 def sweep(slots: int = 2):
@@ -78,7 +99,7 @@ def test_a_trial_resumed_from_a_checkpoint_is_paced_by_the_steps_it_trained_sinc
     progress, trials, _ = sweep(slots=2)
     lamo0 = trials[2]
     lamo0.last_result = {"step": 400}  # restored at step 400
-    started(progress, lamo0, seconds_ago=10, at_step=400)
+    started(progress, lamo0, seconds_ago=10)
     lamo0.last_result = {"step": 500}  # 100 steps in 10 s since: 300 left at 0.1 s
     progress.planned = progress.planned[2:3]
     assert progress.status_line(trials[2:3]).endswith(", ~0m30s left")
