@@ -13,7 +13,16 @@ from __future__ import annotations
 from baselines.common import DeterministicActor, OfflineAlgorithm, finite_metrics, make_adam, \
     seeded_init
 from trainers.datasets import top_fraction_by_return
-from trainers.algorithm import Fraction, PositiveFloat, PositiveInt, TrainingConfig, TrainingSetup, algorithm_config
+from trainers.algorithm import (
+    AlgorithmDeclaration,
+    Fraction,
+    PositiveFloat,
+    PositiveInt,
+    Preset,
+    TrainingConfig,
+    TrainingSetup,
+    algorithm_config,
+)
 from trainers.samplers import TransitionBatch
 
 
@@ -25,12 +34,6 @@ class Config(TrainingConfig):
     hidden_dims: tuple[PositiveInt, ...] = (256, 256)  # CORL any_percent_bc.py Actor
     normalize_states: bool = True  # standardise states with the training set's mean / (std + eps) (CORL)
     state_eps: PositiveFloat = 1e-3  # (CORL compute_mean_std eps)
-
-
-PRESETS = {"bc": {}, "bc_10": {"top_fraction": 0.1}}
-
-# BC has no task-specific settings in the reference implementations; kitchen runs with the defaults.
-DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {}
 
 
 class BC(OfflineAlgorithm):
@@ -67,5 +70,6 @@ class BC(OfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
-def build(config: Config, setup: TrainingSetup) -> BC:
-    return BC(config, setup)
+# BC has no task-specific settings in the reference implementations; kitchen runs with the defaults.
+ALGORITHM = AlgorithmDeclaration(config=Config, build=BC,
+                          presets={"bc": Preset(), "bc_10": Preset({"top_fraction": 0.1})})

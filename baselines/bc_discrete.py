@@ -7,8 +7,8 @@ DiscreteBC (d3rlpy/algos/qlearning/bc.py DiscreteBCConfig; the loss is compute_d
     L = −log π(a_data | s) + β · mean(logits²)          β 0.5, Adam lr 1e-3, batch 100
 
 with d3rlpy's default pixel encoder (baselines/discrete_common.py). BC-10 % keeps the top 10 % of trajectories
-by return, as on D4RL (baselines/bc.py). The update budget and evaluation cadence are the Atari sequence
-models' (trainers/atari_sequence_trainer.py), so every Atari algorithm gets the same number of updates.
+by return, as on D4RL (baselines/bc.py). The update budget and evaluation cadence are every Atari algorithm's
+(trainers/tasks.py, DOMAIN_TRAINING), so all get the same number of updates.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from baselines.common import finite_metrics, make_adam, seeded_init
 from baselines.discrete_common import DiscreteOfflineAlgorithm, PixelNetwork
 from trainers.algorithm import (
+    AlgorithmDeclaration,
     Fraction,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    Preset,
     TrainingConfig,
     TrainingSetup,
     algorithm_config,
@@ -29,23 +31,16 @@ from trainers.algorithm import (
 from trainers.datasets import top_fraction_by_return
 from trainers.samplers import TransitionBatch
 
-DISCRETE_ACTIONS = True
-
-
 @algorithm_config
 class Config(TrainingConfig):
-    num_steps: PositiveInt = 100_000  # LaMo's Atari budget (experiment-atari/cfgs/config.yaml train_steps)
-    eval_every: PositiveInt = 2500  # as trainers/atari_sequence_trainer.py
-    eval_episodes: PositiveInt = 5  # LaMo config.yaml train.eval_episodes
+    # num_steps, eval_every, eval_episodes: LaMo's Atari protocol, for every algorithm (trainers/tasks.py,
+    # DOMAIN_TRAINING)
     batch_size: PositiveInt = 100  # DiscreteBCConfig.batch_size
     top_fraction: Fraction = 1.0  # train on this fraction of trajectories, highest returns first (BC-10 %: 0.1)
     lr: PositiveFloat = 1e-3  # DiscreteBCConfig.learning_rate (Adam, d3rlpy's default betas and eps)
     beta: NonNegativeFloat = 0.5  # DiscreteBCConfig.beta: weight of the mean squared logit
     feature_size: PositiveInt = 512  # PixelEncoderFactory.feature_size
     cnn_channels: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 64, 64)  # PixelEncoderFactory.filters (Nature)
-
-
-PRESETS = {"bc": {}, "bc_10": {"top_fraction": 0.1}}
 
 
 class DiscreteBC(DiscreteOfflineAlgorithm):
@@ -84,6 +79,6 @@ class DiscreteBC(DiscreteOfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
-def build(config: Config, setup: TrainingSetup) -> DiscreteBC:
-    return DiscreteBC(config, setup)
+ALGORITHM = AlgorithmDeclaration(config=Config, build=DiscreteBC, action_spaces=frozenset({"discrete"}),
+                          presets={"bc": Preset(), "bc_10": Preset({"top_fraction": 0.1})})
 

@@ -46,6 +46,7 @@ from baselines.common import (
     seeded_init,
 )
 from trainers.algorithm import (
+    AlgorithmDeclaration,
     Fraction,
     NonNegativeFloat,
     NonNegativeInt,
@@ -77,11 +78,6 @@ class Config(TrainingConfig):
     hidden_dims: tuple[PositiveInt, ...] = (256, 256, 256)  # actor and each critic (cql_mujoco_new.py [M, M, M])
     normalize_states: bool = False  # the reference does not; CORL does
     state_eps: PositiveFloat = 1e-3
-
-
-# The CQL paper reports kitchen results, but neither its released code nor its README gives kitchen
-# settings we could verify, so kitchen tasks run with the defaults above.
-DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {}
 
 
 class CQL(OfflineAlgorithm):
@@ -172,5 +168,6 @@ class CQL(OfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
-def build(config: Config, setup: TrainingSetup) -> CQL:
-    return CQL(config, setup)
+# The CQL paper reports kitchen results, but neither its released code nor its README gives kitchen
+# settings we could verify, so kitchen tasks run with the defaults above.
+ALGORITHM = AlgorithmDeclaration(config=Config, build=CQL)

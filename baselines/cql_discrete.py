@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from baselines.common import finite_metrics, frozen_copy, make_adam, seeded_init
 from baselines.discrete_common import DiscreteOfflineAlgorithm, PixelNetwork
 from trainers.algorithm import (
+    AlgorithmDeclaration,
     Fraction,
     NonNegativeFloat,
     PositiveFloat,
@@ -36,14 +37,10 @@ from trainers.algorithm import (
 )
 from trainers.samplers import TransitionBatch
 
-DISCRETE_ACTIONS = True
-
-
 @algorithm_config
 class Config(TrainingConfig):
-    num_steps: PositiveInt = 100_000  # LaMo's Atari budget (experiment-atari/cfgs/config.yaml train_steps)
-    eval_every: PositiveInt = 2500  # as trainers/atari_sequence_trainer.py
-    eval_episodes: PositiveInt = 5  # LaMo config.yaml train.eval_episodes
+    # num_steps, eval_every, eval_episodes: LaMo's Atari protocol, for every algorithm (trainers/tasks.py,
+    # DOMAIN_TRAINING)
     batch_size: PositiveInt = 32  # DiscreteCQLConfig.batch_size
     learning_rate: PositiveFloat = 6.25e-5  # DiscreteCQLConfig.learning_rate (Adam, d3rlpy's default betas, eps)
     discount: Fraction = 0.99  # DiscreteCQLConfig.gamma
@@ -95,5 +92,4 @@ class DiscreteCQL(DiscreteOfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
-def build(config: Config, setup: TrainingSetup) -> DiscreteCQL:
-    return DiscreteCQL(config, setup)
+ALGORITHM = AlgorithmDeclaration(config=Config, build=DiscreteCQL, action_spaces=frozenset({"discrete"}))

@@ -4,7 +4,7 @@ the checkpoint/export plumbing of `OfflineAlgorithm` (baselines/common.py), reus
 The network is d3rlpy's default for image observations (PixelEncoderFactory: the Nature-DQN convolutions, a
 Linear layer to 512 features, ReLU) with a linear head: Q-values for discrete CQL, logits for discrete BC. Frames
 arrive as uint8 stacks and are scaled by 1/255 inside (d3rlpy's PixelObservationScaler). The convolutional trunk
-is the same module the sequence models encode states with (trainers/atari_model.py).
+is the same module the sequence models encode frame stacks with (trainers/trajectory_model.py).
 """
 
 from __future__ import annotations
@@ -12,31 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 from baselines.common import OfflineAlgorithm, make_generator
-from trainers.algorithm import StatelessPolicy, TrainingSetup
-from trainers.atari_model import CNN_OUTPUT_SIZE, NATURE_CNN_CHANNELS, nature_cnn, scale_frames
+from trainers.algorithm import StatelessPolicy, TrainingSetup, discrete_frame_spaces
+from trainers.trajectory_model import CNN_OUTPUT_SIZE, NATURE_CNN_CHANNELS, nature_cnn, scale_frames
 from trainers.trajectories import TrajectoryDataset
 from trainers.samplers import TransitionSampler
-
-
-def require_discrete_frames(algorithm: str, setup: TrainingSetup) -> tuple[int, int]:
-    """(frame_stack, num_actions), or ValueError when the task's spaces are not frame stacks → Discrete."""
-    observation, action = setup.observation_space, setup.action_space
-    if not isinstance(action, gym.spaces.Discrete):
-        raise ValueError(f"{algorithm} needs a Discrete action space; task {setup.task.name!r} has {action!r}")
-    if not isinstance(observation, gym.spaces.Box) or len(observation.shape) != 3 or observation.dtype != np.uint8:
-        raise ValueError(f"{algorithm} needs (frame_stack, H, W) uint8 frame stacks; task {setup.task.name!r} has "
-                         f"{observation!r}")
-    dataset = setup.dataset
-    if dataset is not None and dataset.state_shape != tuple(observation.shape):
-        raise ValueError(f"{algorithm}: dataset {dataset.name} has states of shape {dataset.state_shape}, the task's "
-                         f"observations {observation.shape}")
-    return int(observation.shape[0]), int(action.n)
 
 
 class PixelNetwork(nn.Module):
@@ -61,7 +45,7 @@ class DiscreteOfflineAlgorithm(OfflineAlgorithm):
     network: nn.Module
 
     def __init__(self, config: Any, setup: TrainingSetup, dataset: TrajectoryDataset | None):
-        self.frame_stack, self.num_actions = require_discrete_frames(self.name, setup)
+        self.frame_stack, self.num_actions = discrete_frame_spaces(self.name, setup)
         self.config = config
         self.device = torch.device(setup.device)
         self.step = 0

@@ -38,6 +38,7 @@ from baselines.common import (
 )
 from trainers.trajectories import TrajectoryDataset
 from trainers.algorithm import (
+    AlgorithmDeclaration,
     Fraction,
     OpenUnit,
     PositiveFloat,
@@ -78,7 +79,7 @@ class Config(TrainingConfig):
 
 # configs/kitchen_config.py: β 0.5, policy dropout 0.1, same expectile 0.7 (everything else as mujoco_config.py);
 # train_offline.py scales rewards for halfcheetah/hopper/walker2d only, so kitchen rewards stay as they are.
-DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {
+DOMAIN_SETTINGS: dict[str, dict[str, object]] = {
     "kitchen": {"expectile": 0.7, "temperature": 0.5, "actor_dropout": 0.1, "normalize_rewards": False}}
 
 
@@ -188,5 +189,4 @@ class IQL(OfflineAlgorithm):
         return finite_metrics(step, **metrics, **actor_critic_metrics, actor_lr=optimizer.param_groups[0]["lr"])
 
 
-def build(config: Config, setup: TrainingSetup) -> IQL:
-    return IQL(config, setup)
+ALGORITHM = AlgorithmDeclaration(config=Config, build=IQL, domain_settings=DOMAIN_SETTINGS)

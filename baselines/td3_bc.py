@@ -26,6 +26,7 @@ from baselines.common import (
     seeded_init,
 )
 from trainers.algorithm import (
+    AlgorithmDeclaration,
     Fraction,
     NonNegativeFloat,
     PositiveFloat,
@@ -52,11 +53,6 @@ class Config(TrainingConfig):
     hidden_dims: tuple[PositiveInt, ...] = (256, 256)  # actor and each critic (TD3_BC.py)
     normalize_states: bool = True  # standardise states with the dataset's mean / (std + eps) (main.py)
     state_eps: PositiveFloat = 1e-3  # the eps above (utils.py normalize_states)
-
-
-# The paper evaluates on D4RL locomotion and AntMaze only; it gives no kitchen settings, so kitchen tasks run
-# with the defaults above.
-DOMAIN_OVERRIDES: dict[str, dict[str, object]] = {}
 
 
 class TD3BC(OfflineAlgorithm):
@@ -127,5 +123,6 @@ class TD3BC(OfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
-def build(config: Config, setup: TrainingSetup) -> TD3BC:
-    return TD3BC(config, setup)
+# The paper evaluates on D4RL locomotion and AntMaze only; it gives no kitchen settings, so kitchen tasks run
+# with the defaults above.
+ALGORITHM = AlgorithmDeclaration(config=Config, build=TD3BC)

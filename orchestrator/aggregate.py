@@ -19,7 +19,14 @@ if __package__ in (None, ""):  # run as `python orchestrator/aggregate.py`: impo
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator import report, tracking
-from orchestrator.scores import PROTOCOLS, REFERENCE_ALGORITHM, Aggregate, AggregationError, aggregate_runs
+from orchestrator.scores import (
+    PROTOCOLS,
+    REFERENCE_ALGORITHM,
+    Aggregate,
+    AggregationError,
+    DomainSummary,
+    aggregate_runs,
+)
 
 __all__ = ["AggregationError", "aggregate_sweep", "main"]
 
@@ -55,11 +62,23 @@ def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str, protocol: st
     result.files = report.write_outputs(result, result.out_dir)
     if log_artifacts:
         result.artifact_path = tracking.log_aggregate(mlflow_client, parent.info.run_id, protocol, result.out_dir)
-        tracking.log_headline(mlflow_client, parent.info.run_id, protocol, result.domains)
+        tracking.log_parent_metrics(mlflow_client, parent.info.run_id, headline_metrics(protocol, result.domains))
     if console is None:  # a Ray job's log is no terminal: keep the table's rows on one line each
         console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
     report.print_summary(result, console)
     return result
+
+
+def headline_metrics(protocol: str, summaries: list[DomainSummary]) -> dict[str, float]:
+    """Each algorithm's domain mean and IQM under the layout's names (tracking.HEADLINE_METRIC), for the parent
+    run's metrics: the runs table compares algorithms at a glance. Incomplete averages are left out."""
+    metrics = {}
+    for s in summaries:
+        if s.complete:
+            for statistic, value in (("mean", s.mean), ("iqm", s.iqm)):
+                metrics[tracking.HEADLINE_METRIC.format(protocol=protocol, domain=s.domain, statistic=statistic,
+                                                        algorithm=s.algorithm)] = value
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

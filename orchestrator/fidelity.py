@@ -4,35 +4,29 @@ Every report carries these notes (Markdown, HTML, LaTeX comments, the terminal f
 from the scored runs' trial records (tasks and resolved configs): the tasks, algorithms and settings
 the sweep actually used — a sweep of BC on reacher2d hears nothing about kitchen or LaMo's language loss.
 
-`KNOWN_DIFFERENCES` is the knowledge table: one entry per deliberate difference, with where the official
-setup is documented (LaMo's code is github.com/srzer/LaMo-2023; its paths are given relative to that
-repository) and a function that says how the given runs are affected (None when they are not). Adding a known
-difference is one entry. This module imports nothing from the aggregator: it reads any objects with the
-fields of `RanTrial` (the aggregator's `TrialRun` has them).
+`KNOWN_DIFFERENCES` is the knowledge table of what every run shares — data, settings, simulators, evaluation:
+one entry per deliberate difference, with where the official setup is documented (LaMo's code is
+github.com/srzer/LaMo-2023; its paths are given relative to that repository) and a function that says how the
+given runs are affected (None when they are not). What depends on an algorithm's own fields is declared by the
+algorithm (`AlgorithmDeclaration.differences`, trainers/algorithm.py) and only collected here, after the settings note,
+each declaration given its own runs: this module knows no algorithm's fields. Adding a known difference is one
+entry, here or in the algorithm's module. This module imports nothing from the aggregator: it reads any objects
+with the fields of `RanTrial` (the aggregator's `TrialRun` has them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
-from trainers.registry import ALGORITHMS, make_config
+from trainers.algorithm import AlgorithmDeclaration, KnownDifference, RanTrial, listed
+from trainers.registry import ALGORITHMS, declaration, make_config
 from trainers.tasks import TASKS, Task
 
 LAMO_EVAL_EPISODES = {"atari": 5}  # per domain, else 20: experiment-d4rl/run.sh; experiment-atari/cfgs/config.yaml
-SEQUENCE_MODULE = "trainers.sequence_trainer"  # LaMo, its ablations, DT and Wiki-RL: LaMo's code base
-
-
-class RanTrial(Protocol):
-    """What the notes need to know about one scored run."""
-    algorithm: str
-    task: str
-    ratio: float
-    gpu_hours: float
-    config: Mapping[str, str]  # resolved config as logged: field name -> str(value)
 
 
 @dataclass(frozen=True)
@@ -42,19 +36,7 @@ class FidelityNote:
     source: str  # where the official setup (or this project's choice) is documented
 
 
-@dataclass(frozen=True)
-class KnownDifference:
-    topic: str
-    source: str
-    describe: Callable[[list[RanTrial]], str | None]  # None: the runs are not affected
-
-
 # --- what ran ------------------------------------------------------------------------------------------------
-
-def _names(values: Iterable) -> str:
-    """The distinct values, in the order given."""
-    return ", ".join(dict.fromkeys(str(v) for v in values))
-
 
 def _in_order(names: Iterable[str], order: Iterable[str]) -> list[str]:
     order = list(order)
@@ -65,43 +47,13 @@ def _tasks(runs: list[RanTrial]) -> list[Task]:
     return [TASKS[name] for name in _in_order((r.task for r in runs), TASKS) if name in TASKS]
 
 
-def _algorithms(runs: list[RanTrial], sequence_models: bool | None = None) -> list[str]:
-    """The runs' algorithms in registry order; only LaMo's code base (True) or only the others (False)."""
-    names = _in_order((r.algorithm for r in runs), ALGORITHMS)
-    if sequence_models is None:
-        return names
-    return [n for n in names if n in ALGORITHMS and (ALGORITHMS[n].module.__name__ == SEQUENCE_MODULE) == sequence_models]
-
-
-def _sequence_runs(runs: list[RanTrial]) -> list[RanTrial]:
-    sequence = set(_algorithms(runs, sequence_models=True))
-    return [r for r in runs if r.algorithm in sequence]
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
 # --- the known differences -----------------------------------------------------------------------------------
-
-def _whole_trajectories(runs: list[RanTrial]) -> str | None:
-    algorithms = _algorithms([r for r in runs if r.domain != "atari"], sequence_models=True)  # its D4RL code
-    if not algorithms:
-        return None
-    return (f"The sequence models ({_names(algorithms)}) train on every trajectory of their data. LaMo's "
-            f"experiment.py negates the "
-            f"returns before sorting and stops its pct_traj loop one trajectory early (a strict <), so it drops "
-            f"the highest-return trajectory even at pct_traj = 1; that off-by-one is not reproduced.")
-
 
 def _episode_boundaries(runs: list[RanTrial]) -> str | None:
     files = [t.name for t in _tasks(runs) if t.generated_by is None and t.dataset_reader is None]
     if not files:
         return None
-    return (f"Episodes of the D4RL files ({_names(files)}) end where terminals OR timeouts is set. LaMo's "
+    return (f"Episodes of the D4RL files ({listed(files)}) end where terminals OR timeouts is set. LaMo's "
             f"download_d4rl_datasets.py reads d4rl.qlearning_dataset, which has no timeouts and drops the last "
             f"step of every timed-out episode, and cuts every 1000 steps instead, so its trajectories can run "
             f"across two episodes.")
@@ -122,8 +74,8 @@ def _locomotion_simulator(runs: list[RanTrial]) -> str | None:
     tasks = [t for t in _tasks(runs) if t.domain == "locomotion"]
     if not tasks:
         return None
-    text = (f"Locomotion ({_names(t.name for t in tasks)}) is evaluated on Gymnasium MuJoCo v5 "
-            f"({_names(t.env_id for t in tasks)}, MuJoCo 3 bindings), where LaMo and D4RL use gym's mujoco-py -v2 "
+    text = (f"Locomotion ({listed(t.name for t in tasks)}) is evaluated on Gymnasium MuJoCo v5 "
+            f"({listed(t.env_id for t in tasks)}, MuJoCo 3 bindings), where LaMo and D4RL use gym's mujoco-py -v2 "
             f"environments (MuJoCo 2.1): another physics build, so one policy need not score the same on both.")
     if any(t.env_id.startswith("Walker2d") for t in tasks):
         text += " Walker2d-v5 loads the v2 model (walker2d.xml, right-foot friction 0.9) the D4RL data was made with."
@@ -134,7 +86,7 @@ def _reacher2d_simulator(runs: list[RanTrial]) -> str | None:
     tasks = [t.name for t in _tasks(runs) if t.domain == "reacher2d"]
     if not tasks:
         return None
-    return (f"Reacher2d ({_names(tasks)}) runs on this project's Gymnasium MuJoCo port of LaMo's task "
+    return (f"Reacher2d ({listed(tasks)}) runs on this project's Gymnasium MuJoCo port of LaMo's task "
             f"(trainers/envs/reacher2d.py), not on LaMo's gym/mujoco-py Reacher2dEnv.")
 
 
@@ -142,7 +94,7 @@ def _kitchen_simulator(runs: list[RanTrial]) -> str | None:
     tasks = [t.name for t in _tasks(runs) if t.domain == "kitchen"]
     if not tasks:
         return None
-    return (f"Kitchen ({_names(tasks)}) is evaluated on Gymnasium-Robotics FrankaKitchen-v1 (MuJoCo 3, converted "
+    return (f"Kitchen ({listed(tasks)}) is evaluated on Gymnasium-Robotics FrankaKitchen-v1 (MuJoCo 3, converted "
             f"assets) presented in D4RL's 60-d observation layout, not D4RL's kitchen-*-v0 (MuJoCo 2.0, adept "
             f"assets) that LaMo uses: contacts and observation-noise draws differ, so the data's actions do not "
             f"replay identically.")
@@ -173,27 +125,26 @@ def _generated_data(runs: list[RanTrial]) -> str | None:
 def _evaluation_episodes(runs: list[RanTrial]) -> str | None:
     by_count: dict[str, set[str]] = {}
     for run in runs:
-        count, official = _number(run.config.get("eval_episodes")), LAMO_EVAL_EPISODES.get(run.domain, 20)
+        count, official = run.config.get("eval_episodes"), LAMO_EVAL_EPISODES.get(run.domain, 20)
         if count is not None and count != official:
             by_count.setdefault(f"{count:g} (LaMo: {official})", set()).add(run.algorithm)
     if not by_count:
         return None
-    shown = "; ".join(f"{count}: {_names(_in_order(algorithms, ALGORITHMS))}"
+    shown = "; ".join(f"{count}: {listed(_in_order(algorithms, ALGORITHMS))}"
                       for count, algorithms in sorted(by_count.items(), key=lambda kv: float(kv[0].split()[0])))
     return (f"Evaluation episodes per target return and evaluation: {shown}. LaMo evaluates 20 on D4RL-style "
             f"tasks and 5 on Atari; fewer episodes make each evaluation noisier.")
 
 
-def _preset_values(algorithm: str, task: str) -> dict[str, str]:
-    """The algorithm's preset for the task (kitchen settings included), as the tracking layout logs values."""
+def _preset_values(algorithm: str, task: str) -> dict[str, Any]:
+    """The algorithm's preset for the task (kitchen settings included), as JSON values like a record's config."""
     config = make_config(algorithm, task=TASKS.get(task))
-    values = json.loads(json.dumps(dataclasses.asdict(config)))  # as the trial record holds them (lists, None)
-    return {name: str(value) for name, value in values.items()}
+    return json.loads(json.dumps(dataclasses.asdict(config)))  # as the trial record holds them (lists, None)
 
 
 def _changed_settings(runs: list[RanTrial]) -> str | None:
     changed: dict[str, dict[str, tuple[set[str], str]]] = {}  # algorithm -> field -> (values run, preset value)
-    presets: dict[tuple[str, str], dict[str, str]] = {}
+    presets: dict[tuple[str, str], dict[str, Any]] = {}
     for run in runs:
         if run.algorithm not in ALGORITHMS:
             continue
@@ -201,9 +152,9 @@ def _changed_settings(runs: list[RanTrial]) -> str | None:
         if preset is None:
             preset = presets[run.algorithm, run.task] = _preset_values(run.algorithm, run.task)
         for name, default in preset.items():
-            value = run.config.get(name)
-            if value is not None and value != default:
-                changed.setdefault(run.algorithm, {}).setdefault(name, (set(), default))[0].add(value)
+            value = run.config.get(name, default)
+            if value != default:
+                changed.setdefault(run.algorithm, {}).setdefault(name, (set(), str(default)))[0].add(str(value))
     if not changed:
         return None
     parts = []
@@ -216,25 +167,6 @@ def _changed_settings(runs: list[RanTrial]) -> str | None:
             + "; ".join(parts) + ".")
 
 
-def _language_pass_skipped(runs: list[RanTrial]) -> str | None:
-    algorithms = {r.algorithm for r in _sequence_runs(runs)
-                  if _number(r.config.get("lm_coef")) == 0 and r.config.get("backbone") not in (None, "None")}
-    if not algorithms:
-        return None
-    return (f"Without LaMo's language loss (lm_coef 0: {_names(_in_order(algorithms, ALGORITHMS))}) the language "
-            f"model's forward pass is skipped; LaMo's seq_trainer.py computes it every step and leaves it out of "
-            f"the loss (compute only, but it draws dropout randomness).")
-
-
-def _mixed_precision(runs: list[RanTrial]) -> str | None:
-    algorithms = {r.algorithm for r in runs if r.config.get("precision") == "bf16"
-                  or (r.config.get("precision") == "auto" and r.gpu_hours > 0)}
-    if not algorithms:
-        return None
-    return (f"bf16 autocast on GPU ({_names(_in_order(algorithms, ALGORITHMS))}), where LaMo trains in float32 "
-            f"(its --fp16 flag is off).")
-
-
 def _seeded_evaluation(runs: list[RanTrial]) -> str | None:
     return ("Every evaluation episode is seeded from (the record's eval_seed, the trial's seed, the step), so each "
             "evaluation of a run starts from its own initial states and a resumed run replays the same ones; "
@@ -245,18 +177,14 @@ def _atari(runs: list[RanTrial]) -> str | None:
     tasks = [t for t in _tasks(runs) if t.domain == "atari"]
     if not tasks:
         return None
-    return (f"Atari ({_names(t.name for t in tasks)}) runs ALE through ale-py and Gymnasium's AtariPreprocessing "
+    return (f"Atari ({listed(t.name for t in tasks)}) runs ALE through ale-py and Gymnasium's AtariPreprocessing "
             f"(frame skip 4, 84x84 grayscale, no-op reset, no life-loss terminals, 4-frame stacks), as d4rl-atari "
             f"does with gym's wrappers; episodes of the DQN Replay files never span two checkpoint files (a file's "
-            f"last, partial episode ends as a timeout). LaMo's Atari learning-rate schedule adds its running token "
-            f"count to itself every step (warm-up ends near step 500); Decision Transformer's Atari schedule is used "
-            f"as written. Scores are human-normalized with the Nature-DQN random and human returns.")
+            f"last, partial episode ends as a timeout). Scores are human-normalized with the Nature-DQN random and "
+            f"human returns.")
 
 
 KNOWN_DIFFERENCES: list[KnownDifference] = [
-    KnownDifference("training data: whole trajectories",
-                    "LaMo code: experiment-d4rl/experiment.py (pct_traj selection); trainers/sequence_trainer.py",
-                    _whole_trajectories),
     KnownDifference("training data: episode boundaries",
                     "LaMo code: data/download_d4rl_datasets.py; trainers/datasets.py (split_episodes)",
                     _episode_boundaries),
@@ -269,11 +197,6 @@ KNOWN_DIFFERENCES: list[KnownDifference] = [
     KnownDifference("settings",
                     "trainers/sequence_trainer.py (Config, PRESETS: LaMo's run.sh and appendix); baselines/<name>.py "
                     "(Config: each field cites its reference); the runs' trial records", _changed_settings),
-    KnownDifference("language model",
-                    "LaMo code: experiment-d4rl/decision_transformer/training/seq_trainer.py (train_step); "
-                    "trainers/sequence_trainer.py", _language_pass_skipped),
-    KnownDifference("numerics", "LaMo code: experiment-d4rl/experiment.py (--fp16); trainers/sequence_trainer.py "
-                    "(precision)", _mixed_precision),
     KnownDifference("simulator: locomotion",
                     "trainers/tasks.py; LaMo code: experiment-d4rl/experiment.py (gym.make('<env>-medium-v2'))",
                     _locomotion_simulator),
@@ -287,7 +210,7 @@ KNOWN_DIFFERENCES: list[KnownDifference] = [
                     "LaMo code: experiment-d4rl/run.sh (num_eval_episodes=20); the runs' config.eval_episodes",
                     _evaluation_episodes),
     KnownDifference("simulator: atari",
-                    "LaMo code: experiment-atari/core.py (scheduler), experiment-atari/buffer.py; takuseno/d4rl-atari; "
+                    "LaMo code: experiment-atari/buffer.py; takuseno/d4rl-atari; "
                     "trainers/envs/atari.py; trainers/atari_data.py", _atari),
     KnownDifference("evaluation: seeds",
                     "trainers/evaluation.py (episode_seeds); LaMo code: "
@@ -296,12 +219,31 @@ KNOWN_DIFFERENCES: list[KnownDifference] = [
 ]
 
 
+ALGORITHM_NOTES_AFTER = "settings"  # the algorithms' own differences follow this entry of the table
+
+
+def declared_differences(runs: list[RanTrial]) -> list[tuple[KnownDifference, list[RanTrial]]]:
+    """Each algorithm declaration's differences with that declaration's runs, in registry order."""
+    by_declaration: dict[int, tuple[AlgorithmDeclaration, list[RanTrial]]] = {}
+    for run in sorted(runs, key=lambda r: list(ALGORITHMS).index(r.algorithm) if r.algorithm in ALGORITHMS else 0):
+        if run.algorithm in ALGORITHMS:
+            spec = declaration(run.algorithm, TASKS.get(run.task))
+            by_declaration.setdefault(id(spec), (spec, []))[1].append(run)
+    return [(difference, own) for spec, own in by_declaration.values() for difference in spec.differences]
+
+
 def fidelity_notes(runs: list[RanTrial]) -> list[FidelityNote]:
-    """The known differences that concern these runs, in the table's order, each saying how."""
+    """The known differences that concern these runs, in the table's order (the algorithms' own after the
+    settings), each saying how."""
     runs = list(runs)
-    notes = []
+    table: list[tuple[KnownDifference, list[RanTrial]]] = []
     for difference in KNOWN_DIFFERENCES:
-        text = difference.describe(runs)
+        table.append((difference, runs))
+        if difference.topic == ALGORITHM_NOTES_AFTER:
+            table += declared_differences(runs)
+    notes = []
+    for difference, concerned in table:
+        text = difference.describe(concerned)
         if text:
             notes.append(FidelityNote(difference.topic, text, difference.source))
     return notes

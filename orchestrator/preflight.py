@@ -62,15 +62,11 @@ def _check_inputs(records: list[TrialRecord], spec: SweepSpec, spec_file: Path, 
 
 def _check_action_spaces(records: list[TrialRecord], spec: SweepSpec, spec_file: Path,
                          problems: list[str]) -> None:
-    spaces: dict[str, gym.Space] = {}
     for algorithm, task in dict.fromkeys((r.algorithm, r.task) for r in records):
-        if task not in spaces:
-            env = get_task(task).make_env()
-            spaces[task] = env.action_space
-            env.close()
-        if isinstance(spaces[task], gym.spaces.Discrete) and not supports_discrete_actions(algorithm):
+        space = get_task(task).action_space
+        if isinstance(space, gym.spaces.Discrete) and not supports_discrete_actions(algorithm):
             problems.append(f"{_where_algorithm(spec, spec_file, algorithm)}: cannot act in task {task}'s discrete "
-                            f"action space {spaces[task]}; it needs continuous (Box) actions")
+                            f"action space {space}; it needs continuous (Box) actions")
 
 
 def _validate_datasets(records: list[TrialRecord], spec: SweepSpec, spec_file: Path,

@@ -6,6 +6,7 @@ Layout of the aggregator (imports point down only, no circle):
     orchestrator/aggregate.py   the CLI and `aggregate_sweep`: tracking -> scores -> report, then the parent run
     orchestrator/report.py      tables, plots, the HTML report and the terminal summary of an `Aggregate`
     orchestrator/tracking.py    the MLflow run layout: writes a sweep's runs, reads them back as `TrialRun`s
+    orchestrator/runs.py        `TrialRun`: one run's record, status, evaluation curves and cost
     orchestrator/scores.py      this module: data classes, protocols, scoring and statistics
     orchestrator/fidelity.py    what the scored runs differ in from the official setup (a knowledge table)
 
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.fidelity import FidelityNote, fidelity_notes
+from orchestrator.runs import TrialRun
 from trainers.registry import ALGORITHMS
 from trainers.tasks import TASKS, Domain
 
@@ -60,28 +62,6 @@ DOMAIN_ORDER = typing.get_args(Domain)
 
 class AggregationError(ValueError):
     """A sweep that cannot be aggregated as asked; the message says what was found instead."""
-
-
-@dataclass
-class TrialRun:
-    """One trial's run as the tracking store holds it (orchestrator/tracking.py reads it)."""
-    run_id: str
-    trial_id: str
-    algorithm: str
-    task: str
-    domain: str
-    ratio: float
-    seed: int
-    status: str  # MLflow run status: FINISHED, FAILED, RUNNING, KILLED
-    num_steps: int  # its record's config.num_steps
-    curves: dict[str, list[tuple[int, float]]]  # eval label -> (step, normalized mean), by step
-    wall_seconds: float = 0.0
-    gpu_hours: float = 0.0
-    config: dict[str, str] = field(default_factory=dict)  # the trial record's resolved config, values as text
-
-    @property
-    def cell(self) -> tuple[str, str, float]:
-        return self.algorithm, self.task, self.ratio
 
 
 @dataclass

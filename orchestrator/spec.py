@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from trainers.algorithm import ConfigError
 from trainers.datasets import LongEpisodes
@@ -182,6 +182,9 @@ class SweepSpec(Strict):
     # Ray results: a directory (made absolute) or a URI such as s3://bucket/path (query options kept, e.g.
     # ?endpoint_override=minio:9000&scheme=http). Unset: $LAMO_SWEEPS_STORAGE, else ray_results.
     storage: str = Field(default_factory=lambda: os.environ.get("LAMO_SWEEPS_STORAGE") or "ray_results")
+    # The grid, once `expand_trials` resolved it, with the fields it was resolved from (a copy with other fields,
+    # from model_copy, resolves its own).
+    _trials: tuple[str, list[TrialRecord]] | None = PrivateAttr(default=None)
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
 
     @field_validator("algorithms", "tasks", mode="before")
@@ -268,7 +271,10 @@ def trial_hyperparameters(spec: SweepSpec, algorithm: AlgorithmSpec) -> dict[str
 
 def expand_trials(spec: SweepSpec) -> list[TrialRecord]:
     """The grid as trial records, in a fixed order: algorithm, task, ratio, seed. Raises SpecError listing every
-    algorithm × task whose configuration is invalid."""
+    algorithm × task whose configuration is invalid. Resolved once per spec (`load_spec` already did)."""
+    fields = spec.model_dump_json()
+    if spec._trials is not None and spec._trials[0] == fields:
+        return list(spec._trials[1])
     records, problems = [], {}
     for i, algorithm in enumerate(spec.algorithms):
         hyperparameters = trial_hyperparameters(spec, algorithm)
@@ -285,7 +291,8 @@ def expand_trials(spec: SweepSpec) -> list[TrialRecord]:
                         problems.setdefault(str(error), f"{where}: {error} (task {task.name})")
     if problems:
         raise SpecError("\n".join(problems.values()))
-    return records
+    spec._trials = fields, records
+    return list(records)
 
 
 def _search_errors(spec: SweepSpec) -> list[str]:

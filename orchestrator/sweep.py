@@ -47,7 +47,6 @@ import gc
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
@@ -165,17 +164,25 @@ def _run_config(spec: SweepSpec, name: str, progress):
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
 
+def _trainable(context: SweepContext):
+    """The Tune trainable: one trial record per trial in its config; the sweep's context, which every trial
+    shares, by `tune.with_parameters` (in Ray's object store once, not in each trial's config and results)."""
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(trial_driver, context=context), trial_resources(context))
+
+
 def run_grid(spec: SweepSpec, records: list[TrialRecord], context: SweepContext, plan: ResourcePlan,
              restart: bool, progress, console: Console):
     from ray import tune
 
     progress.expect(records)
-    trainable = tune.with_resources(trial_driver, trial_resources(context))
+    trainable = _trainable(context)
 
     def build(trainable):
         return tune.Tuner(
             trainable,
-            param_space={"record": tune.grid_search([r.to_dict() for r in records]), "sweep": asdict(context)},
+            param_space={"record": tune.grid_search([r.to_dict() for r in records])},
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrent_trials, reuse_actors=True,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=_run_config(spec, "tune", progress))
@@ -192,19 +199,19 @@ def run_search(spec: SweepSpec, records: list[TrialRecord], context: SweepContex
     from ray.tune.search.optuna import OptunaSearch
 
     search = spec.search
-    trainable = tune.with_resources(trial_driver, trial_resources(context))
+    trainable = _trainable(context)
     grids = []
     for record in records:
         if record.seed != spec.seeds[0]:
             continue
-        cell = record.trial_id.rsplit(".s", 1)[0]
+        cell = record.cell_id
 
         def build(trainable, record=record, cell=cell):
             searcher = ConcurrencyLimiter(OptunaSearch(metric=search.metric, mode=search.mode, seed=0),
                                           max_concurrent=plan.concurrent_trials)
             return tune.Tuner(
                 trainable,
-                param_space={"record": record.to_dict(), "sweep": asdict(context), "search": search.tune_space()},
+                param_space={"record": record.to_dict(), "search": search.tune_space()},
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=search.samples, metric=search.metric,
                                             mode=search.mode, reuse_actors=True, trial_name_creator=trial_name,
                                             trial_dirname_creator=trial_name),

@@ -11,7 +11,7 @@ only a `trial_slot` — through a Ray Train TorchTrainer (trainers/distributed.p
 the sweep's storage so that it resumes the same way.
 
 Either way metrics go to metrics.jsonl in the trial's directory and to MLflow off the training path
-(tracking.MlflowReport), a trial whose MLflow run already FINISHED is not trained again, and a failure is
+(delivery.MlflowReport), a trial whose MLflow run already FINISHED is not trained again, and a failure is
 recorded on its run with the exception's own message before Tune sees it.
 """
 
@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from orchestrator.tracking import MlflowReport, SweepTracker
+from orchestrator.delivery import MlflowReport
+from orchestrator.tracking import SweepTracker
 from trainers.core import METRICS_FILE, LocalReport, TrialCore, load_checkpoint, save_checkpoint
 from trainers.record import TrialRecord
 
@@ -35,7 +36,7 @@ DRIVER_RESOURCES = {"cpu": 0, "trial_slot": 1}  # a trial that only drives a Tor
 
 @dataclass(frozen=True)
 class SweepContext:
-    """What every trial of one sweep shares; travels in the Tune param space (plain JSON)."""
+    """What every trial of one sweep shares; reaches each trial by `tune.with_parameters`."""
 
     tracking_uri: str
     experiment: str
@@ -156,11 +157,10 @@ class Reports:
             tune.report(self._last_evaluation | self.tracking.status())
 
 
-def trial_driver(config: dict) -> None:
-    """config = {"record": TrialRecord as dict, "sweep": SweepContext as dict[, "search": sampled values]}."""
+def trial_driver(config: dict, context: SweepContext) -> None:
+    """config = {"record": TrialRecord as dict[, "search": sampled values]}; the context by tune.with_parameters."""
     from ray import tune
 
-    context = SweepContext(**config["sweep"])
     record = record_of(config)
     run_dir = str(Path(context.outputs) / record.trial_id)
     tracker = SweepTracker(context.tracking_uri, context.experiment, context.sweep_id)

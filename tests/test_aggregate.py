@@ -24,7 +24,8 @@ from scipy.stats import mannwhitneyu
 
 from orchestrator.aggregate import AggregationError, aggregate_sweep, main
 from orchestrator.report import cost_table
-from orchestrator.scores import (TrialRun, mean_of_cell_means, probability_of_improvement, run_scores,
+from orchestrator.runs import TrialRun
+from orchestrator.scores import (mean_of_cell_means, probability_of_improvement, run_scores,
                                  stratified_bootstrap)
 from orchestrator.tracking import SweepTracker
 from trainers.record import make_record
@@ -182,8 +183,7 @@ def test_paper_window_at_lamos_cadence_is_its_last_8_of_40_evaluations():
     # 100,000: 8 of the 40. The one at 80,000 closes the first 80K and is not in the window.
     steps = np.arange(2500, 100_001, 2500)
     values = np.sqrt(steps)  # every evaluation different, so a window one evaluation too wide is seen
-    run = TrialRun(run_id="r", trial_id="lamo.hopper-medium.r1.s0", algorithm="lamo", task="hopper-medium",
-                   domain="locomotion", ratio=1.0, seed=0, status="FINISHED", num_steps=100_000,
+    run = TrialRun(run_id="r", record=make_record("lamo", "hopper-medium"), status="FINISHED",
                    curves={"target_3600": list(zip(steps.tolist(), values.tolist()))})
     assert len(steps) == 40
     assert run_scores(run, "paper")["target_3600"] == pytest.approx(values[steps > 80_000].mean())
@@ -418,7 +418,7 @@ def test_reports_made_faster_than_they_are_sent_go_in_few_requests_and_all_arriv
     into one log_batch, within MLflow's 1,000 metrics a request, and loses nothing."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
+    from orchestrator import delivery, tracking
 
     writer = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, "batching-0123456789")
     parent = writer.start_sweep("batching", {"seeds": [0], "ratios": [1.0]})
@@ -431,14 +431,14 @@ def test_reports_made_faster_than_they_are_sent_go_in_few_requests_and_all_arriv
             sizes.append(len(metrics))
             return super().log_batch(run_id, metrics=metrics, **kwargs)
 
-    hook = tracking.MlflowReport(writer.uri, run_id, str(tmp_path))
+    hook = delivery.MlflowReport(writer.uri, run_id, str(tmp_path))
     hook._client = CountingClient(writer.uri)
     keys = ["train/loss", "train/grad_norm", "train/steps_per_second"]
     for step in range(100, 40_001, 100):  # 400 reports, 1,200 metrics
         hook(step, {key: step / 100 + i for i, key in enumerate(keys)}, [])
     hook.close()
 
-    assert sum(sizes) == 1200 and max(sizes) <= tracking.MlflowReport.MAX_METRICS_PER_BATCH
+    assert sum(sizes) == 1200 and max(sizes) <= delivery.MlflowReport.MAX_METRICS_PER_BATCH
     assert 2 <= len(sizes) <= 5, sizes  # not one request per report
     for i, key in enumerate(keys):
         history = sorted((m.step, m.value) for m in MlflowClient(writer.uri).get_metric_history(run_id, key))
@@ -446,7 +446,7 @@ def test_reports_made_faster_than_they_are_sent_go_in_few_requests_and_all_arriv
 
 
 def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
-    from orchestrator import tracking
+    from orchestrator import delivery, tracking
 
     writer = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, "roundtrip-0123456789")
     parent = writer.start_sweep("roundtrip", {"seeds": [3, 4], "ratios": [0.1]})
@@ -454,7 +454,7 @@ def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
                          sweep_id="roundtrip-0123456789")
     run_id, finished = writer.trial_run(parent, record)
     assert finished is None
-    hook = tracking.MlflowReport(writer.uri, run_id, str(tmp_path))
+    hook = delivery.MlflowReport(writer.uri, run_id, str(tmp_path))
     for step, value in [(250, 41.0), (500, 43.0)]:
         hook(step, {"eval/target_3600/normalized_mean": value, "eval/target_1800/normalized_mean": value - 1,
                     "eval/best_normalized_mean": value, "eval/target_3600/return_mean": 1000.0}, [])
@@ -471,7 +471,8 @@ def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
         run_id, "lamo.hopper-medium.r0.1.s4", "lamo", "hopper-medium", "locomotion", 0.1, 4, "FINISHED")
     assert tracking.trial_record(mlflow_client.get_run(run_id)) == record  # the record, unchanged
     assert run.curves == {"target_3600": [(250, 41.0), (500, 43.0)], "target_1800": [(250, 40.0), (500, 42.0)]}
-    assert run.num_steps == 500 and run.config["eval_episodes"] == "20" and run.config["backbone"] == "gpt2"
+    assert run.record == record  # the record itself, not copies of its fields
+    assert run.num_steps == 500 and run.config["eval_episodes"] == 20 and run.config["backbone"] == "gpt2"
     assert (run.wall_seconds, run.gpu_hours) == (7200.0, 1.0)
 
 
@@ -522,8 +523,11 @@ def test_aggregator_layers_import_downwards_without_a_circle():
         assert not graph[rendering] & {"orchestrator.aggregate", "orchestrator.tracking"}
         assert not {m.split(".")[0] for m in graph[rendering]} & {"mlflow"}
     assert "orchestrator.report" not in graph["orchestrator.plots"]
-    # the store is read in one place: tracking.py
+    # the store is read in one place: tracking.py, which knows nothing of the statistics; a trial actor loads
+    # the delivery thread and the layout, never the aggregator
     assert not {m.split(".")[0] for m in graph["orchestrator.aggregate"]} & {"mlflow"}
+    assert not graph["orchestrator.tracking"] & {"orchestrator.scores", "orchestrator.fidelity", "orchestrator.report"}
+    assert not graph["orchestrator.delivery"] & {"orchestrator.scores", "orchestrator.fidelity", "orchestrator.aggregate"}
 
 
 # --- the HTML report in a real browser ---------------------------------------------------------------------

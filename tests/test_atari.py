@@ -18,8 +18,6 @@ from transformers import GPT2Model
 
 from trainers.algorithm import StatelessPolicy
 from trainers.atari_data import DQNReplay, generate, main, read_npy_gz, store_file_name, write_npy_gz
-from trainers.atari_model import AtariTrajectoryModelConfig, AtariTrajectoryTransformer
-from trainers.atari_sequence_trainer import AtariContextPolicy, dt_atari_lr_multiplier
 from trainers.datasets import (
     DatasetError,
     EpisodeIndex,
@@ -41,19 +39,16 @@ from trainers.registry import (
     supports_discrete_actions,
 )
 from trainers.samplers import TransitionSampler, WindowSampler, to_torch
+from trainers.sequence_policy import ContextPolicy
+from trainers.sequence_trainer import dt_atari_lr_multiplier
 from trainers.tasks import get_task
+from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
 
 TASK = get_task("breakout-medium-gen")
 ROWS_PER_FILE = 1200  # two checkpoint files; Breakout episodes of the scripted policy are longer than one
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small batched CPU work on 2 shared cores: one intra-op thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -337,12 +332,13 @@ def test_transition_batches_stack_states_and_next_states(generated):
 # --- the model and its policy -------------------------------------------------------------------------------
 
 
-def tiny_model(positional: bool = True, embedding: str = "mlp", k: int = 6) -> AtariTrajectoryTransformer:
+def tiny_model(positional: bool = True, embedding: str = "mlp", k: int = 6) -> TrajectoryTransformer:
+    """The Atari model as LaMo's code has it: frame stacks, action ids, timestep before the LayerNorm, tanh logits."""
     torch.manual_seed(0)
     backbone = GPT2.from_hf(GPT2Model(gpt2_config(2, 32, 2, dropout=0.0)))
-    config = AtariTrajectoryModelConfig(num_actions=4, context_len=k, max_timestep=100, n_embd=32,
-                                        embedding=embedding, positional_embeddings=positional)
-    return AtariTrajectoryTransformer(config, backbone).eval()
+    config = TrajectoryModelConfig(4, 4, modality="frames", context_len=k, max_timestep=100, n_embd=32,
+                                   embedding=embedding, positional_embeddings=positional)
+    return TrajectoryTransformer(config, backbone).eval()
 
 
 def random_window(batch: int, k: int, seed: int = 0):
@@ -380,7 +376,7 @@ def test_context_policy_with_cached_embeddings_equals_the_full_forward():
     model, k = tiny_model(k=4), 4
     frames, _, _, _ = random_window(2, 7, seed=1)
     targets = [90.0, 120.0]
-    policy = AtariContextPolicy(model, 2, targets, return_scale=1.0)
+    policy = ContextPolicy(model, 2, targets, return_scale=1.0)
     taken, rewards = [], np.array([1.0, 0.0])
     for t in range(7):
         action = policy.act(frames[:, t].numpy())
@@ -447,7 +443,7 @@ def test_registry_picks_the_discrete_module_by_task():
     assert type(make_config("cql", task=hopper)).__module__ == type(make_config("cql")).__module__ == "baselines.cql"
     assert type(make_config("bc_10", task=TASK)).__module__ == "baselines.bc_discrete"
     assert make_config("bc_10", task=TASK).top_fraction == 0.1
-    assert type(make_config("lamo", task=TASK)).__module__ == "trainers.atari_sequence_trainer"
+    assert type(make_config("lamo", task=TASK)) is type(make_config("lamo", task=hopper))  # one family, both
     assert make_config("lamo", task=TASK).lora_r == 32 and make_config("lamo", task=hopper).lora_r == 16
     assert "target_update_interval" in config_fields("cql", TASK) and "cql_n_actions" in config_fields("cql")
     assert {n for n in ALGORITHMS if supports_discrete_actions(n)} == set(ALGORITHMS) - {"iql", "td3_bc"}
@@ -562,5 +558,5 @@ def test_atari_sweep_files_resolve_a_config_for_every_cell(path):
             values = {k: v for k, v in values.items() if v is not None} | entry.get("overrides", {})
             config = make_config(entry["name"], values, task)
             assert supports_discrete_actions(entry["name"]), entry["name"]
-            assert type(config).__module__ in ("trainers.atari_sequence_trainer", "baselines.cql_discrete",
+            assert type(config).__module__ in ("trainers.sequence_trainer", "baselines.cql_discrete",
                                                "baselines.bc_discrete")

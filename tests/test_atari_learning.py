@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from trainers.algorithm import StatelessPolicy
 from trainers.atari_data import generate
@@ -20,13 +19,7 @@ TASK = get_task("breakout-medium-gen")
 EPISODES = 5
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Batched CPU work on 2 shared cores: one intra-op thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

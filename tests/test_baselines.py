@@ -42,12 +42,7 @@ TASK = get_task("reacher2d-medium")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +225,7 @@ def test_algorithm_protocol_fused_adam_and_defaults(spaces, small, name):
     assert all(optimizer.defaults.get("fused") for optimizer in algorithm.optimizers.values())
     config = make_config(name)
     assert (config.num_steps, config.eval_every, config.eval_episodes, config.batch_size) == (1_000_000, 5000, 10, 256)
-    kitchen = importlib.import_module(f"baselines.{MODULE_NAME[name]}").DOMAIN_OVERRIDES.get("kitchen", {})
+    kitchen = importlib.import_module(f"baselines.{MODULE_NAME[name]}").ALGORITHM.domain_settings.get("kitchen", {})
     assert set(kitchen) <= {f.name for f in fields(config)}
     make_config(name, kitchen)  # valid values too
 
@@ -312,9 +307,9 @@ def test_checkpoint_round_trip_reproduces_actions_and_the_next_update(spaces, sm
 def test_iql_variants_resume_exactly(spaces, small, overrides):
     """The deterministic-actor variant and the kitchen settings (actor dropout, whose masks come from the
     checkpointed generator, so a resumed run continues bit for bit)."""
-    from baselines.iql import DOMAIN_OVERRIDES
+    from baselines.iql import DOMAIN_SETTINGS
 
-    overrides = DOMAIN_OVERRIDES["kitchen"] if overrides == "kitchen" else overrides
+    overrides = DOMAIN_SETTINGS["kitchen"] if overrides == "kitchen" else overrides
     algorithm, config = build("iql", spaces, small, **overrides)
     rng = np.random.default_rng(0)
     train(algorithm, 3, rng)

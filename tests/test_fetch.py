@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from conftest import synthetic_arrays
 
-from trainers import fetch
 from trainers.dataset_catalog import D4RL_FILES, RemoteFile
 from trainers.datasets import load_task_dataset, write_d4rl_dataset
 from trainers.fetch import FetchError, fetch_file, fetch_minari, main, resolve_name

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.fidelity import KNOWN_DIFFERENCES, fidelity_notes
-from orchestrator.scores import TrialRun
+from trainers.registry import ALGORITHMS
+from orchestrator.runs import TrialRun
 from trainers.record import make_record
 
 
@@ -13,10 +14,8 @@ def ran(algorithm: str, task: str, ratio: float = 1.0, seed: int = 0, gpu_hours:
         **overrides) -> TrialRun:
     """A finished run whose config is its trial record's, as the tracking layout reads it back."""
     record = make_record(algorithm, task, ratio, seed, overrides)
-    return TrialRun(run_id=f"{algorithm}-{task}-{ratio}-{seed}", trial_id=record.trial_id,
-                    algorithm=algorithm, task=task, domain=record.domain, ratio=ratio, seed=seed,
-                    status="FINISHED", num_steps=record.num_steps, curves={}, gpu_hours=gpu_hours,
-                    config={name: str(value) for name, value in record.config.items()})
+    return TrialRun(run_id=f"{algorithm}-{task}-{ratio}-{seed}", record=record, status="FINISHED", curves={},
+                    gpu_hours=gpu_hours)
 
 
 def text(notes) -> str:
@@ -78,9 +77,24 @@ def test_notes_follow_the_resolved_configs():
 
 def test_every_known_difference_names_its_source():
     assert len({d.topic for d in KNOWN_DIFFERENCES}) == len(KNOWN_DIFFERENCES)
-    for difference in KNOWN_DIFFERENCES:
+    declared = [d for entry in ALGORITHMS.values() for e in (entry, entry.discrete) if e for d in e.spec.differences]
+    topics = [d.topic for d in [*KNOWN_DIFFERENCES, *{id(d): d for d in declared}.values()]]
+    assert len(set(topics)) == len(topics)
+    for difference in [*KNOWN_DIFFERENCES, *declared]:
         assert difference.source.strip(), difference.topic
     assert fidelity_notes([]) == []
+
+
+def test_an_algorithms_own_notes_see_only_its_runs_and_follow_the_settings():
+    """The sequence models declare their notes (trainers/sequence_trainer.py); a baseline run with the same fields
+    would not be named in them, and they come after the shared settings note."""
+    runs = [ran("lamo_no_lm", "hopper-medium"), ran("bc", "hopper-medium"), ran("lamo", "hopper-medium", num_steps=10,
+                                                                                  eval_every=5)]
+    notes = fidelity_notes(runs)
+    topics = [n.topic for n in notes]
+    assert topics.index("settings") + 1 == topics.index("training data: whole trajectories")
+    texts = {n.topic: n.text for n in notes}
+    assert texts["training data: whole trajectories"].startswith("The sequence models (lamo, lamo_no_lm) train")
 
 
 @pytest.mark.parametrize("task", ["hopper-medium-gen", "hopper-random-gen"])
@@ -92,6 +106,8 @@ def test_generated_locomotion_data_is_not_d4rls(task):
 
 def test_atari_runs_get_atari_notes_and_lamos_atari_protocol():
     notes = {n.topic: n.text for n in fidelity_notes([ran("bc", "breakout-medium-gen"), ran("dt", "breakout-medium-gen")])}
-    assert notes.keys() == {"training data: generated", "simulator: atari", "evaluation: seeds"}  # 5 episodes: LaMo's
+    assert notes.keys() == {"training data: generated", "simulator: atari", "learning-rate schedule: atari",
+                            "evaluation: seeds"}  # 5 episodes: LaMo's
+    assert notes["learning-rate schedule: atari"].startswith("Learning rate of dt: Decision Transformer's Atari")
     assert "scripted ball-following policy" in notes["training data: generated"]
     assert "AtariPreprocessing" in notes["simulator: atari"] and "human-normalized" in notes["simulator: atari"]

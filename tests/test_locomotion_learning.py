@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from trainers.algorithm import StatelessPolicy
 from trainers.core import run_local
@@ -47,14 +46,7 @@ def mean_return(act, seed) -> float:
     return float(result.targets[0].returns.mean())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These MLPs are too small to gain from a second thread; on a shared 2-core machine two contending OpenMP
-    threads made the updates ~100× slower (measured: BC at 1–10 steps/s instead of ~700)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

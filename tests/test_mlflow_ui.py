@@ -40,7 +40,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import tracking
+from orchestrator import delivery, tracking
 from orchestrator.aggregate import aggregate_sweep
 from orchestrator.preflight import validate_sweep_inputs
 from orchestrator.spec import expand_trials, load_spec
@@ -216,7 +216,7 @@ def write_sweep(root: Path, dataset: Path) -> SimpleNamespace:
     trials = {}
     for score, record in zip((40.0, 25.0), records):
         run_id, _ = tracker.trial_run(parent, record)
-        report = tracking.MlflowReport(tracker.uri, run_id, str(root / "outputs" / record.trial_id))
+        report = delivery.MlflowReport(tracker.uri, run_id, str(root / "outputs" / record.trial_id))
         for step in range(spec.training.eval_every, record.num_steps + 1, spec.training.eval_every):
             report(step, {"eval/policy/normalized_mean": score * step / record.num_steps}, [])
         report.close()

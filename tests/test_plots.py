@@ -12,8 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from orchestrator import report
-from orchestrator.scores import TrialRun, aggregate_runs
-from trainers.tasks import TASKS
+from orchestrator.runs import TrialRun
+from orchestrator.scores import aggregate_runs
+from trainers.record import make_record
 
 PAPER_RATIOS = (0.005, 0.01, 0.1, 1.0)  # LaMo's locomotion ratios
 
@@ -21,9 +22,9 @@ PAPER_RATIOS = (0.005, 0.01, 0.1, 1.0)  # LaMo's locomotion ratios
 def finished(algorithm: str, task: str, ratio: float, seed: int, score: float) -> TrialRun:
     label = "policy" if algorithm == "bc" else "target_3600"
     curve = [(step, score + (step - 1000) / 100) for step in range(100, 1001, 100)]
-    return TrialRun(run_id=f"{algorithm}-{task}-{ratio}-{seed}", trial_id=f"{algorithm}.{task}.r{ratio:g}.s{seed}",
-                    algorithm=algorithm, task=task, domain=TASKS[task].domain, ratio=ratio, seed=seed,
-                    status="FINISHED", num_steps=1000, curves={label: curve})
+    record = make_record(algorithm, task, ratio, seed, {"num_steps": 1000, "eval_every": 100})
+    return TrialRun(run_id=f"{algorithm}-{task}-{ratio}-{seed}", record=record, status="FINISHED",
+                    curves={label: curve})
 
 
 def sweep(levels: dict[str, float], grid: dict[str, tuple[float, ...]]):

@@ -3,19 +3,52 @@ circle between the contracts, the registry and the algorithms."""
 
 from __future__ import annotations
 
+import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from trainers.algorithm import ConfigError
-from trainers.registry import ALGORITHMS, config_fields, external_inputs, make_config
-from trainers.tasks import get_task
+from trainers.algorithm import AlgorithmDeclaration, ConfigError
+from trainers.registry import ALGORITHMS, config_fields, external_inputs, make_config, supports_discrete_actions
+from trainers.tasks import DOMAIN_TRAINING, TASKS, get_task
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_registered_algorithm_has_a_config_with_the_loop_fields():
     for name in ALGORITHMS:
         assert {"num_steps", "eval_every", "eval_episodes", "batch_size"} <= set(config_fields(name)), name
+
+
+def test_every_algorithm_module_is_registered_and_every_entry_names_one_of_its_presets():
+    """Adding an algorithm is one module declaring `ALGORITHM` and one registry line: a module nobody registered,
+    or an entry naming a preset its module does not declare, fails here."""
+    declared = {}
+    for path in [*REPO.glob("baselines/**/*.py"), *REPO.glob("trainers/**/*.py")]:
+        if re.search(r"^ALGORITHM = AlgorithmDeclaration\(", path.read_text(), flags=re.M):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            declared[id(importlib.import_module(module).ALGORITHM)] = module
+    entries = [e for entry in ALGORITHMS.values() for e in (entry, entry.discrete) if e is not None]
+    assert {id(e.spec) for e in entries} == set(declared), "registered declarations differ from the modules'"
+    for entry in entries:
+        assert isinstance(entry.spec, AlgorithmDeclaration)
+        assert (entry.preset is None) == (not entry.spec.presets) and entry.preset in (None, *entry.spec.presets)
+
+
+def test_every_algorithm_resolves_on_every_domain_it_can_act_in():
+    """Presets and domain settings name real fields with valid values, and a domain's training settings (the
+    Atari budget and cadence) reach every algorithm on it."""
+    one_task_per_domain = {task.domain: task for task in TASKS.values()}
+    for name in ALGORITHMS:
+        for domain, task in one_task_per_domain.items():
+            if task.discrete_actions and not supports_discrete_actions(name):
+                continue
+            config = make_config(name, task=task)
+            for field, value in DOMAIN_TRAINING.get(domain, {}).items():
+                assert getattr(config, field) == value, (name, domain, field)
 
 
 def test_kitchen_tasks_get_the_papers_kitchen_settings_and_user_overrides_win():

@@ -23,7 +23,7 @@ def test_windows_equal_decision_transformers_per_sample_batches(dataset):
     reference = PerSampleWindowSampler(dataset, k, scale, mean, std, max_t)
     starts = np.arange(len(dataset))  # every possible window start, each episode's last step included
     batch = ours.windows(starts)
-    episode = dataset.episode_of_step()
+    episode = np.repeat(np.arange(dataset.num_episodes), dataset.episodes.lengths)  # of each step
     for i, start in enumerate(starts):
         expected = reference.window(int(episode[start]), int(start - dataset.episodes.starts[episode[start]]))
         for key, value in expected.items():

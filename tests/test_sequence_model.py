@@ -109,7 +109,7 @@ def test_timestep_embedding_is_added_after_the_embedding_layernorm_except_in_dt(
     states, actions = torch.randn(batch, k, 12), torch.rand(batch, k, 2) * 2 - 1
     returns, timesteps = torch.rand(batch, k) * 8, torch.randint(0, 100, (batch, k))
     with torch.no_grad():
-        tokens = model._tokens(states, actions, returns, timesteps)
+        tokens = model._tokens(model.encode_states(states), actions, returns, timesteps)
         time = model.embed_timestep(timesteps).repeat_interleave(3, dim=1)
     assert _is_layer_normed(tokens) == (preset == "dt")
     assert _is_layer_normed(tokens - time) == (preset != "dt")
@@ -125,7 +125,7 @@ def test_timestep_embedding_is_added_after_the_embedding_layernorm_except_in_dt(
 def test_adamw_eps_and_warmup_follow_each_presets_source(tiny_lm, preset, eps, warmup):
     algorithm = build_algorithm(preset, make_config(preset, tiny_overrides(preset, tiny_lm)), setup_for())
     assert {group["eps"] for group in algorithm.optimizer.param_groups} == {eps}
-    assert algorithm.scheduler.get_last_lr()[0] == pytest.approx(algorithm.config.learning_rate / warmup)
+    assert algorithm.learning_rate(tokens=0) == pytest.approx(algorithm.config.learning_rate / warmup)  # update 1
 
 
 def test_sequence_models_evaluate_20_episodes_per_target_the_baselines_their_references_count():
@@ -147,9 +147,9 @@ def test_bf16_autocast_keeps_nearby_returns_to_go_apart(tiny_lm, preset):
     returns = torch.tensor([[3.600], [3.597]]).expand(2, k)
     timesteps = torch.arange(k).expand(2, k)
     with torch.no_grad():
-        exact = model._tokens(states, actions, returns, timesteps)
+        exact = model._tokens(model.encode_states(states), actions, returns, timesteps)
         with torch.autocast("cpu", dtype=algorithm.autocast_dtype):
-            mixed = model._tokens(states, actions, returns, timesteps)
+            mixed = model._tokens(model.encode_states(states), actions, returns, timesteps)
     return_tokens = mixed[:, 0::3].float()
     assert not torch.equal(return_tokens[0], return_tokens[1])
     torch.testing.assert_close(return_tokens, exact[:, 0::3], rtol=0, atol=1e-6)  # as in fp32
@@ -170,7 +170,7 @@ def test_fp32_tokens_are_the_sources_formula(after_layernorm):
             expected = model.embed_ln(torch.stack(parts, dim=2).reshape(3, 12, 16)) + time.repeat_interleave(3, dim=1)
         else:
             expected = model.embed_ln(torch.stack([p + time for p in parts], dim=2).reshape(3, 12, 16))
-        assert torch.equal(model._tokens(states, actions, returns, timesteps), expected)
+        assert torch.equal(model._tokens(model.encode_states(states), actions, returns, timesteps), expected)
 
 
 def test_lamo_trains_exactly_the_lamo_parameter_set_on_gpt2_small(gpt2_small_dir):

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.phases import PREFIX, Phases, parse
 from orchestrator.sweep import main
-from orchestrator.tracking import compact_ranges
+from orchestrator.delivery import compact_ranges
 from tests.sweep_helpers import (
     LOOPBACK,
     REPO,

@@ -11,14 +11,19 @@ imports the registry. Nothing here imports an algorithm, Ray or MLflow.
 - `Distributable`: the optional capability the Ray Train adapter needs for DDP.
 - `ExternalInput`: a file, directory or hub id an algorithm's config names (a backbone, a corpus); the
   orchestrator checks and localizes what an algorithm declares without knowing its field names.
+- `AlgorithmDeclaration` and `Preset`: what an algorithm module declares as its `ALGORITHM` — config class, build,
+  named presets, its paper's settings per domain, the action spaces it acts in, whether it is return-conditioned,
+  its external inputs and the known differences of its runs from its sources (`KnownDifference`, over runs seen
+  as `RanTrial`s). The registry (trainers/registry.py) reads nothing else from the module; the report's fidelity
+  notes (orchestrator/fidelity.py) collect the differences without knowing any algorithm's fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -157,6 +162,82 @@ class Distributable(Protocol):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         ...
+
+
+ActionSpace = Literal["box", "discrete"]  # continuous vectors (gymnasium Box) or action ids (Discrete)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named settings of an algorithm: `values` on every domain, then, after the algorithm's own settings for
+    the task's domain, `domains[domain]` (where the preset's source sets a value for that domain alone)."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    domains: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def _declares_none(config: Any) -> list[ExternalInput]:
+    return []
+
+
+class RanTrial(Protocol):
+    """What a fidelity note knows of one scored run (the aggregator's TrialRun has these)."""
+    algorithm: str
+    task: str
+    domain: str
+    ratio: float
+    gpu_hours: float
+    config: Mapping[str, Any]  # the trial record's resolved config (JSON values)
+
+
+@dataclass(frozen=True)
+class KnownDifference:
+    """One deliberate difference from the official setup, with where that setup is documented, and how the given
+    runs are affected (None when they are not)."""
+
+    topic: str
+    source: str
+    describe: Callable[[list[RanTrial]], str | None]
+
+
+def listed(values) -> str:
+    """The distinct values, in the order given, for a note's text."""
+    return ", ".join(dict.fromkeys(str(v) for v in values))
+
+
+@dataclass(frozen=True)
+class AlgorithmDeclaration:
+    """Everything an algorithm module declares, as its module-level `ALGORITHM`.
+
+    A config resolves as: the Config's defaults, the task's domain training settings (trainers/tasks.py,
+    `DOMAIN_TRAINING`), the preset's values, `domain_settings[domain]`, the preset's values for the domain, then
+    the sweep's overrides (trainers/registry.py, `make_config`)."""
+
+    config: type  # its Config, an `algorithm_config` extending TrainingConfig; the comments document each field
+    build: Callable[[Any, TrainingSetup], Algorithm]  # (config, setup) -> the algorithm
+    action_spaces: frozenset[ActionSpace] = frozenset({"box"})  # the action spaces it can act in
+    return_conditioned: bool = False  # evaluated once per target return of the task
+    presets: Mapping[str, Preset] = field(default_factory=dict)  # names the registry maps algorithm names to
+    domain_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # its paper's, per domain
+    external_inputs: Callable[[Any], list[ExternalInput]] = _declares_none  # models or corpora a config names
+    # How its runs differ from its sources; each `describe` is given only this declaration's runs.
+    differences: Sequence[KnownDifference] = ()
+
+
+def discrete_frame_spaces(algorithm: str, setup: TrainingSetup) -> tuple[int, int]:
+    """(frame_stack, num_actions) of a task whose observations are uint8 frame stacks and whose actions are
+    Discrete (Atari); ValueError naming the algorithm and the task otherwise."""
+    observation, action = setup.observation_space, setup.action_space
+    if not isinstance(action, gym.spaces.Discrete):
+        raise ValueError(f"{algorithm} needs a Discrete action space; task {setup.task.name!r} has {action!r}")
+    if not isinstance(observation, gym.spaces.Box) or len(observation.shape) != 3 or observation.dtype != np.uint8:
+        raise ValueError(f"{algorithm} needs (frame_stack, H, W) uint8 frame stacks; task {setup.task.name!r} has "
+                         f"{observation!r}")
+    dataset = setup.dataset
+    if dataset is not None and dataset.state_shape != tuple(observation.shape):
+        raise ValueError(f"{algorithm}: dataset {dataset.name} has states of shape {dataset.state_shape}, the task's "
+                         f"observations {observation.shape}")
+    return int(observation.shape[0]), int(action.n)
 
 
 class StatelessPolicy:

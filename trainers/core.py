@@ -155,20 +155,17 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def build_for_record(record: TrialRecord, device: torch.device, dataset=None) -> tuple[Task, Algorithm]:
-    """The record's task and algorithm (trained from `dataset`, or rebuilt for exported files when None)."""
-    task = get_task(record.task)
-    env = task.make_env()
-    setup = TrainingSetup(task=task, dataset=dataset, observation_space=env.observation_space,
-                          action_space=env.action_space, device=device, seed=record.seed)
-    env.close()
-    return task, build_algorithm(record.algorithm, record.algorithm_config(), setup)
+def build_for_record(record: TrialRecord, task: Task, device: torch.device, dataset=None) -> Algorithm:
+    """The record's algorithm (trained from `dataset`, or rebuilt for exported files when None)."""
+    setup = TrainingSetup(task=task, dataset=dataset, observation_space=task.observation_space,
+                          action_space=task.action_space, device=device, seed=record.seed)
+    return build_algorithm(record.algorithm, record.algorithm_config(task), setup)
 
 
-def load_trial_dataset(record: TrialRecord):
+def load_trial_dataset(record: TrialRecord, task: Task):
     """The record's subset of its dataset file; refuses a file that changed since the record was made."""
     identity = record.dataset
-    dataset = load_task_dataset(get_task(record.task), identity.source)
+    dataset = load_task_dataset(task, identity.source)
     if identity.episodes and identity.episodes != dataset.num_episodes:
         raise DatasetError(f"{identity.source}: has {dataset.num_episodes} episodes, but the sweep validated "
                            f"{identity.episodes} (digest {identity.digest[:12]}): the file changed after the sweep "
@@ -186,9 +183,10 @@ class TrialCore:
         self.record, self.run_dir = record, Path(run_dir)
         self.collective = collective or Collective()
         self.device = device or default_device()
-        self.dataset = load_trial_dataset(record)
-        self.task, self.algorithm = build_for_record(record, self.device, self.dataset)
-        self.config = record.algorithm_config()
+        self.task = get_task(record.task)
+        self.dataset = load_trial_dataset(record, self.task)
+        self.algorithm = build_for_record(record, self.task, self.device, self.dataset)
+        self.config = record.algorithm_config(self.task)
         if self.collective.world > 1:
             if not isinstance(self.algorithm, Distributable):
                 raise ValueError(f"{record.algorithm} does not support more than one worker; set num_workers to 1")
@@ -306,6 +304,7 @@ def load_policy(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Callab
     """Rebuild a finished trial's policy from its files: returns (make_policy(num_envs, targets), task)."""
     directory = Path(run_dir)
     record = TrialRecord.from_json((directory / RECORD_FILE).read_text())
-    task, algorithm = build_for_record(record, torch.device(device))
+    task = get_task(record.task)
+    algorithm = build_for_record(record, task, torch.device(device))
     algorithm.load_exported(directory / "model")
     return algorithm.policy, task

@@ -91,14 +91,6 @@ def open_token_stream(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def sha256_of_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- internals
 
 def _write_stream(path: Path, dtype: np.dtype, parts: Iterable[np.ndarray]) -> int:

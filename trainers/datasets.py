@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import h5py
 import numpy as np
 
+from trainers.checksums import sha256_of_tree
 from trainers.dataset_catalog import D4RL_FILES, minari_id
 from trainers.minari_data import (
     MinariDataError,
@@ -303,27 +304,13 @@ def forget_loaded_datasets() -> None:
 
 def source_digest(path: str | os.PathLike) -> tuple[str, int]:
     """(SHA-256, size in bytes) of a dataset's source: a file's bytes, or a directory's files (Atari's DQN
-    Replay checkpoints) with their relative paths, in path order; read in 8 MiB blocks."""
-    root = Path(path)
-    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
-    digest, size = hashlib.sha256(), 0
-    for file in files:
-        if root.is_dir():
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(8 << 20):
-                digest.update(block)
-                size += len(block)
-    return digest.hexdigest(), size
+    Replay checkpoints, a Minari dataset) with their relative paths, in path order."""
+    return sha256_of_tree(path)
 
 
 def task_dims(task: Task) -> tuple[int, int]:
-    """Flat observation and action sizes of a task's evaluation environment."""
-    env = task.make_env()
-    try:
-        return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-    finally:
-        env.close()
+    """Flat observation and action sizes of a task (its declared spaces)."""
+    return task.observation_dim, int(np.prod(task.action_space.shape))
 
 
 def _attr_value(value: Any) -> Any:

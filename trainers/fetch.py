@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import os
 import shutil
 import socket
@@ -38,6 +37,7 @@ import requests
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from trainers.checksums import sha256_of_file
 from trainers.dataset_catalog import D4RL_BASE_URL, D4RL_FILES, MINARI_PREFIX, RemoteFile, is_minari_id, minari_id
 from trainers.datasets import DatasetError, candidate_paths, task_dims, validate_arrays
 from trainers.minari_data import is_minari_dataset, minari_dataset_dir, minari_root
@@ -105,7 +105,7 @@ def fetch_file(remote: RemoteFile, directory: str | os.PathLike | None = None, *
     destination = destination.expanduser() / remote.file_name
     _ensure_writable(destination.parent)
     if destination.is_file():
-        if remote.sha256 is not None and sha256_of(destination) != remote.sha256:
+        if remote.sha256 is not None and sha256_of_file(destination) != remote.sha256:
             raise FetchError(f"{destination} is already there but its SHA-256 is not {remote.sha256} "
                              f"({remote.url}); remove it to fetch it again")
         return destination
@@ -180,7 +180,7 @@ def _verify(path: Path, remote: RemoteFile, expected_size: int | None) -> None:
     if expected_size is not None and size != expected_size:
         raise FetchError(f"{remote.url}: {path} has {size:,} bytes, expected {expected_size:,}; deleted")
     if remote.sha256 is not None:
-        digest = sha256_of(path)
+        digest = sha256_of_file(path)
         if digest != remote.sha256:
             raise FetchError(f"{remote.url}: {path} has SHA-256 {digest}, expected {remote.sha256} "
                              f"(trainers/dataset_catalog.py); corrupt download, deleted")
@@ -202,14 +202,6 @@ def _verify(path: Path, remote: RemoteFile, expected_size: int | None) -> None:
 def readers_of(remote: RemoteFile) -> list[Task]:
     """The tasks that read this file: those that look its name up in the d4rl cache directory."""
     return [task for task in TASKS.values() if task.dataset_file == remote.file_name]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _no_network(remote: RemoteFile, destination: Path, error: Exception, partial: Path) -> str:
@@ -316,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             remote = with_base_url(target, args.base_url)
             path = fetch_file(remote, args.dir, retries=args.retries, progress=console.is_terminal)
-            size, digest = path.stat().st_size, sha256_of(path)
+            size, digest = path.stat().st_size, sha256_of_file(path)
             unknown = " (not in trainers/dataset_catalog.py yet: record them there)" \
                 if target.size is None or target.sha256 is None else ""
             print(f"{name}: {path} ({size:,} bytes, sha256 {digest}){unknown}")

@@ -32,7 +32,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from trainers.corpus_cache import default_cache_dir, ensure_token_stream, open_token_stream, sha256_of_file
+from trainers.checksums import sha256_of_file
+from trainers.corpus_cache import default_cache_dir, ensure_token_stream, open_token_stream
 
 # transformers is imported where a GPT-2 is built (~3 s): the sweep driver and every non-GPT trial load this
 # module without it.

@@ -21,7 +21,7 @@ from typing import Any
 from trainers.algorithm import TrainingConfig
 from trainers.datasets import DatasetError, expected_dataset_path, resolve_dataset_path
 from trainers.registry import config_from_dict, external_inputs, make_config
-from trainers.tasks import get_task
+from trainers.tasks import Task, get_task
 
 RECORD_FILE = "trial_record.json"  # the record beside a trial's other files
 
@@ -62,12 +62,18 @@ class TrialRecord:
         return self.algorithm, self.task, self.ratio
 
     @property
+    def cell_id(self) -> str:
+        """"<algorithm>.<task>.r<ratio>": the cell's name (a search's Tuner, its best values on the parent run)."""
+        return cell_id_of(*self.cell)
+
+    @property
     def num_steps(self) -> int:
         return int(self.config["num_steps"])
 
-    def algorithm_config(self) -> TrainingConfig:
-        """The algorithm's Config object, exactly as resolved when the record was made."""
-        return config_from_dict(self.algorithm, self.config, get_task(self.task))  # the task picks the module
+    def algorithm_config(self, task: Task | None = None) -> TrainingConfig:
+        """The algorithm's Config object, exactly as resolved when the record was made (the record's task, looked
+        up unless given, picks the declaration)."""
+        return config_from_dict(self.algorithm, self.config, task or get_task(self.task))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,9 +91,6 @@ class TrialRecord:
     def from_json(cls, text: str) -> TrialRecord:
         return cls.from_dict(json.loads(text))
 
-    def with_dataset(self, **identity: Any) -> TrialRecord:
-        return dataclasses.replace(self, dataset=dataclasses.replace(self.dataset, **identity))
-
     def with_sample(self, sampled: dict[str, Any]) -> TrialRecord:
         """A search sample of this trial: the sampled hyperparameters over its config, named by their hash."""
         config = config_from_dict(self.algorithm, self.config | sampled, get_task(self.task))  # checks the values
@@ -96,8 +99,12 @@ class TrialRecord:
                                    sampled=dict(sampled))
 
 
+def cell_id_of(algorithm: str, task: str, ratio: float) -> str:
+    return f"{algorithm}.{task}.r{ratio:g}"
+
+
 def trial_id_of(algorithm: str, task: str, ratio: float, seed: int) -> str:
-    return f"{algorithm}.{task}.r{ratio:g}.s{seed}"
+    return f"{cell_id_of(algorithm, task, ratio)}.s{seed}"
 
 
 def _json_values(config: TrainingConfig) -> dict[str, Any]:

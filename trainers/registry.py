@@ -1,23 +1,21 @@
 """The algorithm registry: one line per algorithm name.
 
-Each algorithm lives in one module that defines a `Config` (an `algorithm_config` extending `TrainingConfig`,
-its comments are the documentation) and `build(config, setup) -> Algorithm`, and may define:
-- `PRESETS`: named overrides of its Config (LaMo and its ablations, DT and Wiki-RL share one module);
-- `DOMAIN_OVERRIDES`: the settings its paper uses on a domain, e.g. {"kitchen": {...}};
-- `RETURN_CONDITIONED = True`: evaluated once per target return of the task;
-- `DISCRETE_ACTIONS = True`: it can act in a Discrete action space (default: continuous Box only);
-- `external_inputs(config) -> list[ExternalInput]`: models or corpora its config names.
+Each algorithm lives in one module that declares `ALGORITHM = AlgorithmDeclaration(...)` (trainers/algorithm.py): its
+`Config` (an `algorithm_config` extending `TrainingConfig`; its comments are the documentation), its build, its
+named presets, its paper's settings per domain, the action spaces it acts in, whether it is return-conditioned
+and the external inputs a config names. The registry reads nothing else from the module.
 
-A line here maps a name to that module and, for presets, to the preset's key. Adding an algorithm is one new
-module and one line below. The modules are imported here, at the top: the registry depends on the
-algorithms, never the reverse.
+A line here maps a name to that declaration and, for a module with presets, to the preset's name. Adding an
+algorithm is one new module and one line below (tests/test_registry.py checks that every module declaring an
+algorithm is registered). The modules are imported here, at the top: the registry depends on the algorithms,
+never the reverse.
 
-Discrete actions (Atari): a name may have a second module for tasks with a Discrete action space,
-`AlgorithmEntry(cql, discrete=AlgorithmEntry(cql_discrete))`, so one sweep file lists `cql` or `bc` for
-D4RL and Atari tasks alike. The task decides: `make_config(name, overrides, task)`, `config_fields(name, task)`
-and `config_from_dict(name, values, task)` use the discrete module for a task whose `discrete_actions` is set
-(without a task: the continuous one), `build_algorithm` for `setup.task`. A name without a discrete module
-keeps its continuous one, whose build() refuses a Discrete task naming it and its action space; the sweep's
+Discrete actions (Atari): one declaration can act in both kinds of action space (the sequence models: the task's
+spaces pick the model's ends), or a name gets a second declaration for tasks with a Discrete action space,
+`AlgorithmEntry(cql.ALGORITHM, discrete=AlgorithmEntry(cql_discrete.ALGORITHM))`, so one sweep file lists `cql`
+or `bc` for D4RL and Atari tasks alike. The task decides: `make_config(name, overrides, task)`,
+`config_fields(name, task)` and `config_from_dict(name, values, task)` use the discrete declaration for a task
+whose `discrete_actions` is set (without a task: the other one), `build_algorithm` for `setup.task`; the sweep's
 validation pass asks `supports_discrete_actions(name)` first.
 """
 
@@ -26,48 +24,57 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 from pydantic import ValidationError
 
 from baselines import bc, bc_discrete, cql, cql_discrete, iql, td3_bc
-from trainers import atari_sequence_trainer, sequence_trainer
-from trainers.algorithm import Algorithm, ConfigError, ExternalInput, TrainingConfig, TrainingSetup
-from trainers.tasks import Task
+from trainers import sequence_trainer
+from trainers.algorithm import (
+    Algorithm,
+    AlgorithmDeclaration,
+    ConfigError,
+    ExternalInput,
+    Preset,
+    TrainingConfig,
+    TrainingSetup,
+)
+from trainers.tasks import DOMAIN_TRAINING, Task
 
 
 @dataclass(frozen=True)
 class AlgorithmEntry:
-    module: ModuleType
-    preset: str | None = None  # key into the module's PRESETS
-    discrete: AlgorithmEntry | None = None  # the module for tasks with a Discrete action space (Atari)
+    spec: AlgorithmDeclaration
+    preset: str | None = None  # a name in the declaration's presets
+    discrete: AlgorithmEntry | None = None  # the declaration for tasks with a Discrete action space (Atari)
+
+    @property
+    def module(self) -> str:
+        return self.spec.config.__module__
 
 
-def _atari_sequence(preset: str) -> AlgorithmEntry:
-    return AlgorithmEntry(atari_sequence_trainer, preset)
-
+SEQUENCE = sequence_trainer.ALGORITHM
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
-    # sequence models (trainers/sequence_trainer.py; on Atari trainers/atari_sequence_trainer.py)
-    "lamo": AlgorithmEntry(sequence_trainer, "lamo", _atari_sequence("lamo")),
-    "lamo_no_lm": AlgorithmEntry(sequence_trainer, "lamo_no_lm", _atari_sequence("lamo_no_lm")),
-    "lamo_random_init": AlgorithmEntry(sequence_trainer, "lamo_random_init", _atari_sequence("lamo_random_init")),
-    "lamo_full_ft": AlgorithmEntry(sequence_trainer, "lamo_full_ft", _atari_sequence("lamo_full_ft")),
-    "lamo_linear_emb": AlgorithmEntry(sequence_trainer, "lamo_linear_emb", _atari_sequence("lamo_linear_emb")),
-    "dt": AlgorithmEntry(sequence_trainer, "dt", _atari_sequence("dt")),
-    "wiki_rl": AlgorithmEntry(sequence_trainer, "wiki_rl", _atari_sequence("wiki_rl")),
+    # sequence models, vector and frame observations alike (trainers/sequence_trainer.py)
+    "lamo": AlgorithmEntry(SEQUENCE, "lamo"),
+    "lamo_no_lm": AlgorithmEntry(SEQUENCE, "lamo_no_lm"),
+    "lamo_random_init": AlgorithmEntry(SEQUENCE, "lamo_random_init"),
+    "lamo_full_ft": AlgorithmEntry(SEQUENCE, "lamo_full_ft"),
+    "lamo_linear_emb": AlgorithmEntry(SEQUENCE, "lamo_linear_emb"),
+    "dt": AlgorithmEntry(SEQUENCE, "dt"),
+    "wiki_rl": AlgorithmEntry(SEQUENCE, "wiki_rl"),
     # baselines (on Atari: baselines/cql_discrete.py, baselines/bc_discrete.py)
-    "cql": AlgorithmEntry(cql, discrete=AlgorithmEntry(cql_discrete)),
-    "iql": AlgorithmEntry(iql),
-    "td3_bc": AlgorithmEntry(td3_bc),
-    "bc": AlgorithmEntry(bc, "bc", AlgorithmEntry(bc_discrete, "bc")),
-    "bc_10": AlgorithmEntry(bc, "bc_10", AlgorithmEntry(bc_discrete, "bc_10")),
+    "cql": AlgorithmEntry(cql.ALGORITHM, discrete=AlgorithmEntry(cql_discrete.ALGORITHM)),
+    "iql": AlgorithmEntry(iql.ALGORITHM),
+    "td3_bc": AlgorithmEntry(td3_bc.ALGORITHM),
+    "bc": AlgorithmEntry(bc.ALGORITHM, "bc", AlgorithmEntry(bc_discrete.ALGORITHM, "bc")),
+    "bc_10": AlgorithmEntry(bc.ALGORITHM, "bc_10", AlgorithmEntry(bc_discrete.ALGORITHM, "bc_10")),
 }
 
 
 def _entry(name: str, task: Task | None = None) -> AlgorithmEntry:
-    """The algorithm's entry for the task: its discrete module when the task's actions are Discrete."""
+    """The algorithm's entry for the task: its discrete declaration when the task's actions are Discrete."""
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(ALGORITHMS)}")
     entry = ALGORITHMS[name]
@@ -77,16 +84,21 @@ def _entry(name: str, task: Task | None = None) -> AlgorithmEntry:
 
 
 def _entry_of_config(name: str, config: TrainingConfig) -> AlgorithmEntry:
-    """The entry (continuous or discrete) whose module made this config."""
+    """The entry (continuous or discrete) whose declaration made this config."""
     top = _entry(name)
     for entry in (top, top.discrete):
-        if entry is not None and isinstance(config, entry.module.Config):
+        if entry is not None and isinstance(config, entry.spec.config):
             return entry
     raise ConfigError(f"{name}: a {type(config).__module__}.{type(config).__name__} is not a config of this algorithm")
 
 
+def declaration(name: str, task: Task | None = None) -> AlgorithmDeclaration:
+    """What the name runs on the task: its declaration (the discrete one on a Discrete task)."""
+    return _entry(name, task).spec
+
+
 def config_fields(name: str, task: Task | None = None) -> list[str]:
-    return [f.name for f in dataclasses.fields(_entry(name, task).module.Config)]
+    return [f.name for f in dataclasses.fields(_entry(name, task).spec.config)]
 
 
 def validation_messages(error: ValidationError) -> list[str]:
@@ -101,57 +113,61 @@ def validation_messages(error: ValidationError) -> list[str]:
     return lines
 
 
-def make_config(name: str, overrides: Mapping[str, Any] | None = None, task: Task | None = None) -> TrainingConfig:
-    """The algorithm's Config: its preset, then its paper's settings for the task's domain (DOMAIN_OVERRIDES),
-    then the given overrides. Unknown names, wrong types and out-of-range values raise ConfigError naming each
-    field. The task also picks the module: the discrete one for a Discrete task (see the module doc)."""
+def preset_values(name: str, task: Task | None = None) -> dict[str, Any]:
+    """What the name sets before a sweep's overrides: the task's domain training settings (trainers/tasks.py),
+    the preset's values, the declaration's settings for the domain, then the preset's for the domain."""
     entry = _entry(name, task)
-    module = entry.module
-    values = dict(module.PRESETS[entry.preset]) if entry.preset else {}
-    if task is not None:
-        values.update(getattr(module, "DOMAIN_OVERRIDES", {}).get(task.domain, {}))
+    preset = entry.spec.presets[entry.preset] if entry.preset else Preset()
+    domain = task.domain if task is not None else None
+    return {**DOMAIN_TRAINING.get(domain, {}), **preset.values, **entry.spec.domain_settings.get(domain, {}),
+            **preset.domains.get(domain, {})}
+
+
+def make_config(name: str, overrides: Mapping[str, Any] | None = None, task: Task | None = None) -> TrainingConfig:
+    """The algorithm's Config: `preset_values`, then the given overrides. Unknown names, wrong types and
+    out-of-range values raise ConfigError naming each field. The task also picks the declaration: the discrete one
+    for a Discrete task (see the module doc)."""
     overrides = dict(overrides or {})
     valid = config_fields(name, task)
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ConfigError(f"{name}: unknown hyperparameter(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-    values.update(overrides)
-    try:
-        return module.Config(**values)
-    except ValidationError as error:
-        raise ConfigError("; ".join(f"{name}: {line}" for line in validation_messages(error))) from None
+    return _validated(name, preset_values(name, task) | overrides, task)
 
 
 def config_from_dict(name: str, values: Mapping[str, Any], task: Task | None = None) -> TrainingConfig:
     """A config resolved earlier (a trial record's), rebuilt as it was: no preset or domain settings applied.
-    Pass the trial's task, which picks the module as `make_config` did."""
+    Pass the trial's task, which picks the declaration as `make_config` did."""
+    return _validated(name, values, task)
+
+
+def _validated(name: str, values: Mapping[str, Any], task: Task | None) -> TrainingConfig:
     try:
-        return _entry(name, task).module.Config(**values)
+        return _entry(name, task).spec.config(**values)
     except ValidationError as error:
         raise ConfigError("; ".join(f"{name}: {line}" for line in validation_messages(error))) from None
 
 
 def return_conditioned(name: str, task: Task | None = None) -> bool:
-    """Whether the algorithm is evaluated once per target return (its module sets RETURN_CONDITIONED)."""
-    return getattr(_entry(name, task).module, "RETURN_CONDITIONED", False)
+    """Whether the algorithm is evaluated once per target return."""
+    return _entry(name, task).spec.return_conditioned
 
 
 def supports_discrete_actions(name: str) -> bool:
-    """Whether the name can run on a Discrete task: its module, or its discrete module, sets DISCRETE_ACTIONS."""
+    """Whether the name can run on a Discrete task: its declaration, or its discrete one, acts in one."""
     entry = _entry(name)
-    return any(getattr(e.module, "DISCRETE_ACTIONS", False) for e in (entry, entry.discrete) if e is not None)
+    return any("discrete" in e.spec.action_spaces for e in (entry, entry.discrete) if e is not None)
 
 
 def external_inputs(name: str, config: TrainingConfig) -> list[ExternalInput]:
     """The models, corpora or other outside inputs this configuration of the algorithm needs."""
-    declare = getattr(_entry_of_config(name, config).module, "external_inputs", None)
-    return list(declare(config)) if declare is not None else []
+    return list(_entry_of_config(name, config).spec.external_inputs(config))
 
 
 def build_algorithm(name: str, config: TrainingConfig, setup: TrainingSetup) -> Algorithm:
-    """The algorithm for `setup.task` (its discrete module on a Discrete task), from a config made for it."""
+    """The algorithm for `setup.task` (its discrete declaration on a Discrete task), from a config made for it."""
     entry = _entry(name, setup.task)
-    if not isinstance(config, entry.module.Config):
-        raise ConfigError(f"{name} on task {setup.task.name!r} runs {entry.module.__name__}, but was given a "
+    if not isinstance(config, entry.spec.config):
+        raise ConfigError(f"{name} on task {setup.task.name!r} runs {entry.module}, but was given a "
                           f"{type(config).__module__} config; make the config with make_config(name, overrides, task)")
-    return entry.module.build(config, setup)
+    return entry.spec.build(config, setup)

@@ -23,15 +23,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import gymnasium as gym
+import numpy as np
 
 from trainers.atari_data import DQNReplay
 from trainers.dataset_catalog import D4RL_FILES, MINARI_PREFIX, is_minari_id
-from trainers.envs.atari import GAMES, make_atari_env
+from trainers.envs.atari import FRAME_SHAPE, FRAME_STACK, GAMES, make_atari_env
 
 if TYPE_CHECKING:
     from trainers.trajectories import TrajectoryDataset
 
 Domain = Literal["locomotion", "kitchen", "reacher2d", "atari"]
+
+
+# What every algorithm trains and evaluates with on a domain, whatever its own defaults: applied before its
+# preset and its own domain settings (trainers/registry.py). Atari: LaMo's experiment-atari/cfgs/config.yaml
+# (train_steps 100K, eval_episodes 5); evaluation every 2,500 steps where LaMo evaluates every 200 (each
+# evaluation plays every target return's episodes to the horizon: 500 of them would dwarf training).
+DOMAIN_TRAINING: dict[Domain, dict[str, int]] = {
+    "atari": {"num_steps": 100_000, "eval_every": 2500, "eval_episodes": 5},
+}
 
 
 class DatasetReader(Protocol):
@@ -51,6 +61,10 @@ class Task:
     name: str
     domain: Domain
     make_env: Callable[[], gym.Env] = field(repr=False)
+    # The environment's spaces, declared (tests/test_tasks.py checks them against the environment), so that
+    # nothing builds an environment only to learn its spaces.
+    observation_space: gym.spaces.Box = field(repr=False)
+    action_space: gym.spaces.Box | gym.spaces.Discrete = field(repr=False)
     env_id: str  # what the evaluation environment is, for logs and metadata
     dataset_file: str  # file name looked up in the d4rl cache directory ("" for a Minari dataset)
     ref_min_score: float  # return that normalizes to 0
@@ -60,7 +74,6 @@ class Task:
     horizon: int  # maximum episode length
     context_len: int  # default K for sequence models
     generated_by: str | None = None  # behaviour level of the data this project generates; None: external data
-    discrete_actions: bool = False  # a Discrete action space (Atari): the registry picks discrete algorithms
     # The data's id in its registry: D4RL's ("hopper-medium-v2", a key of dataset_catalog.D4RL_FILES) or
     # "minari:" + a Minari id; "" for generated files.
     dataset_id: str = ""
@@ -73,6 +86,16 @@ class Task:
         if self.dataset_reader is not None:
             return self.dataset_reader.name
         return self.dataset_id or Path(self.dataset_file).stem
+
+    @property
+    def discrete_actions(self) -> bool:
+        """A Discrete action space (Atari): the registry picks discrete algorithms."""
+        return isinstance(self.action_space, gym.spaces.Discrete)
+
+    @property
+    def observation_dim(self) -> int:
+        """The flat size of an observation."""
+        return int(np.prod(self.observation_space.shape))
 
     @property
     def reads_minari(self) -> bool:
@@ -116,19 +139,25 @@ def _mujoco_factory(env_id: str, **kwargs) -> Callable[[], gym.Env]:
     return lambda: gym.make(env_id, **kwargs)
 
 
+def _vectors(observation_dim: int, action_dim: int, bound: float = np.inf, action_dtype=np.float32) -> dict:
+    """Box observations in [-bound, bound] (float64, as MuJoCo gives them) and Box actions in [-1, 1]."""
+    return dict(observation_space=gym.spaces.Box(-bound, bound, (observation_dim,), np.float64),
+                action_space=gym.spaces.Box(-1.0, 1.0, (action_dim,), action_dtype))
+
+
 _LOCOMOTION = {
-    # env: (gymnasium id, make kwargs, D4RL ref min, ref max, LaMo targets)
-    "hopper": ("Hopper-v5", {}, -20.272305, 3234.3, (3600, 2600, 2200, 1800)),
-    "halfcheetah": ("HalfCheetah-v5", {}, -280.178953, 12135.0, (12000, 8000, 6000, 4500)),
+    # env: (gymnasium id, make kwargs, D4RL ref min, ref max, LaMo targets, observation and action sizes)
+    "hopper": ("Hopper-v5", {}, -20.272305, 3234.3, (3600, 2600, 2200, 1800), (11, 3)),
+    "halfcheetah": ("HalfCheetah-v5", {}, -280.178953, 12135.0, (12000, 8000, 6000, 4500), (17, 6)),
     # Walker2d-v5 gave both feet friction 1.9; D4RL's v2 data was collected with the older model whose right
     # foot has 0.9. Gymnasium still ships that model as walker2d.xml.
-    "walker2d": ("Walker2d-v5", {"xml_file": "walker2d.xml"}, 1.629008, 4592.3, (5000, 4000, 3000, 2500)),
+    "walker2d": ("Walker2d-v5", {"xml_file": "walker2d.xml"}, 1.629008, 4592.3, (5000, 4000, 3000, 2500), (17, 6)),
 }
 _D4RL_FLAVOURS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 _GENERATED_LOCOMOTION = ("random", "medium")
 
-for _env, (_id, _kwargs, _lo, _hi, _targets) in _LOCOMOTION.items():
-    _common = dict(domain="locomotion", make_env=_mujoco_factory(_id, **_kwargs), env_id=_id,
+for _env, (_id, _kwargs, _lo, _hi, _targets, _sizes) in _LOCOMOTION.items():
+    _common = dict(domain="locomotion", make_env=_mujoco_factory(_id, **_kwargs), env_id=_id, **_vectors(*_sizes),
                    ref_min_score=_lo, ref_max_score=_hi, target_returns=tuple(float(t) for t in _targets),
                    return_scale=1000.0, horizon=1000, context_len=20)
     for _flavour in _D4RL_FLAVOURS:
@@ -151,6 +180,7 @@ def _make_reacher2d() -> gym.Env:
 for _flavour in ("expert", "medium", "random"):
     _register(Task(
         name=f"reacher2d-{_flavour}", domain="reacher2d", make_env=_make_reacher2d, env_id="Reacher2d-v0",
+        **_vectors(12, 2),
         dataset_file=f"reacher2d-{_flavour}.hdf5",
         # Normalized score = return / 100: one point per step spent within reach of the target.
         ref_min_score=0.0, ref_max_score=100.0, target_returns=(76.0, 40.0), return_scale=10.0,
@@ -173,6 +203,8 @@ def _kitchen_factory(which: str) -> Callable[[], gym.Env]:
 for _flavour in ("complete", "partial"):
     _register(Task(
         name=f"kitchen-{_flavour}", domain="kitchen", make_env=_kitchen_factory(_flavour),
+        # D4RL's 60-d layout, clipped to ±8 (trainers/envs/kitchen.py OBS_BOUND); 9 joint velocities in float64
+        **_vectors(60, 9, bound=8.0, action_dtype=np.float64),
         env_id="FrankaKitchen-v1", dataset_file=D4RL_FILES[f"kitchen-{_flavour}-v0"].file_name,
         dataset_id=f"kitchen-{_flavour}-v0",
         ref_min_score=0.0, ref_max_score=4.0, target_returns=(5.0, 4.0, 3.0, 2.0, 1.0), return_scale=1.0,
@@ -188,10 +220,11 @@ for _flavour in ("complete", "partial"):
 
 _MINARI_LOCOMOTION = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 for _env, _id in _MINARI_LOCOMOTION.items():
-    _, _kwargs, _lo, _hi, _targets = _LOCOMOTION[_env]
+    _, _kwargs, _lo, _hi, _targets, _sizes = _LOCOMOTION[_env]
     for _flavour in ("simple", "medium", "expert"):
         _register(Task(
             name=f"{_env}-{_flavour}-minari", domain="locomotion", make_env=_mujoco_factory(_id), env_id=_id,
+            **_vectors(*_sizes),
             dataset_file="", dataset_id=f"{MINARI_PREFIX}mujoco/{_env}/{_flavour}-v0", ref_min_score=_lo,
             ref_max_score=_hi, target_returns=tuple(float(t) for t in _targets), return_scale=1000.0,
             horizon=1000, context_len=20))
@@ -200,6 +233,7 @@ for _flavour in ("complete", "partial"):
     _kitchen = TASKS[f"kitchen-{_flavour}"]
     _register(Task(
         name=f"kitchen-{_flavour}-minari", domain="kitchen", make_env=_kitchen.make_env, env_id=_kitchen.env_id,
+        observation_space=_kitchen.observation_space, action_space=_kitchen.action_space,
         dataset_file="", dataset_id=f"{MINARI_PREFIX}D4RL/kitchen/{_flavour}-v2",
         ref_min_score=_kitchen.ref_min_score, ref_max_score=_kitchen.ref_max_score,
         target_returns=_kitchen.target_returns, return_scale=_kitchen.return_scale, horizon=_kitchen.horizon,
@@ -215,9 +249,11 @@ for _flavour in ("complete", "partial"):
 
 for _game in GAMES.values():
     _common = dict(domain="atari", make_env=functools.partial(make_atari_env, _game.name),
+                   observation_space=gym.spaces.Box(0, 255, (FRAME_STACK, *FRAME_SHAPE), np.uint8),
+                   action_space=gym.spaces.Discrete(_game.num_actions),
                    env_id=f"{_game.ale_name}NoFrameskip-v4", ref_min_score=_game.random_score,
                    ref_max_score=_game.human_score, target_returns=_game.target_returns, return_scale=1.0,
-                   horizon=_game.horizon, context_len=30, discrete_actions=True)
+                   horizon=_game.horizon, context_len=30)
     _medium = DQNReplay(_game.name, run=1, checkpoints=(10,))  # d4rl-atari's "medium": checkpoint 10 of run 1
     _register(Task(name=f"{_game.name}-medium", dataset_file=_medium.relative_dir, dataset_reader=_medium,
                    **_common))

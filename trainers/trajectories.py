@@ -102,10 +102,6 @@ class TrajectoryDataset:
     def episode_returns(self) -> np.ndarray:
         return np.add.reduceat(self.rewards.astype(np.float64), self.episodes.starts) if len(self) else np.zeros(0)
 
-    def episode_of_step(self) -> np.ndarray:
-        """(N,) index of the episode each step belongs to."""
-        return np.repeat(np.arange(self.num_episodes), self.episodes.lengths)
-
     def timesteps(self) -> np.ndarray:
         """(N,) step index within its episode (absolute timestep, as the sequence models embed it)."""
         return np.arange(len(self)) - np.repeat(self.episodes.starts, self.episodes.lengths)
