@@ -10,10 +10,16 @@ return, as CORL's BC-10 % configs do (discount: 1.0).
 
 from __future__ import annotations
 
-from baselines.common import DeterministicActor, OfflineAlgorithm, finite_metrics, make_adam, \
-    seeded_init
-from trainers.datasets import top_fraction_by_return
-from trainers.algorithm import (
+from baselines.common import (
+    DeterministicActor,
+    OfflineAlgorithm,
+    finite_metrics,
+    make_adam,
+    seeded_init,
+)
+from trainers.data.samplers import TransitionBatch
+from trainers.data.subsets import top_fraction_by_return
+from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
     PositiveFloat,
@@ -23,7 +29,6 @@ from trainers.algorithm import (
     TrainingSetup,
     algorithm_config,
 )
-from trainers.samplers import TransitionBatch
 
 
 @algorithm_config
@@ -70,6 +75,7 @@ class BC(OfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
+PRESETS = {"bc": Preset(), "bc_10": Preset({"top_fraction": 0.1})}  # BC-10 %: the top 10 % of trajectories
+
 # BC has no task-specific settings in the reference implementations; kitchen runs with the defaults.
-ALGORITHM = AlgorithmDeclaration(config=Config, build=BC,
-                          presets={"bc": Preset(), "bc_10": Preset({"top_fraction": 0.1})})
+ALGORITHM = AlgorithmDeclaration(config=Config, build=BC, presets=PRESETS)

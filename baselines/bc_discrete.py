@@ -8,32 +8,33 @@ DiscreteBC (d3rlpy/algos/qlearning/bc.py DiscreteBCConfig; the loss is compute_d
 
 with d3rlpy's default pixel encoder (baselines/discrete_common.py). BC-10 % keeps the top 10 % of trajectories
 by return, as on D4RL (baselines/bc.py). The update budget and evaluation cadence are every Atari algorithm's
-(trainers/tasks.py, DOMAIN_TRAINING), so all get the same number of updates.
+(trainers/runtime/tasks.py, DOMAIN_TRAINING), so all get the same number of updates.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
+from baselines.bc import PRESETS
 from baselines.common import finite_metrics, make_adam, seeded_init
 from baselines.discrete_common import DiscreteOfflineAlgorithm, PixelNetwork
-from trainers.algorithm import (
+from trainers.data.samplers import TransitionBatch
+from trainers.data.subsets import top_fraction_by_return
+from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    Preset,
     TrainingConfig,
     TrainingSetup,
     algorithm_config,
 )
-from trainers.datasets import top_fraction_by_return
-from trainers.samplers import TransitionBatch
+
 
 @algorithm_config
 class Config(TrainingConfig):
-    # num_steps, eval_every, eval_episodes: LaMo's Atari protocol, for every algorithm (trainers/tasks.py,
+    # num_steps, eval_every, eval_episodes: LaMo's Atari protocol, for every algorithm (trainers/runtime/tasks.py,
     # DOMAIN_TRAINING)
     batch_size: PositiveInt = 100  # DiscreteBCConfig.batch_size
     top_fraction: Fraction = 1.0  # train on this fraction of trajectories, highest returns first (BC-10 %: 0.1)
@@ -80,5 +81,5 @@ class DiscreteBC(DiscreteOfflineAlgorithm):
 
 
 ALGORITHM = AlgorithmDeclaration(config=Config, build=DiscreteBC, action_spaces=frozenset({"discrete"}),
-                          presets={"bc": Preset(), "bc_10": Preset({"top_fraction": 0.1})})
+                                 presets=PRESETS)  # baselines/bc.py's: BC and BC-10 %
 

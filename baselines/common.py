@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainers.algorithm import StatelessPolicy, TrainingSetup, check_finite
-from trainers.trajectories import TrajectoryDataset
-from trainers.samplers import TransitionSampler
+from trainers.data.samplers import TransitionSampler
+from trainers.data.trajectories import TrajectoryDataset
+from trainers.runtime.algorithm import StatelessPolicy, TrainingSetup, check_finite
 
 # --- checks done in build(), before anything is trained -----------------------------------------------------
 

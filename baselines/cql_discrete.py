@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from baselines.common import finite_metrics, frozen_copy, make_adam, seeded_init
 from baselines.discrete_common import DiscreteOfflineAlgorithm, PixelNetwork
-from trainers.algorithm import (
+from trainers.data.samplers import TransitionBatch
+from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
     NonNegativeFloat,
@@ -35,11 +36,11 @@ from trainers.algorithm import (
     TrainingSetup,
     algorithm_config,
 )
-from trainers.samplers import TransitionBatch
+
 
 @algorithm_config
 class Config(TrainingConfig):
-    # num_steps, eval_every, eval_episodes: LaMo's Atari protocol, for every algorithm (trainers/tasks.py,
+    # num_steps, eval_every, eval_episodes: LaMo's Atari protocol, for every algorithm (trainers/runtime/tasks.py,
     # DOMAIN_TRAINING)
     batch_size: PositiveInt = 32  # DiscreteCQLConfig.batch_size
     learning_rate: PositiveFloat = 6.25e-5  # DiscreteCQLConfig.learning_rate (Adam, d3rlpy's default betas, eps)

@@ -4,7 +4,7 @@ the checkpoint/export plumbing of `OfflineAlgorithm` (baselines/common.py), reus
 The network is d3rlpy's default for image observations (PixelEncoderFactory: the Nature-DQN convolutions, a
 Linear layer to 512 features, ReLU) with a linear head: Q-values for discrete CQL, logits for discrete BC. Frames
 arrive as uint8 stacks and are scaled by 1/255 inside (d3rlpy's PixelObservationScaler). The convolutional trunk
-is the same module the sequence models encode frame stacks with (trainers/trajectory_model.py).
+is the same module the sequence models encode frame stacks with (trainers/sequence/model.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,19 @@ import torch
 from torch import nn
 
 from baselines.common import OfflineAlgorithm, make_generator
-from trainers.algorithm import StatelessPolicy, TrainingSetup, discrete_frame_spaces
-from trainers.trajectory_model import CNN_OUTPUT_SIZE, NATURE_CNN_CHANNELS, nature_cnn, scale_frames
-from trainers.trajectories import TrajectoryDataset
-from trainers.samplers import TransitionSampler
+from trainers.data.samplers import TransitionSampler
+from trainers.data.trajectories import TrajectoryDataset
+from trainers.runtime.algorithm import (
+    StatelessPolicy,
+    TrainingSetup,
+    discrete_frame_spaces,
+)
+from trainers.sequence.model import (
+    CNN_OUTPUT_SIZE,
+    NATURE_CNN_CHANNELS,
+    nature_cnn,
+    scale_frames,
+)
 
 
 class PixelNetwork(nn.Module):

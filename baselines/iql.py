@@ -36,8 +36,9 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from trainers.trajectories import TrajectoryDataset
-from trainers.algorithm import (
+from trainers.data.samplers import TransitionBatch
+from trainers.data.trajectories import TrajectoryDataset
+from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
     OpenUnit,
@@ -48,7 +49,6 @@ from trainers.algorithm import (
     TrainingSetup,
     algorithm_config,
 )
-from trainers.samplers import TransitionBatch
 
 
 @algorithm_config

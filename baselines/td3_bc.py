@@ -25,7 +25,8 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from trainers.algorithm import (
+from trainers.data.samplers import TransitionBatch
+from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
     NonNegativeFloat,
@@ -35,7 +36,6 @@ from trainers.algorithm import (
     TrainingSetup,
     algorithm_config,
 )
-from trainers.samplers import TransitionBatch
 
 
 @algorithm_config

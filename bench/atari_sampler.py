@@ -17,9 +17,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from trainers.atari_data import DQNReplay
-from trainers.datasets import TrajectoryDataset, split_episodes
-from trainers.samplers import TransitionSampler, WindowSampler
+from trainers.data.dqn_replay import DQNReplay
+from trainers.data.samplers import TransitionSampler, WindowSampler
+from trainers.data.trajectories import TrajectoryDataset, split_episodes
 
 FRAME_BYTES = 84 * 84
 

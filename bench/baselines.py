@@ -34,12 +34,12 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from trainers.cpu_allocator import keep_freed_memory_for_reuse
-from trainers.datasets import TrajectoryDataset, split_episodes
-from trainers.algorithm import TrainingSetup
-from trainers.registry import build_algorithm, make_config
-from trainers.samplers import TransitionBatch, TransitionSampler, to_torch
-from trainers.tasks import get_task
+from trainers.data.samplers import TransitionBatch, TransitionSampler, to_torch
+from trainers.data.trajectories import TrajectoryDataset, split_episodes
+from trainers.runtime.algorithm import TrainingSetup
+from trainers.runtime.cpu_allocator import keep_freed_memory_for_reuse
+from trainers.runtime.registry import build_algorithm, make_config
+from trainers.runtime.tasks import get_task
 
 OBS, ACT, BATCH = 11, 3, 256
 ALGORITHMS = ("bc", "td3_bc", "iql", "cql")

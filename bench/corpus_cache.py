@@ -13,7 +13,7 @@ Each "trial" is a fresh process that builds its LaMo language batches and draws 
 - baseline: `LanguageBatches(load_corpus(corpus), tokenizer)`, the per-trial tokenization every LaMo trial did
   before the cache (the corpus read into memory and tokenized in the trial's worker);
 - ours: `LanguageBatches.for_backbone(model_dir, corpus)`, which reads the node's token cache
-  (trainers/corpus_cache.py) and builds it first when it is not there.
+  (trainers/sequence/language/token_cache.py) and builds it first when it is not there.
 Both run twice, in that order, in one run, the cache starting empty: the first cached trial pays the build.
 Reported per trial: the start-up — building the batches; the imports, equal for both, excluded — in wall seconds
 and in CPU seconds of all the process's threads (the Rust tokenizer encodes in parallel; CPU seconds are what a
@@ -92,7 +92,7 @@ def train_tokenizer(corpus: Path, directory: Path, vocab: int) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from trainers.language import load_corpus
+    from trainers.sequence.language.corpora import load_corpus
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -126,7 +126,9 @@ def _peak_rss() -> int:
 
 
 def child(kind: str, corpus: str, model_dir: str, cache_dir: str) -> None:
-    from trainers.language import LanguageBatches, load_corpus, load_tokenizer
+    from trainers.sequence.language.batches import LanguageBatches
+    from trainers.sequence.language.corpora import load_corpus
+    from trainers.sequence.language.tokenizers import load_tokenizer
 
     before = _memory()
     _reset_peak_rss()

@@ -2,7 +2,7 @@
 
     python -m bench.dataset_load [--steps 1000000]
 
-The file is generated once with `trainers.make_dataset` (hopper-random-gen, real Hopper-v5 physics; about
+The file is generated once with `trainers.tools.make_dataset` (hopper-random-gen, real Hopper-v5 physics; about
 two minutes) and cached under bench/results/. A float64 copy measures the conversion path that older D4RL
 files (float64 observations) take. h5py's own read is the baseline, measured in the same run.
 """
@@ -22,8 +22,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from trainers.datasets import load_d4rl_dataset
-from trainers.make_dataset import make_dataset
+from trainers.data.d4rl import load_d4rl_dataset
+from trainers.tools.make_dataset import make_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainers.trajectories import TrajectoryDataset
-from trainers.samplers import PAD_ACTION
+from trainers.data.samplers import PAD_ACTION
+from trainers.data.trajectories import TrajectoryDataset
 
 
 def discount_cumsum(x: np.ndarray, gamma: float) -> np.ndarray:

@@ -20,10 +20,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from trainers.evaluation import evaluate_batched, evaluate_sequential
-from trainers.sequence_policy import ContextPolicy
-from trainers.tasks import get_task
-from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
+from trainers.runtime.evaluation import evaluate_batched, evaluate_sequential
+from trainers.runtime.tasks import get_task
+from trainers.sequence.model import TrajectoryModelConfig, TrajectoryTransformer
+from trainers.sequence.policy import ContextPolicy
 
 
 def bare_simulator(task, steps: int, horizon: int, seed: int = 0) -> float:

@@ -11,7 +11,7 @@
    `python orchestrator/sweep.py` (local Ray, Tune, MLflow) — updates/s of all trials together;
 4. a 2-rank DDP step with CUDA tensors — ms per step and whether the ranks end with the same weights. Two ranks
    share the one GPU, so they talk over gloo (NCCL refuses two ranks on one device); a multi-GPU trial
-   (trainers/distributed.py) uses NCCL.
+   (trainers/runtime/distributed.py) uses NCCL.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def backbone(directory: Path, quick: bool) -> Path:
     language loss reads: GPT-2 small's architecture, or a 2-layer one with --quick."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from trainers.language import ByteTokenizer
+    from trainers.sequence.language.tokenizers import ByteTokenizer
 
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2) if quick else GPT2Config()).save_pretrained(directory)
@@ -59,10 +59,10 @@ def synchronize(device: torch.device) -> None:
 def train_step(model_dir: Path, lm_coef: float, steps: int, device: torch.device):
     """LaMo built as a trial builds it (bf16 autocast): steps/s over `steps` updates after two warm-up updates,
     peak GPU memory in GiB, and the algorithm."""
-    from trainers.algorithm import TrainingSetup
-    from trainers.registry import build_algorithm, make_config
-    from trainers.samplers import to_torch
-    from trainers.tasks import get_task
+    from trainers.data.samplers import to_torch
+    from trainers.runtime.algorithm import TrainingSetup
+    from trainers.runtime.registry import build_algorithm, make_config
+    from trainers.runtime.tasks import get_task
 
     torch.manual_seed(0)
     setup = TrainingSetup(task=get_task("hopper-medium"), dataset=hopper_like(), device=device, seed=0,
@@ -89,8 +89,8 @@ def train_step(model_dir: Path, lm_coef: float, steps: int, device: torch.device
 def evaluation_seconds(algorithm, episodes: int, horizon: int) -> tuple[float, int]:
     """One batched evaluation of the algorithm's policy on Hopper-v5 (every target × `episodes`): seconds and
     environment steps."""
-    from trainers.evaluation import evaluate_batched
-    from trainers.tasks import get_task
+    from trainers.runtime.evaluation import evaluate_batched
+    from trainers.runtime.tasks import get_task
 
     task = replace(get_task("hopper-medium"), horizon=horizon)
     started = time.perf_counter()
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"2. one LaMo evaluation, hopper, 4 targets × {episodes} episodes, horizon {horizon}: "
                   f"{seconds:.1f} s ({env_steps:,} environment steps, {env_steps / seconds:,.0f}/s)")
 
-    from trainers.make_dataset import make_dataset
+    from trainers.tools.make_dataset import make_dataset
 
     dataset = make_dataset("reacher2d-medium", out=work / "reacher2d-medium.hdf5", seed=0, num_episodes=40)
     share, packed_trials = (0.25, 4) if device.type == "cuda" else (0.0, 2)

@@ -6,7 +6,7 @@
 Reads each run directory's metrics.jsonl (written by the trial core's LocalReport) and trial_record.json, plots the
 D4RL-normalized evaluation return against gradient steps (for return-conditioned models the best target return
 of each evaluation, `eval/best_normalized_mean`), draws the dataset's behaviour-policy and random-policy returns
-(its `behaviour_mean_return` / `random_mean_return` attributes, written by trainers.make_dataset) as horizontal
+(its `behaviour_mean_return` / `random_mean_return` attributes, written by trainers.tools.make_dataset) as horizontal
 lines, and prints a Markdown table: final and best evaluation, steps, and the trial's wall seconds from its
 MLflow run (`cost/wall_seconds`) when `--tracking-uri` names the sweep's store.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import h5py
 
-from trainers.tasks import get_task
+from trainers.runtime.tasks import get_task
 
 
 def evaluations(run_dir: Path) -> list[dict]:

@@ -98,9 +98,14 @@ def run_training_seconds(client, run) -> float:
 def trial_seconds(dataset: Path, seed: int, hyperparameters: dict, work: Path) -> tuple[float, float]:
     """One trial's own work through the trial core, with one torch thread: load and subsample the data, build,
     update, evaluate, checkpoint, export. Returns its wall time and its training time."""
-    from trainers.core import METRICS_FILE, DirectoryCheckpoints, LocalReport, TrialCore
-    from trainers.cpu_allocator import keep_freed_memory_for_reuse
-    from trainers.record import make_record
+    from trainers.runtime.core import (
+        METRICS_FILE,
+        DirectoryCheckpoints,
+        LocalReport,
+        TrialCore,
+    )
+    from trainers.runtime.cpu_allocator import keep_freed_memory_for_reuse
+    from trainers.runtime.record import make_record
 
     keep_freed_memory_for_reuse()  # as a trial does
     torch.set_num_threads(1)  # one Ray CPU slot
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
     dataset = Path(args.dataset) if args.dataset else work / "reacher2d-medium.hdf5"
     if not dataset.exists():
-        from trainers.make_dataset import make_dataset
+        from trainers.tools.make_dataset import make_dataset
 
         make_dataset(TASK, out=dataset, seed=0, num_episodes=200)
     hyperparameters = {"num_steps": args.steps, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes}

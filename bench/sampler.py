@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.dt_reference import PerSampleWindowSampler
-from trainers.datasets import TrajectoryDataset, load_d4rl_dataset, split_episodes
-from trainers.samplers import TransitionSampler, WindowSampler
+from trainers.data.d4rl import load_d4rl_dataset
+from trainers.data.samplers import TransitionSampler, WindowSampler
+from trainers.data.trajectories import TrajectoryDataset, split_episodes
 
 
 def hopper_medium_shaped(seed: int = 0) -> TrajectoryDataset:

@@ -6,7 +6,7 @@ formulation of the same step, measured in the same run.
 Official formulation (LaMo's code, rebuilt here from its behaviour): Hugging Face GPT-2 with eager
 attention and the unfused gelu_new, LoRA on the fused c_attn, fp32, AdamW without fused kernels, and the
 language-model forward (2 × 1024 tokens through the LM head) computed on every step — its loss added with
-λ = 0.1 when co-training, computed and discarded by default. Ours: trainers.sequence_trainer as the sweeps
+λ = 0.1 when co-training, computed and discarded by default. Ours: trainers.sequence.algorithm as the sweeps
 run it (split q/k/v LoRA via peft, SDPA attention, fused tanh-GELU, λ = 0 skips the language forward),
 in fp32 and with bf16 autocast (AVX512-BF16 CPUs and GPUs). On CUDA, ours also uses fused AdamW.
 """
@@ -24,12 +24,12 @@ from rich.console import Console
 from rich.table import Table
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trainers.datasets import TrajectoryDataset, split_episodes
-from trainers.language import ByteTokenizer
-from trainers.algorithm import TrainingSetup
-from trainers.registry import build_algorithm, make_config
-from trainers.samplers import to_torch
-from trainers.tasks import get_task
+from trainers.data.samplers import to_torch
+from trainers.data.trajectories import TrajectoryDataset, split_episodes
+from trainers.runtime.algorithm import TrainingSetup
+from trainers.runtime.registry import build_algorithm, make_config
+from trainers.runtime.tasks import get_task
+from trainers.sequence.language.tokenizers import ByteTokenizer
 
 
 def hopper_like(n_episodes: int = 20, length: int = 200, seed: int = 0) -> TrajectoryDataset:
@@ -48,7 +48,7 @@ class OfficialStep:
     """The official code's step: HF GPT-2 (eager), fused c_attn LoRA, LM forward always computed, fp32."""
 
     def __init__(self, gpt2_config: GPT2Config, co_train: bool, device: torch.device):
-        from trainers.trajectory_model import ResidualMLPEmbedding
+        from trainers.sequence.model import ResidualMLPEmbedding
 
         config = GPT2Config(**{**gpt2_config.to_dict(), "activation_function": "gelu_new"})
         config._attn_implementation = "eager"
@@ -133,7 +133,7 @@ def main() -> None:
     def official(co_train: bool) -> float:
         torch.manual_seed(0)
         step = OfficialStep(gpt2, co_train, device)
-        from trainers.samplers import WindowSampler
+        from trainers.data.samplers import WindowSampler
 
         sampler = WindowSampler(dataset, 20, 1000.0, max_timestep=1000)
         batches = [to_torch(sampler.sample(64, rng), device) for _ in range(args.steps + 1)]

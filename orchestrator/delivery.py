@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from orchestrator.tracking import TRAJECTORY_IDS_TAG, TrackingError, client
-from trainers.core import TRAJECTORY_IDS_FILE
+from trainers.runtime.core import TRAJECTORY_IDS_FILE
 
 
 def compact_ranges(ids: list[int]) -> str:

@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.spec import SweepSpec
-from trainers.record import TrialRecord
-from trainers.registry import return_conditioned
-from trainers.tasks import get_task
+from trainers.runtime.record import TrialRecord
+from trainers.runtime.registry import return_conditioned
+from trainers.runtime.tasks import get_task
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,13 @@ from pathlib import Path
 import gymnasium as gym
 
 from orchestrator.spec import SweepSpec
-from trainers.datasets import (
-    DatasetError,
-    forget_loaded_datasets,
-    load_task_dataset,
-    source_digest,
-    subsample_trajectories,
-)
-from trainers.record import TrialRecord
-from trainers.registry import external_inputs, supports_discrete_actions
-from trainers.tasks import get_task
+from trainers.data.checksums import sha256_of_tree
+from trainers.data.loading import forget_loaded_datasets, load_task_dataset
+from trainers.data.subsets import subsample_trajectories
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.record import TrialRecord
+from trainers.runtime.registry import external_inputs, supports_discrete_actions
+from trainers.runtime.tasks import get_task
 
 
 class SweepInputError(RuntimeError):
@@ -99,7 +96,7 @@ def _validate_datasets(records: list[TrialRecord], spec: SweepSpec, spec_file: P
             except DatasetError as error:
                 problems.append(f"{where}: ratio {ratio:g}: {error}")
         notes += [f"{source}: {note}" for note in dataset.notes]
-        digest, size = source_digest(source)
+        digest, size = sha256_of_tree(source)
         identities[(task_name, source)] = {
             "digest": digest, "size_bytes": size,
             "episodes": dataset.num_episodes, "transitions": len(dataset), "notes": dataset.notes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainers.record import TrialRecord
+from trainers.runtime.record import TrialRecord
 
 
 @dataclass

@@ -42,8 +42,8 @@ import numpy as np
 
 from orchestrator.fidelity import FidelityNote, fidelity_notes
 from orchestrator.runs import TrialRun
-from trainers.registry import ALGORITHMS
-from trainers.tasks import TASKS, Domain
+from trainers.runtime.registry import ALGORITHMS
+from trainers.runtime.tasks import TASKS, Domain
 
 PROTOCOLS = {
     "paper": "paper (LaMo): per run and target return, the mean normalized score of the evaluations in the last "
@@ -272,7 +272,9 @@ def build_cells(runs: list[TrialRun], protocol: str, asked: int | None) -> list[
 # --- robust statistics (Agarwal et al. 2021; rliable) ------------------------------------------------------
 
 def _trim_mean(values: np.ndarray, proportion: float, axis: int | None = 0):
-    from scipy.stats import trim_mean  # here, not at module load: every trial actor imports this module's types
+    from scipy.stats import (
+        trim_mean,  # here, not at module load: every trial actor imports this module's types
+    )
 
     return trim_mean(values, proportion, axis=axis)
 

@@ -5,7 +5,7 @@ overrides against that algorithm's own config (types and ranges, for every task'
 bound, duplicate seeds, ratios, algorithms and tasks. Every error names the file, the field path and what was
 expected, and all errors are reported together. Numbers are read as YAML 1.2 reads them (`1e-3` is a number,
 not YAML 1.1's string). `expand_trials` turns a valid spec into the grid (algorithm × task × ratio × seed) of
-trial records (trainers/record.py), the one place a sweep's trials are resolved.
+trial records (trainers/runtime/record.py), the one place a sweep's trials are resolved.
 """
 
 from __future__ import annotations
@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from trainers.algorithm import ConfigError
-from trainers.datasets import LongEpisodes
-from trainers.record import TrialRecord, make_record
-from trainers.registry import ALGORITHMS, config_fields, make_config
-from trainers.tasks import TASKS, get_task
+from trainers.data.trajectories import LongEpisodes
+from trainers.runtime.algorithm import ConfigError
+from trainers.runtime.record import TrialRecord, make_record
+from trainers.runtime.registry import ALGORITHMS, config_fields, make_config
+from trainers.runtime.tasks import TASKS, get_task
+
 
 class SpecError(ValueError):
     """A sweep file that cannot run; the message lists every problem, one per line."""

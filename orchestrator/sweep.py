@@ -72,7 +72,7 @@ from orchestrator.tracking import (
     failure_message,
 )
 from orchestrator.trial import SweepContext, trial_driver, trial_name, trial_resources
-from trainers.record import TrialRecord
+from trainers.runtime.record import TrialRecord
 
 
 def is_uri(location: str) -> bool:

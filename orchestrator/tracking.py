@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.runs import TrialRun
-from trainers.record import TrialRecord
+from trainers.runtime.record import TrialRecord
 
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
 RECORD_TAG = "trial_record"
@@ -68,7 +68,8 @@ TRIAL_ID_TAG, ALGORITHM_TAG, TASK_TAG, DOMAIN_TAG, RATIO_TAG, SEED_TAG = (
 TRAJECTORY_IDS_TAG = "trajectory_ids"  # on a child run: the episode ids it trained on, as compact ranges
 SEEDS_PARAM = "seeds"  # on the parent run: the spec's seeds, e.g. "[0, 1, 2]"
 CONFIG_PARAM_PREFIX, TRIAL_PARAM_PREFIX = "config.", "trial."  # child params: resolved config, trial fields
-EVAL_METRIC = "eval/{label}/normalized_mean"  # the loop's name (trainers/evaluation.py); label target_<R> or policy
+# The evaluation loop's name (trainers/runtime/evaluation.py); label target_<R> or policy.
+EVAL_METRIC = "eval/{label}/normalized_mean"
 WALL_SECONDS_METRIC, GPU_HOURS_METRIC = "cost/wall_seconds", "cost/gpu_hours"
 AGGREGATE_ARTIFACTS = "aggregate/{protocol}"  # the aggregator's files on the parent run
 # The aggregator's headline numbers on the parent run; statistic is mean or iqm. Sorted, one statistic's

@@ -1,13 +1,13 @@
 """One Tune trial of a sweep: the trial record's MLflow child run, and the trial core run for it.
 
-This function is the Tune trainable. A trial with one worker runs the trial core (trainers/core.py) right here,
+This function is the Tune trainable. A trial with one worker runs the trial core (trainers/runtime/core.py) right here,
 in the Tune trial's actor, which holds that worker's resources (CPU, a GPU or a fraction of one): no Ray Train
 controller, placement group or worker actor per trial, and Tune reuses the actor for the next trial, so
 imports, the dataset and CUDA stay warm. Its checkpoints are Tune's (`tune.get_checkpoint` / `tune.report`),
 so a trial restarted by Tune (a retry, or a resumed sweep) continues from its latest one (the newest in its storage
 when the sweep was killed before Tune recorded it). A trial with more
 workers (DDP), or any trial when `resources.trainer` is `ray_train`, is driven from here — the driver holding
-only a `trial_slot` — through a Ray Train TorchTrainer (trainers/distributed.py), named by the trial id under
+only a `trial_slot` — through a Ray Train TorchTrainer (trainers/runtime/distributed.py), named by the trial id under
 the sweep's storage so that it resumes the same way.
 
 Either way metrics go to metrics.jsonl in the trial's directory and to MLflow off the training path
@@ -28,8 +28,14 @@ import torch
 
 from orchestrator.delivery import MlflowReport
 from orchestrator.tracking import SweepTracker
-from trainers.core import METRICS_FILE, LocalReport, TrialCore, load_checkpoint, save_checkpoint
-from trainers.record import TrialRecord
+from trainers.runtime.core import (
+    METRICS_FILE,
+    LocalReport,
+    TrialCore,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainers.runtime.record import TrialRecord
 
 DRIVER_RESOURCES = {"cpu": 0, "trial_slot": 1}  # a trial that only drives a TorchTrainer
 
@@ -199,7 +205,7 @@ def trial_driver(config: dict, context: SweepContext) -> None:
 def _fit_distributed(record: TrialRecord, run_dir: str, context: SweepContext, reports: Any) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainers.distributed import fit_distributed
+    from trainers.runtime.distributed import fit_distributed
 
     result = fit_distributed(record, run_dir, num_workers=context.num_workers, storage=context.train_storage,
                              run_name=record.trial_id, report=reports, cpus_per_worker=context.cpus_per_worker,

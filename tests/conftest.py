@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.make_dataset import make_dataset
-
+from trainers.tools.make_dataset import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # What the main job (README command 1) leaves in the checkout, and its caches: no test may see them or need them.

@@ -25,10 +25,14 @@ from scipy.stats import mannwhitneyu
 from orchestrator.aggregate import AggregationError, aggregate_sweep, main
 from orchestrator.report import cost_table
 from orchestrator.runs import TrialRun
-from orchestrator.scores import (mean_of_cell_means, probability_of_improvement, run_scores,
-                                 stratified_bootstrap)
+from orchestrator.scores import (
+    mean_of_cell_means,
+    probability_of_improvement,
+    run_scores,
+    stratified_bootstrap,
+)
 from orchestrator.tracking import SweepTracker
-from trainers.record import make_record
+from trainers.runtime.record import make_record
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "lamo-sweeps"

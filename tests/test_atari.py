@@ -16,21 +16,21 @@ import yaml
 from conftest import REPO
 from transformers import GPT2Model
 
-from trainers.algorithm import StatelessPolicy
-from trainers.atari_data import DQNReplay, generate, main, read_npy_gz, store_file_name, write_npy_gz
-from trainers.datasets import (
-    DatasetError,
-    EpisodeIndex,
-    TrajectoryDataset,
-    load_task_dataset,
-    resolve_dataset_path,
-    subsample_trajectories,
+from trainers.data.dqn_replay import (
+    DQNReplay,
+    read_npy_gz,
+    store_file_name,
+    write_npy_gz,
 )
+from trainers.data.loading import load_task_dataset, resolve_dataset_path
+from trainers.data.samplers import TransitionSampler, WindowSampler, to_torch
+from trainers.data.subsets import subsample_trajectories
+from trainers.data.trajectories import DatasetError, EpisodeIndex, TrajectoryDataset
 from trainers.envs.atari import GAMES, make_atari_env
-from trainers.evaluation import evaluate_batched, evaluate_sequential
-from trainers.gpt2 import GPT2, gpt2_config
-from trainers.record import make_record
-from trainers.registry import (
+from trainers.runtime.algorithm import StatelessPolicy
+from trainers.runtime.evaluation import evaluate_batched, evaluate_sequential
+from trainers.runtime.record import make_record
+from trainers.runtime.registry import (
     ALGORITHMS,
     TrainingSetup,
     build_algorithm,
@@ -38,11 +38,12 @@ from trainers.registry import (
     make_config,
     supports_discrete_actions,
 )
-from trainers.samplers import TransitionSampler, WindowSampler, to_torch
-from trainers.sequence_policy import ContextPolicy
-from trainers.sequence_trainer import dt_atari_lr_multiplier
-from trainers.tasks import get_task
-from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
+from trainers.runtime.tasks import get_task
+from trainers.sequence.algorithm import dt_atari_lr_multiplier
+from trainers.sequence.gpt2 import GPT2, gpt2_config
+from trainers.sequence.model import TrajectoryModelConfig, TrajectoryTransformer
+from trainers.sequence.policy import ContextPolicy
+from trainers.tools.atari_replay import generate, main
 
 TASK = get_task("breakout-medium-gen")
 ROWS_PER_FILE = 1200  # two checkpoint files; Breakout episodes of the scripted policy are longer than one
@@ -242,7 +243,7 @@ def test_missing_checkpoint_lists_files_places_and_how_to_get_them(tmp_path, mon
     assert "replay_logs/$store$_reward_ckpt.10.gz" in text and "10/observation.gz" in text
     assert str(tmp_path / "cache" / "Breakout" / "1") in text and str(tmp_path / "home" / ".d4rl") in text
     assert "bring your own copy" in text
-    with pytest.raises(DatasetError, match=r"python -m trainers\.atari_data generate --game pong"):
+    with pytest.raises(DatasetError, match=r"python -m trainers\.tools\.atari_replay generate --game pong"):
         load_task_dataset(get_task("pong-medium-gen"))
 
 
@@ -393,7 +394,7 @@ def test_context_policy_with_cached_embeddings_equals_the_full_forward():
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
-    from trainers.language import pretrain_tiny_gpt2
+    from trainers.sequence.language.pretrain import pretrain_tiny_gpt2
 
     return pretrain_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), steps=10, n_layer=2, n_embd=32, n_head=2,
                               seq_len=64, batch=4)
@@ -558,5 +559,5 @@ def test_atari_sweep_files_resolve_a_config_for_every_cell(path):
             values = {k: v for k, v in values.items() if v is not None} | entry.get("overrides", {})
             config = make_config(entry["name"], values, task)
             assert supports_discrete_actions(entry["name"]), entry["name"]
-            assert type(config).__module__ in ("trainers.sequence_trainer", "baselines.cql_discrete",
+            assert type(config).__module__ in ("trainers.sequence.config", "baselines.cql_discrete",
                                                "baselines.bc_discrete")

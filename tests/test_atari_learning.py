@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainers.algorithm import StatelessPolicy
-from trainers.atari_data import generate
-from trainers.core import LocalReport, run_local
-from trainers.evaluation import evaluate_batched
-from trainers.record import make_record
-from trainers.tasks import get_task
+from trainers.runtime.algorithm import StatelessPolicy
+from trainers.runtime.core import LocalReport, run_local
+from trainers.runtime.evaluation import evaluate_batched
+from trainers.runtime.record import make_record
+from trainers.runtime.tasks import get_task
+from trainers.tools.atari_replay import generate
 
 TASK = get_task("breakout-medium-gen")
 EPISODES = 5

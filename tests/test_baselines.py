@@ -18,14 +18,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainers.algorithm import Algorithm, NonFiniteLossError, StatelessPolicy
-from trainers.datasets import load_d4rl_dataset
-from trainers.evaluation import evaluate_batched
-from trainers.make_dataset import make_dataset
-from trainers.algorithm import ConfigError, TrainingSetup
-from trainers.registry import build_algorithm, make_config
-from trainers.samplers import TransitionBatch, to_torch
-from trainers.tasks import get_task
+from trainers.data.d4rl import load_d4rl_dataset
+from trainers.data.samplers import TransitionBatch, to_torch
+from trainers.runtime.algorithm import (
+    Algorithm,
+    ConfigError,
+    NonFiniteLossError,
+    StatelessPolicy,
+    TrainingSetup,
+)
+from trainers.runtime.evaluation import evaluate_batched
+from trainers.runtime.registry import build_algorithm, make_config
+from trainers.runtime.tasks import get_task
+from trainers.tools.make_dataset import make_dataset
 
 ALGORITHMS = ("cql", "iql", "td3_bc", "bc", "bc_10")
 MODULE_NAME = {"cql": "cql", "iql": "iql", "td3_bc": "td3_bc", "bc": "bc", "bc_10": "bc"}

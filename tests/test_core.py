@@ -1,5 +1,5 @@
-"""The trial core (trainers/core.py) and its Ray Train adapter (trainers/distributed.py): real simulators, tiny
-models; exact resume from a checkpoint, DDP, the exported files, `python -m trainers.train`."""
+"""The trial core (trainers/runtime/core.py) and its Ray Train adapter (trainers/runtime/distributed.py): real
+simulators, tiny models; exact resume from a checkpoint, DDP, the exported files, `python -m trainers.runtime.train`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from trainers.core import LocalReport, load_policy, run_local
-from trainers.distributed import fit_distributed
-from trainers.evaluation import evaluate_batched
-from trainers.make_dataset import make_dataset
-from trainers.record import make_record
-from trainers.train import main as train_main
+from trainers.runtime.core import LocalReport, load_policy, run_local
+from trainers.runtime.distributed import fit_distributed
+from trainers.runtime.evaluation import evaluate_batched
+from trainers.runtime.record import make_record
+from trainers.runtime.train import main as train_main
+from trainers.tools.make_dataset import make_dataset
 
 TINY_DT = {"n_layer": 1, "n_embd": 32, "n_head": 2, "warmup_steps": 10, "learning_rate": 1e-3,
            "num_steps": 60, "eval_every": 20, "eval_episodes": 1, "batch_size": 16}
@@ -89,7 +89,7 @@ def test_every_evaluation_starts_from_its_own_initial_states(tmp_path, reacher_m
     the last evaluations averages distinct samples of initial states."""
     record = dt_record(reacher_medium_path, num_steps=40, eval_every=20, eval_episodes=3)
     run_local(record, tmp_path / "run", LocalReport(tmp_path / "run", quiet=True))
-    from trainers.evaluation import episode_seeds
+    from trainers.runtime.evaluation import episode_seeds
 
     first, last = episode_seeds((record.eval_seed, 3, 20), 3), episode_seeds((record.eval_seed, 3, 40), 3)
     assert not set(first) & set(last)

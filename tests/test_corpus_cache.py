@@ -13,11 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers import corpus_cache
-from trainers.corpus_cache import ensure_token_stream, lock_path, token_cache_path
-from trainers.language import (
-    ByteTokenizer, LanguageBatches, cached_token_stream, corpus_identity, document_tokens, load_corpus,
-    load_tokenizer, tokenize_corpus,
+from trainers.sequence.language import token_cache
+from trainers.sequence.language.batches import LanguageBatches, cached_token_stream
+from trainers.sequence.language.corpora import corpus_identity, load_corpus
+from trainers.sequence.language.token_cache import (
+    ensure_token_stream,
+    lock_path,
+    token_cache_path,
+)
+from trainers.sequence.language.tokenizers import (
+    ByteTokenizer,
+    document_tokens,
+    load_tokenizer,
+    tokenize_corpus,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +110,7 @@ _WORKER = """
 import sys
 from pathlib import Path
 import numpy as np
-from trainers.corpus_cache import ensure_token_stream
+from trainers.sequence.language.token_cache import ensure_token_stream
 corpus, cache = Path(sys.argv[1]), sys.argv[2]
 print("ready", flush=True)
 encode = lambda: [np.frombuffer(f.read_bytes(), np.uint8) for f in sorted(corpus.rglob("*.txt"))]
@@ -146,7 +154,7 @@ def test_a_failed_build_leaves_nothing_to_read(tmp_path):
 def test_ids_that_do_not_fit_are_refused(tmp_path):
     with pytest.raises(ValueError, match="do not fit uint16"):
         ensure_token_stream("x", 300, lambda: [np.array([1, 70_000])], tmp_path)
-    assert corpus_cache.token_dtype(100_000) == np.int32
+    assert token_cache.token_dtype(100_000) == np.int32
 
 
 def test_an_unusable_cache_directory_is_named(tmp_path):

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 from conftest import synthetic_arrays
 
-from trainers.datasets import (
-    DatasetError,
-    load_d4rl_dataset,
-    load_task_dataset,
-    split_episodes,
-    subsample_trajectories,
-    top_fraction_by_return,
-    write_d4rl_dataset,
-)
-from trainers.tasks import TASKS, get_task, normalized_score
+from trainers.data.d4rl import D4RLFile, load_d4rl_dataset, write_d4rl_dataset
+from trainers.data.dqn_replay import DQNReplay
+from trainers.data.loading import load_task_dataset
+from trainers.data.minari_datasets import MinariData
+from trainers.data.subsets import subsample_trajectories, top_fraction_by_return
+from trainers.data.trajectories import DatasetError, split_episodes
+from trainers.runtime.tasks import TASKS, get_task, normalized_score
 
 
 def write_raw(path, arrays: dict) -> None:
@@ -107,7 +104,8 @@ def test_subsample_depends_on_seed_and_ratio(tmp_path):
 
 _SUBSET_SCRIPT = """
 import json, sys
-from trainers.datasets import load_d4rl_dataset, subsample_trajectories
+from trainers.data.d4rl import load_d4rl_dataset
+from trainers.data.subsets import subsample_trajectories
 d = load_d4rl_dataset(sys.argv[1])
 print(json.dumps(subsample_trajectories(d, 0.2, seed=7).episode_ids.tolist()))
 """
@@ -188,9 +186,9 @@ def test_missing_dataset_lists_paths_tried_and_how_to_get_it(d4rl_dir):
         load_task_dataset(get_task("hopper-medium"))
     message = str(error.value)
     assert str(d4rl_dir / "hopper_medium-v2.hdf5") in message and ".d4rl/datasets" in message
-    assert "python -m trainers.fetch hopper-medium" in message
+    assert "python -m trainers.tools.fetch hopper-medium" in message
     assert "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/hopper_medium-v2.hdf5" in message
-    with pytest.raises(DatasetError, match="python -m trainers.make_dataset --task reacher2d-expert"):
+    with pytest.raises(DatasetError, match="python -m trainers.tools.make_dataset --task reacher2d-expert"):
         load_task_dataset(get_task("reacher2d-expert"))
 
 
@@ -257,5 +255,8 @@ def test_registry_entries_are_complete():
     for task in TASKS.values():
         assert task.ref_max_score > task.ref_min_score and task.target_returns and task.horizon > 0
         assert task.context_len > 0
-        # D4RL's hdf5, a Minari dataset, or another layout read by the task's reader (Atari: DQN Replay dirs)
-        assert task.dataset_file.endswith(".hdf5") or task.reads_minari or task.dataset_reader is not None
+        # Every task's data has a reader: D4RL's hdf5 file, a Minari dataset, or DQN Replay checkpoints
+        reader = task.dataset_reader
+        assert isinstance(reader, (D4RLFile, MinariData, DQNReplay)), task.name
+        assert not isinstance(reader, D4RLFile) or reader.file_name.endswith(".hdf5")
+        assert task.dataset_name == reader.name and task.dataset_id == reader.dataset_id

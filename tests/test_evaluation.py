@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.algorithm import StatelessPolicy
-from trainers.evaluation import BatchedEvaluator, episode_seeds, evaluate_batched, evaluate_sequential
-from trainers.sequence_policy import ContextPolicy
-from trainers.tasks import get_task
-from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
+from trainers.runtime.algorithm import StatelessPolicy
+from trainers.runtime.evaluation import (
+    BatchedEvaluator,
+    episode_seeds,
+    evaluate_batched,
+    evaluate_sequential,
+)
+from trainers.runtime.tasks import get_task
+from trainers.sequence.model import TrajectoryModelConfig, TrajectoryTransformer
+from trainers.sequence.policy import ContextPolicy
 
 
 class HistoryPolicy:

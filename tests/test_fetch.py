@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import shutil
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -15,10 +16,18 @@ import numpy as np
 import pytest
 from conftest import synthetic_arrays
 
-from trainers.dataset_catalog import D4RL_FILES, RemoteFile
-from trainers.datasets import load_task_dataset, write_d4rl_dataset
-from trainers.fetch import FetchError, fetch_file, fetch_minari, main, resolve_name
-from trainers.tasks import TASKS, get_task
+from trainers.data.catalog import D4RL_FILES, RemoteFile, is_minari_id
+from trainers.data.d4rl import D4RLFile, write_d4rl_dataset
+from trainers.data.loading import load_task_dataset
+from trainers.data.minari_datasets import MinariData
+from trainers.runtime.tasks import TASKS, get_task
+from trainers.tools.fetch import (
+    FetchError,
+    fetch_file,
+    fetch_minari,
+    main,
+    resolve_name,
+)
 
 
 class Server:
@@ -65,7 +74,14 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Quiet(http.server.ThreadingHTTPServer):
+            daemon_threads = False  # server_close() waits for every handler: none outlives its test
+
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a client hanging up is expected here
+                    super().handle_error(request, client_address)
+
+        self.httpd = Quiet(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -222,12 +238,15 @@ def test_names_resolve_to_the_table_and_unknown_ones_list_close_matches():
 
 def test_every_external_task_file_is_the_last_part_of_its_registered_url():
     for task in TASKS.values():
+        reader = task.dataset_reader
         if task.dataset_id in D4RL_FILES:
             entry = D4RL_FILES[task.dataset_id]
-            assert task.dataset_file == entry.file_name and entry.url.endswith("/" + task.dataset_file)
+            assert reader.file_name == entry.file_name and entry.url.endswith("/" + reader.file_name)
             assert entry.url.startswith("http://rail.eecs.berkeley.edu/datasets/offline_rl/")
-        elif task.generated_by is None and task.dataset_reader is None:  # Atari's DQN Replay: its own reader
-            assert task.reads_minari, task.name
+        elif isinstance(reader, D4RLFile):  # a file of D4RL's layout that no registry has: generated here
+            assert task.generated_by is not None, task.name
+        elif task.dataset_id:  # the other registry
+            assert isinstance(reader, MinariData) and is_minari_id(task.dataset_id), task.name
 
 
 # --- Minari ---------------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.fidelity import KNOWN_DIFFERENCES, fidelity_notes
-from trainers.registry import ALGORITHMS
 from orchestrator.runs import TrialRun
-from trainers.record import make_record
+from trainers.runtime.record import make_record
+from trainers.runtime.registry import ALGORITHMS
 
 
 def ran(algorithm: str, task: str, ratio: float = 1.0, seed: int = 0, gpu_hours: float = 0.0,
@@ -86,7 +86,7 @@ def test_every_known_difference_names_its_source():
 
 
 def test_an_algorithms_own_notes_see_only_its_runs_and_follow_the_settings():
-    """The sequence models declare their notes (trainers/sequence_trainer.py); a baseline run with the same fields
+    """The sequence models declare their notes (trainers/sequence/config.py); a baseline run with the same fields
     would not be named in them, and they come after the shared settings note."""
     runs = [ran("lamo_no_lm", "hopper-medium"), ran("bc", "hopper-medium"), ran("lamo", "hopper-medium", num_steps=10,
                                                                                   eval_every=5)]

@@ -11,10 +11,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel, GPT2Model
 
-from trainers import language
-from trainers.language import (
-    ByteTokenizer, HFTokenizer, LanguageBatches, load_corpus, load_pretrained_gpt2, load_tokenizer,
-    pretrain_tiny_gpt2, tokenize_corpus,
+from trainers.sequence.language import corpora, pretrain
+from trainers.sequence.language.batches import LanguageBatches
+from trainers.sequence.language.corpora import load_corpus
+from trainers.sequence.language.hub import load_pretrained_gpt2
+from trainers.sequence.language.pretrain import pretrain_tiny_gpt2
+from trainers.sequence.language.tokenizers import (
+    ByteTokenizer,
+    HFTokenizer,
+    load_tokenizer,
+    tokenize_corpus,
 )
 
 # The pre-training test's budget: ~200 k tokens, a few tens of seconds on 2 cores.
@@ -97,14 +103,14 @@ def test_wikitext_offline_fails_fast_with_a_clear_error(offline_hub):
 def test_wikitext_unreachable_hub_fails_fast(monkeypatch, offline_hub):
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name)
-    monkeypatch.setattr(language, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(corpora, "hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(RuntimeError, match="Hub is unreachable"):
         load_corpus("wikitext-103")
 
 
 def test_wikitext_rows_are_regrouped_into_articles():
     rows = [" = A = \n", "", " intro\n", " = = Section = = \n", " body\n", " = B = \n", " text\n"]
-    assert language._wikitext_articles(rows) == [" = A = \n intro\n = = Section = = \n body\n", " = B = \n text\n"]
+    assert corpora._wikitext_articles(rows) == [" = A = \n intro\n = = Section = = \n body\n", " = B = \n text\n"]
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -236,7 +242,7 @@ def test_pretraining_is_deterministic_given_the_seed(tmp_path, corpus_cache):
 
 def test_pretrain_cli(tmp_path, corpus_cache, monkeypatch, capsys):
     monkeypatch.setenv("LAMO_CACHE_DIR", str(corpus_cache))
-    language.main(["pretrain", "--out", str(tmp_path / "cli"), "--steps", "2", "--seq-len", "16", "--batch", "2",
+    pretrain.main(["pretrain", "--out", str(tmp_path / "cli"), "--steps", "2", "--seq-len", "16", "--batch", "2",
                    "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--seed", "5"])
     assert "saved" in capsys.readouterr().out
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
@@ -265,5 +271,5 @@ def test_load_pretrained_gpt2_hub_id_offline_fails_fast(offline_hub):
     started = time.perf_counter()
     with pytest.raises(OSError, match="'gpt2' is not a local directory and the Hugging Face Hub is offline") as error:
         load_pretrained_gpt2("gpt2")
-    assert "python -m trainers.language pretrain" in str(error.value)
+    assert "python -m trainers.sequence.language pretrain" in str(error.value)
     assert time.perf_counter() - started < 20

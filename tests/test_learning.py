@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.algorithm import StatelessPolicy
-from trainers.core import LocalReport, run_local
-from trainers.evaluation import evaluate_batched
-from trainers.make_dataset import make_dataset
-from trainers.record import TrialRecord, make_record
-from trainers.tasks import get_task
+from trainers.runtime.algorithm import StatelessPolicy
+from trainers.runtime.core import LocalReport, run_local
+from trainers.runtime.evaluation import evaluate_batched
+from trainers.runtime.record import TrialRecord, make_record
+from trainers.runtime.tasks import get_task
+from trainers.tools.make_dataset import make_dataset
 
 TASK = get_task("reacher2d-medium")
 EVAL = {"eval_episodes": 10}
@@ -36,7 +36,7 @@ def random_policy_score(step: int) -> float:
 
 @pytest.fixture(scope="module")
 def tiny_pretrained_lm(tmp_path_factory) -> Path:
-    from trainers.language import pretrain_tiny_gpt2
+    from trainers.sequence.language.pretrain import pretrain_tiny_gpt2
 
     return pretrain_tiny_gpt2(tmp_path_factory.mktemp("lm"), steps=200, n_layer=2, n_embd=64, n_head=2,
                               seq_len=128, batch=8)

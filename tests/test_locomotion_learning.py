@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.algorithm import StatelessPolicy
-from trainers.core import run_local
-from trainers.datasets import write_d4rl_dataset
-from trainers.evaluation import evaluate_batched
-from trainers.make_dataset import collect_episodes, episode_returns
-from trainers.record import make_record
-from trainers.tasks import get_task
+from trainers.data.d4rl import write_d4rl_dataset
+from trainers.runtime.algorithm import StatelessPolicy
+from trainers.runtime.core import run_local
+from trainers.runtime.evaluation import evaluate_batched
+from trainers.runtime.record import make_record
+from trainers.runtime.tasks import get_task
+from trainers.tools.make_dataset import collect_episodes, episode_returns
 
 TASK = get_task("hopper-medium-gen")  # Hopper-v5, D4RL's hopper reference scores
 EVAL_EPISODES = 5

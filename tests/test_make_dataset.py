@@ -6,9 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from trainers.datasets import DatasetError, load_d4rl_dataset, load_task_dataset
-from trainers.make_dataset import main, make_dataset
-from trainers.tasks import get_task
+from trainers.data.d4rl import load_d4rl_dataset
+from trainers.data.loading import load_task_dataset
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.tasks import get_task
+from trainers.tools.make_dataset import main, make_dataset
 
 
 def test_generated_reacher_file_has_d4rl_layout_and_honest_metadata(reacher_medium_path):
@@ -65,10 +67,10 @@ def test_cli_writes_to_the_d4rl_cache_by_default(d4rl_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--task", "hopper-medium"], "reads an external dataset (hopper-medium-v2; fetch it with `python -m "
-                                  "trainers.fetch hopper-medium`)"),
+                                  "trainers.tools.fetch hopper-medium`)"),
     (["--task", "nope"], "unknown task 'nope'; known tasks:"),
 ])
 def test_cli_bad_input_is_a_clear_error_and_writes_nothing(d4rl_dir, args, message):
-    run = subprocess.run([sys.executable, "-m", "trainers.make_dataset", *args], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "trainers.tools.make_dataset", *args], capture_output=True, text=True)
     assert run.returncode == 2 and message in run.stderr
     assert not any(d4rl_dir.glob("*.hdf5"))

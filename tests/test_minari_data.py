@@ -13,14 +13,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from trainers.core import run_local
-from trainers.datasets import (
-    DatasetError, load_task_dataset, source_digest, subsample_trajectories,
-    write_d4rl_dataset,
-)
-from trainers.record import make_record
-from trainers.samplers import TransitionSampler, WindowSampler
-from trainers.tasks import get_task
+from trainers.data.checksums import sha256_of_tree
+from trainers.data.d4rl import write_d4rl_dataset
+from trainers.data.loading import load_task_dataset
+from trainers.data.samplers import TransitionSampler, WindowSampler
+from trainers.data.subsets import subsample_trajectories
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.core import run_local
+from trainers.runtime.record import make_record
+from trainers.runtime.tasks import get_task
 
 pytest.importorskip("jax", reason="Minari's DataCollector needs minari[create]")
 from minari import DataCollector  # noqa: E402
@@ -120,14 +121,14 @@ def test_record_and_trial_core_run_on_a_minari_task_unchanged(hopper_episodes, m
 
 def test_a_minari_dataset_is_described_by_a_digest_of_its_files(hopper_episodes, minari_root):
     directory = minari_root / "mujoco" / "hopper" / "medium-v0"
-    digest, size = source_digest(directory)
-    assert len(digest) == 64 and source_digest(directory) == (digest, size)
+    digest, size = sha256_of_tree(directory)
+    assert len(digest) == 64 and sha256_of_tree(directory) == (digest, size)
     assert size == sum(p.stat().st_size for p in (directory / "data").iterdir())
     metadata = directory / "data" / "metadata.json"
     original = metadata.read_bytes()
     try:
         metadata.write_bytes(original.replace(b"noisy PD stand controller", b"another controller"))
-        assert source_digest(directory)[0] != digest
+        assert sha256_of_tree(directory)[0] != digest
     finally:
         metadata.write_bytes(original)
 
@@ -146,7 +147,7 @@ def test_a_missing_minari_dataset_says_where_and_how_to_fetch_it(minari_root):
         load_task_dataset(get_task("walker2d-simple-minari"))
     message = str(error.value)
     assert str(minari_root / "mujoco" / "walker2d" / "simple-v0") in message
-    assert "python -m trainers.fetch minari:mujoco/walker2d/simple-v0" in message
+    assert "python -m trainers.tools.fetch minari:mujoco/walker2d/simple-v0" in message
 
 
 def test_kitchen_observations_map_onto_the_evaluated_layout(minari_root):

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from orchestrator import report
 from orchestrator.runs import TrialRun
 from orchestrator.scores import aggregate_runs
-from trainers.record import make_record
+from trainers.runtime.record import make_record
 
 PAPER_RATIOS = (0.005, 0.01, 0.1, 1.0)  # LaMo's locomotion ratios
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from orchestrator import progress as progress_module
 from orchestrator.progress import SweepProgress
-from trainers.record import make_record
+from trainers.runtime.record import make_record
 
 
 def trial(algorithm: str, seed: int, steps: int):

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from trainers.algorithm import AlgorithmDeclaration, ConfigError
-from trainers.registry import ALGORITHMS, config_fields, external_inputs, make_config, supports_discrete_actions
-from trainers.tasks import DOMAIN_TRAINING, TASKS, get_task
+from trainers.runtime.algorithm import AlgorithmDeclaration, ConfigError
+from trainers.runtime.registry import (
+    ALGORITHMS,
+    config_fields,
+    external_inputs,
+    make_config,
+    supports_discrete_actions,
+)
+from trainers.runtime.tasks import DOMAIN_TRAINING, TASKS, get_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +105,7 @@ def test_algorithms_declare_their_external_inputs():
 def test_the_algorithms_never_import_the_registry():
     """The contracts and every algorithm import in a fresh interpreter without the registry: nothing below it
     reaches back up (a circle through an algorithm would need that)."""
-    modules = ["trainers.algorithm", "baselines.iql", "baselines.cql", "baselines.bc", "baselines.td3_bc",
-               "trainers.sequence_trainer"]
-    code = f"import sys\nfor m in {modules!r}: __import__(m)\nassert 'trainers.registry' not in sys.modules"
+    modules = ["trainers.runtime.algorithm", "baselines.iql", "baselines.cql", "baselines.bc", "baselines.td3_bc",
+               "trainers.sequence.algorithm"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nassert 'trainers.runtime.registry' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

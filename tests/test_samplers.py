@@ -5,8 +5,8 @@ import pytest
 from conftest import synthetic_arrays
 
 from bench.dt_reference import PerSampleWindowSampler
-from trainers.datasets import load_d4rl_dataset, write_d4rl_dataset
-from trainers.samplers import PAD_ACTION, TransitionSampler, WindowSampler
+from trainers.data.d4rl import load_d4rl_dataset, write_d4rl_dataset
+from trainers.data.samplers import PAD_ACTION, TransitionSampler, WindowSampler
 
 LENGTHS = [1, 4, 12, 30, 7, 25]
 

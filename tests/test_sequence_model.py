@@ -10,14 +10,13 @@ import torch
 from peft import PeftModel
 from transformers import GPT2Config, GPT2Model
 
-from trainers.algorithm import NonFiniteLossError
-from trainers.datasets import load_d4rl_dataset
-from trainers.gpt2 import GPT2, gpt2_config
-from trainers.algorithm import ConfigError, TrainingSetup
-from trainers.registry import build_algorithm, make_config
-from trainers.samplers import to_torch
-from trainers.tasks import get_task
-from trainers.trajectory_model import TrajectoryModelConfig, TrajectoryTransformer
+from trainers.data.d4rl import load_d4rl_dataset
+from trainers.data.samplers import to_torch
+from trainers.runtime.algorithm import ConfigError, NonFiniteLossError, TrainingSetup
+from trainers.runtime.registry import build_algorithm, make_config
+from trainers.runtime.tasks import get_task
+from trainers.sequence.gpt2 import GPT2, gpt2_config
+from trainers.sequence.model import TrajectoryModelConfig, TrajectoryTransformer
 
 TASK = get_task("reacher2d-medium")
 
@@ -33,7 +32,7 @@ def setup_for(dataset=None, seed=0) -> TrainingSetup:
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """A tiny GPT-2 saved with save_pretrained (briefly pre-trained on the built-in corpus)."""
-    from trainers.language import pretrain_tiny_gpt2
+    from trainers.sequence.language.pretrain import pretrain_tiny_gpt2
 
     return pretrain_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), steps=20, n_layer=2, n_embd=32, n_head=2,
                               seq_len=64, batch=4)
@@ -235,7 +234,7 @@ def test_adapter_and_weights_round_trip_gives_identical_actions(tiny_lm, reacher
         for p in policies:
             p.observe(np.ones(4), np.zeros(4, bool))
     # The adapter directory is a real peft adapter: peft loads it onto a fresh backbone.
-    from trainers.language import load_pretrained_gpt2
+    from trainers.sequence.language.hub import load_pretrained_gpt2
 
     peft_model = PeftModel.from_pretrained(GPT2.from_hf(load_pretrained_gpt2(tiny_lm)), tmp_path / "model" / "adapter")
     lora_b = dict(peft_model.named_parameters())["base_model.model.h.0.attn.c_attn.q.lora_B.default.weight"]

@@ -19,9 +19,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.delivery import compact_ranges
 from orchestrator.phases import PREFIX, Phases, parse
 from orchestrator.sweep import main
-from orchestrator.delivery import compact_ranges
 from tests.sweep_helpers import (
     LOOPBACK,
     REPO,
@@ -37,7 +37,7 @@ from tests.sweep_helpers import (
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory) -> Path:
-    from trainers.language import pretrain_tiny_gpt2
+    from trainers.sequence.language.pretrain import pretrain_tiny_gpt2
 
     return pretrain_tiny_gpt2(tmp_path_factory.mktemp("lm"), steps=20, n_layer=1, n_embd=32, n_head=2, seq_len=64,
                               batch=4, progress=False)
@@ -77,7 +77,7 @@ def test_missing_dataset_and_model_are_all_named_before_anything_starts(tmp_path
     spec["algorithms"].append({"name": "lamo", "overrides": {"backbone": str(tmp_path / "no-such-model")}})
     assert main(["--spec", str(write_spec(tmp_path, spec))]) == 2
     err = capsys.readouterr().err
-    assert "nowhere.hdf5" in err and "python -m trainers.make_dataset --task reacher2d-medium" in err
+    assert "nowhere.hdf5" in err and "python -m trainers.tools.make_dataset --task reacher2d-medium" in err
     assert "no-such-model" in err and "does not exist" in err
     assert nothing_written(tmp_path)
 

@@ -17,7 +17,7 @@ from orchestrator.spec import expand_trials, load_spec
 from orchestrator.sweep import main
 from tests.conftest import synthetic_arrays
 from tests.sweep_helpers import tiny_spec, write_spec
-from trainers.datasets import write_d4rl_dataset
+from trainers.data.d4rl import write_d4rl_dataset
 
 
 def refused(tmp_path: Path, spec: dict, capsys) -> str:
@@ -133,9 +133,9 @@ def test_episodes_longer_than_the_horizon_are_split_and_said_or_refused(tmp_path
 def test_validation_fills_the_records_dataset_identity(tmp_path, reacher_medium_path):
     spec = load_spec(write_spec(tmp_path, tiny_spec(tmp_path, reacher_medium_path, ratios=[0.5, 1.0])))
     records, notes = validate_sweep_inputs(expand_trials(spec), spec, "sweep.yaml")
-    from trainers.datasets import source_digest
+    from trainers.data.checksums import sha256_of_tree
 
     assert notes == [] and len(records) == 4
-    assert {r.dataset.digest for r in records} == {source_digest(reacher_medium_path)[0]}
+    assert {r.dataset.digest for r in records} == {sha256_of_tree(reacher_medium_path)[0]}
     assert {(r.ratio, r.dataset.subset_episodes) for r in records} == {(0.5, 30), (1.0, 60)}
     assert all(r.dataset.episodes == 60 and r.dataset.size_bytes > 0 for r in records)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainers.tasks import TASKS
+from trainers.runtime.tasks import TASKS
 
 
 def test_every_tasks_declared_spaces_are_its_environments():

@@ -10,7 +10,7 @@ so evaluation returns are game scores.
 
 Frame stacks at an episode's start: the evaluation repeats the first frame (gym's FrameStack, and Gymnasium's
 FrameStackObservation default padding "reset"), while LaMo's training windows and d4rl-atari's `_stack` pad
-with zero frames. Both are kept as the original has them (trainers/samplers.py pads the data with zeros).
+with zero frames. Both are kept as the original has them (trainers/data/samplers.py pads the data with zeros).
 """
 
 from __future__ import annotations

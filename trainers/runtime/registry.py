@@ -1,9 +1,10 @@
 """The algorithm registry: one line per algorithm name.
 
-Each algorithm lives in one module that declares `ALGORITHM = AlgorithmDeclaration(...)` (trainers/algorithm.py): its
-`Config` (an `algorithm_config` extending `TrainingConfig`; its comments are the documentation), its build, its
-named presets, its paper's settings per domain, the action spaces it acts in, whether it is return-conditioned
-and the external inputs a config names. The registry reads nothing else from the module.
+Each algorithm lives in one module that declares `ALGORITHM = AlgorithmDeclaration(...)`
+(trainers/runtime/algorithm.py): its `Config` (an `algorithm_config` extending `TrainingConfig`; its comments are
+the documentation), its build, its named presets, its paper's settings per domain, the action spaces it acts in,
+whether it is return-conditioned, the external inputs a config names and how its runs differ from its sources. The
+registry reads nothing else from the module.
 
 A line here maps a name to that declaration and, for a module with presets, to the preset's name. Adding an
 algorithm is one new module and one line below (tests/test_registry.py checks that every module declaring an
@@ -29,8 +30,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from baselines import bc, bc_discrete, cql, cql_discrete, iql, td3_bc
-from trainers import sequence_trainer
-from trainers.algorithm import (
+from trainers.runtime.algorithm import (
     Algorithm,
     AlgorithmDeclaration,
     ConfigError,
@@ -39,7 +39,8 @@ from trainers.algorithm import (
     TrainingConfig,
     TrainingSetup,
 )
-from trainers.tasks import DOMAIN_TRAINING, Task
+from trainers.runtime.tasks import DOMAIN_TRAINING, Task
+from trainers.sequence.algorithm import ALGORITHM as SEQUENCE
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,12 @@ class AlgorithmEntry:
 
     @property
     def module(self) -> str:
-        return self.spec.config.__module__
+        """Where the algorithm is written (its build)."""
+        return self.spec.build.__module__
 
-
-SEQUENCE = sequence_trainer.ALGORITHM
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
-    # sequence models, vector and frame observations alike (trainers/sequence_trainer.py)
+    # sequence models, vector and frame observations alike (trainers/sequence/)
     "lamo": AlgorithmEntry(SEQUENCE, "lamo"),
     "lamo_no_lm": AlgorithmEntry(SEQUENCE, "lamo_no_lm"),
     "lamo_random_init": AlgorithmEntry(SEQUENCE, "lamo_random_init"),
@@ -114,7 +114,7 @@ def validation_messages(error: ValidationError) -> list[str]:
 
 
 def preset_values(name: str, task: Task | None = None) -> dict[str, Any]:
-    """What the name sets before a sweep's overrides: the task's domain training settings (trainers/tasks.py),
+    """What the name sets before a sweep's overrides: the task's domain training settings (trainers/runtime/tasks.py),
     the preset's values, the declaration's settings for the domain, then the preset's for the domain."""
     entry = _entry(name, task)
     preset = entry.spec.presets[entry.preset] if entry.preset else Preset()

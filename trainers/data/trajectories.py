@@ -1,10 +1,20 @@
-"""The in-memory dataset every source is read into: flat transition arrays plus the episode index, and the error
-every reader raises. The bottom of the data layer: readers (trainers/datasets.py for D4RL hdf5,
-trainers/minari_data.py, trainers/atari_data.py) build it, samplers and algorithms read it, and it knows none of
-them, nor any task."""
+"""The in-memory dataset every source is read into: flat transition arrays plus the episode index, the checks
+every source's arrays pass before they become one, the one rule for episode flags that cannot be trusted, and the
+error every reader raises. The bottom of the data layer: the readers (trainers/data/d4rl.py,
+minari_datasets.py, dqn_replay.py) build it, samplers and algorithms read it, and it knows none of them, nor any
+task.
+
+Episodes end where terminals OR timeouts is set (both at one step is one end); steps after the last end form a
+trailing episode that is kept and marked truncated. Episode flags that cannot be trusted — no `timeouts` key, or
+an episode longer than the task's horizon (an environment never runs one) — follow one documented rule,
+`enforce_horizon`: by default such episodes are split every `horizon` steps (the split points become timeouts)
+and the dataset says so in its `notes`, which the sweep prints before it starts and logs with every trial;
+`long_episodes="refuse"` refuses the file instead.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +81,7 @@ class TrajectoryDataset:
     metadata: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
     notes: tuple[str, ...] = ()  # what was done to the file's episode flags, and why
-    # --- image datasets (Atari, trainers/atari_data.py) ---
+    # --- image datasets (Atari, trainers/data/dqn_replay.py) ---
     # None: `observations` are the states (N, obs_dim) float32. An int: `observations` are single frames
     # (N, H, W) uint8 with (N,) integer actions, and the state at a step is its episode's last `frame_stack`
     # frames, zero-padded before the episode's first frame; the samplers stack them when a batch is drawn.
@@ -142,3 +152,87 @@ class TrajectoryDataset:
                                   self.episodes.truncated[positions]),
             episode_ids=self.episode_ids[positions],
         )
+
+
+# --- checks before arrays become a dataset ---------------------------------------------------------------
+
+def _flat_length_shape(key: str, shape: tuple[int, ...], n: int, trailing: tuple[int, ...] | None) -> list[str]:
+    """Errors for an array that should be (n, *trailing); (n, 1) is accepted where trailing is ()."""
+    expected = (n, *trailing) if trailing is not None else (n, "...")
+    if len(shape) == 0 or shape[0] != n:
+        return [f"{key}: expected shape {expected} (same length as observations), got {shape}"]
+    if trailing is None:
+        return []
+    if trailing == () and shape[1:] in ((), (1,)):
+        return []
+    if shape[1:] != trailing:
+        return [f"{key}: expected shape {expected}, got {shape}"]
+    return []
+
+
+def validate_arrays(arrays: Mapping[str, Any], where: str, observation_dim: int | None = None,
+                    action_dim: int | None = None) -> None:
+    """Check keys, shapes and finiteness of a D4RL-layout mapping (arrays or h5py datasets).
+
+    Every problem is collected and reported at once, naming the key and the expected shape.
+    """
+    errors = [f"{key}: missing (required keys: {', '.join(REQUIRED_KEYS)})" for key in REQUIRED_KEYS
+              if key not in arrays]
+    if errors:
+        raise DatasetError(f"{where}: " + "; ".join(errors))
+    obs_shape = tuple(arrays["observations"].shape)
+    n = obs_shape[0] if obs_shape else 0
+    if len(obs_shape) != 2 or n == 0:
+        raise DatasetError(f"{where}: observations: expected a non-empty (N, obs_dim) array, got shape {obs_shape}")
+    if observation_dim is not None and obs_shape[1] != observation_dim:
+        errors.append(f"observations: expected shape (N, {observation_dim}) for this task, got {obs_shape}")
+    act_shape = tuple(arrays["actions"].shape)
+    if len(act_shape) != 2:
+        errors.append(f"actions: expected shape ({n}, act_dim), got {act_shape}")
+    else:
+        errors += _flat_length_shape("actions", act_shape, n, (action_dim if action_dim is not None else act_shape[1],))
+    for key in ("rewards", *FLAG_KEYS):
+        if key in arrays:
+            errors += _flat_length_shape(key, tuple(arrays[key].shape), n, ())
+    if "next_observations" in arrays:
+        errors += _flat_length_shape("next_observations", tuple(arrays["next_observations"].shape), n,
+                                     (obs_shape[1],))
+    infos = arrays.get("infos")
+    if infos is not None:
+        for key in infos:
+            errors += _flat_length_shape(f"infos/{key}", tuple(infos[key].shape), n, None)
+    if errors:
+        raise DatasetError(f"{where}: " + "; ".join(errors))
+
+
+def check_finite_rows(key: str, values: np.ndarray, where: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(len(values), -1).all(axis=1))
+        raise DatasetError(f"{where}: {key}: {len(bad)} rows contain NaN or inf (first at index {bad[0]})")
+
+
+# --- episode flags that cannot be trusted --------------------------------------------------------------------
+
+LongEpisodes = Literal["split", "refuse"]
+
+
+def enforce_horizon(dataset: TrajectoryDataset, horizon: int, long_episodes: LongEpisodes = "split"
+                    ) -> TrajectoryDataset:
+    """Episodes longer than `horizon` (flags that cannot be trusted) split every `horizon` steps, with a note
+    saying how many and why; or a DatasetError when `long_episodes` is "refuse"."""
+    lengths = dataset.episodes.lengths
+    long = lengths > horizon
+    if not long.any():
+        return dataset
+    where = dataset.source or dataset.name
+    found = f"{int(long.sum())} episode(s) longer than the task's horizon {horizon} (the longest has " \
+            f"{int(lengths.max()):,} steps)"
+    if long_episodes == "refuse":
+        raise DatasetError(f"{where}: {found}: its terminals/timeouts flags do not mark every episode end; fix the "
+                           f"file, or set long_episodes: split to split such episodes at the horizon")
+    within = dataset.timesteps()
+    split_after = (within % horizon == horizon - 1) & ~np.isin(np.arange(len(dataset)), dataset.episodes.ends - 1)
+    timeouts = dataset.timeouts | split_after
+    return replace(dataset, timeouts=timeouts, episodes=split_episodes(dataset.terminals, timeouts),
+                   episode_ids=None, notes=(*dataset.notes, f"{found} were split every {horizon} steps"))

@@ -1,7 +1,7 @@
 """Generate a D4RL-format dataset by running a behaviour policy in the task's real simulator.
 
-    python -m trainers.make_dataset --task reacher2d-medium --episodes 1000
-    python -m trainers.make_dataset --task hopper-medium-gen --sac-steps 100000 --steps 200000
+    python -m trainers.tools.make_dataset --task reacher2d-medium --episodes 1000
+    python -m trainers.tools.make_dataset --task hopper-medium-gen --sac-steps 100000 --steps 200000
 
 reacher2d uses the scripted controller at the task's noise level (expert / medium / random); locomotion
 "-gen" tasks use a uniform random policy or a "medium" policy trained online with stable-baselines3's SAC
@@ -18,11 +18,18 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
-from trainers.datasets import DatasetError, candidate_paths, write_d4rl_dataset
-from trainers.evaluation import episode_seeds
-from trainers.tasks import Task, get_task
+from trainers.data.d4rl import write_d4rl_dataset
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.evaluation import episode_seeds
+from trainers.runtime.tasks import Task, get_task
 
 BehaviourFn = Callable[[np.ndarray], np.ndarray]  # (n, obs_dim) -> (n, act_dim)
 
@@ -128,8 +135,8 @@ def build_behaviour(task: Task, seed: int, sac_steps: int, save_policy: Path | N
     level = task.generated_by
     if level is None:
         raise DatasetError(f"task {task.name!r} reads an external dataset ({task.dataset_name}; fetch it with "
-                           f"`python -m trainers.fetch {task.name}`); only generated tasks (reacher2d-*, *-gen) can "
-                           f"be made here")
+                           f"`python -m trainers.tools.fetch {task.name}`); only generated tasks (reacher2d-*, *-gen) "
+                           f"can be made here")
     if task.domain == "reacher2d":
         return reacher2d_behaviour(level, seed), f"scripted reacher2d controller, {level} noise level"
     if level == "random":
@@ -141,7 +148,7 @@ def make_dataset(task_name: str, out: Path | None = None, seed: int = 0, num_epi
                  num_steps: int | None = None, sac_steps: int = 100_000, random_episodes: int = 20,
                  overwrite: bool = False, progress: bool = False, save_policy: Path | None = None) -> Path:
     task = get_task(task_name)
-    path = Path(out) if out is not None else candidate_paths(task.dataset_file)[0]
+    path = Path(out) if out is not None else task.dataset_reader.first_location()
     if path.exists() and not overwrite:
         raise DatasetError(f"{path} already exists; pass --overwrite to replace it")
     if num_episodes is None and num_steps is None:

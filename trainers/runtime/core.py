@@ -11,8 +11,8 @@ Everything outside the trial comes in through three small interfaces, which the 
 - `ReportHook(step, metrics, files)` and `close()`: where metrics and files go (rank 0 only). `LocalReport` prints and
   appends to metrics.jsonl; the sweep adds MLflow (orchestrator/tracking.py).
 - `Checkpoints`: `restore()` the latest state, `save(state, metrics)` a new one. `DirectoryCheckpoints` keeps
-  it in a directory (`python -m trainers.train`, tests, benchmarks); the Tune adapter (orchestrator/trial.py)
-  and the Ray Train adapter (trainers/distributed.py) hand it to Ray.
+  it in a directory (`python -m trainers.runtime.train`, tests, benchmarks); the Tune adapter (orchestrator/trial.py)
+  and the Ray Train adapter (trainers/runtime/distributed.py) hand it to Ray.
 - `Collective`: this process's rank among the trial's workers; the Ray Train adapter's DDP version wraps the
   training objective and gathers every rank's random states. One process by default.
 
@@ -36,14 +36,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from trainers.algorithm import Algorithm, Distributable, TrainingSetup
-from trainers.cpu_allocator import keep_freed_memory_for_reuse
-from trainers.datasets import DatasetError, load_task_dataset, subsample_trajectories
-from trainers.evaluation import BatchedEvaluator, EvaluationResult
-from trainers.record import RECORD_FILE, TrialRecord
-from trainers.registry import build_algorithm
-from trainers.samplers import to_torch
-from trainers.tasks import Task, get_task
+from trainers.data.loading import load_task_dataset
+from trainers.data.samplers import to_torch
+from trainers.data.subsets import subsample_trajectories
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.algorithm import Algorithm, Distributable, TrainingSetup
+from trainers.runtime.cpu_allocator import keep_freed_memory_for_reuse
+from trainers.runtime.evaluation import BatchedEvaluator, EvaluationResult
+from trainers.runtime.record import RECORD_FILE, TrialRecord
+from trainers.runtime.registry import build_algorithm
+from trainers.runtime.tasks import Task, get_task
 
 CHECKPOINT_FILE = "state.pt"
 TRAJECTORY_IDS_FILE = "trajectory_ids.json"

@@ -20,9 +20,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from trainers.algorithm import Policy
-from trainers.cpu_allocator import keep_freed_memory_for_reuse
-from trainers.tasks import Task
+from trainers.runtime.algorithm import Policy
+from trainers.runtime.cpu_allocator import keep_freed_memory_for_reuse
+from trainers.runtime.tasks import Task
 
 PolicyFactory = Callable[[int, Sequence[float] | None], Policy]  # (num_envs, target_returns) -> Policy
 

@@ -2,9 +2,9 @@
 
 A task name is ``<env>-<dataset flavour>``: ``hopper-medium`` reads D4RL's hopper-medium-v2 (the file
 ``hopper_medium-v2.hdf5``, as the d4rl package caches it) and is evaluated on Gymnasium's Hopper-v5;
-``hopper-medium-gen`` reads a file this project generated with ``python -m trainers.make_dataset``;
+``hopper-medium-gen`` reads a file this project generated with ``python -m trainers.tools.make_dataset``;
 ``hopper-medium-minari`` reads the Minari dataset ``mujoco/hopper/medium-v0``. A task's ``dataset_id`` names its
-data in the registry it comes from (trainers/dataset_catalog.py), and `get_task` takes that id too
+data in the registry it comes from (trainers/data/catalog.py), and `get_task` takes that id too
 (``get_task("minari:mujoco/hopper/medium-v0")``). Adding a task is one ``_register`` call below.
 
 Reference scores are D4RL's published ones (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE), also for the Minari
@@ -16,44 +16,30 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 
-from trainers.atari_data import DQNReplay
-from trainers.dataset_catalog import D4RL_FILES, MINARI_PREFIX, is_minari_id
+from trainers.data.catalog import D4RL_FILES, MINARI_PREFIX
+from trainers.data.d4rl import D4RLFile
+from trainers.data.dqn_replay import DQNReplay
+from trainers.data.minari_datasets import MinariData
+from trainers.data.reader import DatasetReader
 from trainers.envs.atari import FRAME_SHAPE, FRAME_STACK, GAMES, make_atari_env
-
-if TYPE_CHECKING:
-    from trainers.trajectories import TrajectoryDataset
 
 Domain = Literal["locomotion", "kitchen", "reacher2d", "atari"]
 
 
 # What every algorithm trains and evaluates with on a domain, whatever its own defaults: applied before its
-# preset and its own domain settings (trainers/registry.py). Atari: LaMo's experiment-atari/cfgs/config.yaml
+# preset and its own domain settings (trainers/runtime/registry.py). Atari: LaMo's experiment-atari/cfgs/config.yaml
 # (train_steps 100K, eval_episodes 5); evaluation every 2,500 steps where LaMo evaluates every 200 (each
 # evaluation plays every target return's episodes to the horizon: 500 of them would dwarf training).
 DOMAIN_TRAINING: dict[Domain, dict[str, int]] = {
     "atari": {"num_steps": 100_000, "eval_every": 2500, "eval_episodes": 5},
 }
-
-
-class DatasetReader(Protocol):
-    """A dataset layout other than D4RL's hdf5 file (Atari's DQN Replay: trainers/atari_data.py)."""
-
-    name: str  # dataset identity, seeds the data-ratio subsets
-
-    def resolve(self, path: str | os.PathLike | None = None) -> Path:
-        """Where the data is; DatasetError listing every place looked at when it is nowhere."""
-
-    def load(self, task: Task, path: str | os.PathLike | None = None) -> TrajectoryDataset:
-        """The validated dataset."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +52,7 @@ class Task:
     observation_space: gym.spaces.Box = field(repr=False)
     action_space: gym.spaces.Box | gym.spaces.Discrete = field(repr=False)
     env_id: str  # what the evaluation environment is, for logs and metadata
-    dataset_file: str  # file name looked up in the d4rl cache directory ("" for a Minari dataset)
+    dataset_reader: DatasetReader = field(repr=False)  # where its data is and how it is read (trainers/data/)
     ref_min_score: float  # return that normalizes to 0
     ref_max_score: float  # return that normalizes to 100
     target_returns: tuple[float, ...]  # returns-to-go the sequence models are conditioned on at evaluation
@@ -74,18 +60,17 @@ class Task:
     horizon: int  # maximum episode length
     context_len: int  # default K for sequence models
     generated_by: str | None = None  # behaviour level of the data this project generates; None: external data
-    # The data's id in its registry: D4RL's ("hopper-medium-v2", a key of dataset_catalog.D4RL_FILES) or
-    # "minari:" + a Minari id; "" for generated files.
-    dataset_id: str = ""
-    dataset_reader: DatasetReader | None = field(default=None, repr=False)  # None: D4RL hdf5 or a Minari dataset
 
     @property
     def dataset_name(self) -> str:
-        """What the data is called in records and logs; it also seeds the data-ratio subsets: the reader's name,
-        else the dataset's id, else the generated file's stem."""
-        if self.dataset_reader is not None:
-            return self.dataset_reader.name
-        return self.dataset_id or Path(self.dataset_file).stem
+        """What the data is called in records and logs; it also seeds the data-ratio subsets."""
+        return self.dataset_reader.name
+
+    @property
+    def dataset_id(self) -> str:
+        """The data's id in its registry: D4RL's ("hopper-medium-v2", a key of trainers/data/catalog.py's
+        D4RL_FILES) or "minari:" + a Minari id; "" for generated files and DQN Replay runs."""
+        return self.dataset_reader.dataset_id
 
     @property
     def discrete_actions(self) -> bool:
@@ -98,8 +83,9 @@ class Task:
         return int(np.prod(self.observation_space.shape))
 
     @property
-    def reads_minari(self) -> bool:
-        return is_minari_id(self.dataset_id)
+    def action_dim(self) -> int:
+        """The flat size of an action (1 for a Discrete action: one id)."""
+        return int(np.prod(self.action_space.shape))
 
     def normalized_score(self, episode_return: float) -> float:
         return normalized_score(episode_return, self.ref_min_score, self.ref_max_score)
@@ -162,10 +148,10 @@ for _env, (_id, _kwargs, _lo, _hi, _targets, _sizes) in _LOCOMOTION.items():
                    return_scale=1000.0, horizon=1000, context_len=20)
     for _flavour in _D4RL_FLAVOURS:
         _file = D4RL_FILES[f"{_env}-{_flavour}-v2"]
-        _register(Task(name=f"{_env}-{_flavour}", dataset_file=_file.file_name, dataset_id=_file.dataset_id,
+        _register(Task(name=f"{_env}-{_flavour}", dataset_reader=D4RLFile(_file.file_name, _file.dataset_id),
                        **_common))
     for _flavour in _GENERATED_LOCOMOTION:
-        _register(Task(name=f"{_env}-{_flavour}-gen", dataset_file=f"{_env}-{_flavour}-gen.hdf5",
+        _register(Task(name=f"{_env}-{_flavour}-gen", dataset_reader=D4RLFile(f"{_env}-{_flavour}-gen.hdf5"),
                        generated_by=_flavour, **_common))
 
 
@@ -181,7 +167,7 @@ for _flavour in ("expert", "medium", "random"):
     _register(Task(
         name=f"reacher2d-{_flavour}", domain="reacher2d", make_env=_make_reacher2d, env_id="Reacher2d-v0",
         **_vectors(12, 2),
-        dataset_file=f"reacher2d-{_flavour}.hdf5",
+        dataset_reader=D4RLFile(f"reacher2d-{_flavour}.hdf5"),
         # Normalized score = return / 100: one point per step spent within reach of the target.
         ref_min_score=0.0, ref_max_score=100.0, target_returns=(76.0, 40.0), return_scale=10.0,
         horizon=100, context_len=5, generated_by=_flavour,
@@ -205,8 +191,8 @@ for _flavour in ("complete", "partial"):
         name=f"kitchen-{_flavour}", domain="kitchen", make_env=_kitchen_factory(_flavour),
         # D4RL's 60-d layout, clipped to ±8 (trainers/envs/kitchen.py OBS_BOUND); 9 joint velocities in float64
         **_vectors(60, 9, bound=8.0, action_dtype=np.float64),
-        env_id="FrankaKitchen-v1", dataset_file=D4RL_FILES[f"kitchen-{_flavour}-v0"].file_name,
-        dataset_id=f"kitchen-{_flavour}-v0",
+        env_id="FrankaKitchen-v1",
+        dataset_reader=D4RLFile(D4RL_FILES[f"kitchen-{_flavour}-v0"].file_name, f"kitchen-{_flavour}-v0"),
         ref_min_score=0.0, ref_max_score=4.0, target_returns=(5.0, 4.0, 3.0, 2.0, 1.0), return_scale=1.0,
         horizon=280, context_len=20,
     ))
@@ -216,7 +202,7 @@ for _flavour in ("complete", "partial"):
 # mujoco/<env>/{simple,medium,expert}-v0 were collected on Gymnasium's v5 environments (Walker2d-v5 with its
 # own model, so evaluation uses that one too); D4RL's reference scores normalize them. D4RL/kitchen/*-v2 were
 # re-recorded in FrankaKitchen-v1 from the original demonstrations; their observations map onto the 60-d
-# layout we evaluate on (trainers/minari_data.py says how, and what differs).
+# layout we evaluate on (trainers/data/minari_datasets.py says how, and what differs).
 
 _MINARI_LOCOMOTION = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 for _env, _id in _MINARI_LOCOMOTION.items():
@@ -225,7 +211,7 @@ for _env, _id in _MINARI_LOCOMOTION.items():
         _register(Task(
             name=f"{_env}-{_flavour}-minari", domain="locomotion", make_env=_mujoco_factory(_id), env_id=_id,
             **_vectors(*_sizes),
-            dataset_file="", dataset_id=f"{MINARI_PREFIX}mujoco/{_env}/{_flavour}-v0", ref_min_score=_lo,
+            dataset_reader=MinariData(f"{MINARI_PREFIX}mujoco/{_env}/{_flavour}-v0"), ref_min_score=_lo,
             ref_max_score=_hi, target_returns=tuple(float(t) for t in _targets), return_scale=1000.0,
             horizon=1000, context_len=20))
 
@@ -234,18 +220,18 @@ for _flavour in ("complete", "partial"):
     _register(Task(
         name=f"kitchen-{_flavour}-minari", domain="kitchen", make_env=_kitchen.make_env, env_id=_kitchen.env_id,
         observation_space=_kitchen.observation_space, action_space=_kitchen.action_space,
-        dataset_file="", dataset_id=f"{MINARI_PREFIX}D4RL/kitchen/{_flavour}-v2",
+        dataset_reader=MinariData(f"{MINARI_PREFIX}D4RL/kitchen/{_flavour}-v2"),
         ref_min_score=_kitchen.ref_min_score, ref_max_score=_kitchen.ref_max_score,
         target_returns=_kitchen.target_returns, return_scale=_kitchen.return_scale, horizon=_kitchen.horizon,
         context_len=_kitchen.context_len))
 
 
 # --- atari: the DQN Replay dataset as d4rl-atari reads it, ALE through Gymnasium's Atari wrappers ------------
-# Data, layout and the "medium" checkpoint: trainers/atari_data.py; games, environment, scores and targets:
+# Data, layout and the "medium" checkpoint: trainers/data/dqn_replay.py; games, environment, scores and targets:
 # trainers/envs/atari.py. Human-normalized score: 100 · (R − random) / (human − random). Returns-to-go are not
 # scaled (LaMo experiment-atari/cfgs/config.yaml model.reward_scale 1); K 30 (model.context_len 30).
 # `<game>-medium-gen` reads data this project generates with a scripted behaviour policy in the same layout
-# (`python -m trainers.atari_data generate`), kept apart from the real data's name and location.
+# (`python -m trainers.tools.atari_replay generate`), kept apart from the real data's name and location.
 
 for _game in GAMES.values():
     _common = dict(domain="atari", make_env=functools.partial(make_atari_env, _game.name),
@@ -255,9 +241,8 @@ for _game in GAMES.values():
                    ref_max_score=_game.human_score, target_returns=_game.target_returns, return_scale=1.0,
                    horizon=_game.horizon, context_len=30)
     _medium = DQNReplay(_game.name, run=1, checkpoints=(10,))  # d4rl-atari's "medium": checkpoint 10 of run 1
-    _register(Task(name=f"{_game.name}-medium", dataset_file=_medium.relative_dir, dataset_reader=_medium,
-                   **_common))
+    _register(Task(name=f"{_game.name}-medium", dataset_reader=_medium, **_common))
     if _game.name in ("breakout", "pong"):  # the games with a scripted behaviour policy
         _generated = DQNReplay(_game.name, run=1, checkpoints=(10,), generated=True)
-        _register(Task(name=f"{_game.name}-medium-gen", dataset_file=_generated.relative_dir,
-                       dataset_reader=_generated, generated_by="medium", **_common))
+        _register(Task(name=f"{_game.name}-medium-gen", dataset_reader=_generated, generated_by="medium",
+                       **_common))

@@ -1,6 +1,6 @@
 """The trajectory transformer behind Decision Transformer, LaMo and Wiki-RL, for both modalities.
 
-Tokens (R̂_t, s_t, a_t) for K steps go through a GPT-2 backbone (trainers/gpt2.py); the action at step t is
+Tokens (R̂_t, s_t, a_t) for K steps go through a GPT-2 backbone (trainers/sequence/gpt2.py); the action at step t is
 predicted from the hidden state of the s_t token. The task's modality picks the model's two ends:
 
 | | `vector` (D4RL, Minari, reacher2d) | `frames` (Atari; LaMo's experiment-atari/model.py) |
@@ -15,7 +15,7 @@ added (before the embedding LayerNorm: DT and LaMo's Atari code; after it: LaMo'
 positional embeddings (off: position comes from the timestep embedding only; on: added as Hugging Face's
 GPT2Model(inputs_embeds=...) does in LaMo's Atari code, counted from a window's first real token, so a
 left-padded window gets the positions an unpadded one of its length would). The named presets live in
-trainers/sequence_trainer.py.
+trainers/sequence/config.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainers.gpt2 import GPT2, gpt2_config, random_gpt2
+from trainers.sequence.gpt2 import GPT2, gpt2_config, random_gpt2
 
 NATURE_CNN_CHANNELS = (32, 64, 64)
 CNN_OUTPUT_SIZE = 7 * 7  # the third convolution's output on an 84×84 frame stack, per channel

@@ -5,7 +5,7 @@
 own batches) and `TrainCheckpoints` (`ray.train.get_checkpoint` / `ray.train.report`). A restarted worker
 group resumes from the run's latest checkpoint; a second fit with the same run name and storage resumes the
 run. Trials with one worker do not come here: they run their core in place (orchestrator/trial.py,
-trainers/train.py), without the controller actor and placement group a TorchTrainer costs.
+trainers/runtime/train.py), without the controller actor and placement group a TorchTrainer costs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ from typing import Any
 
 import torch
 
-from trainers.core import Collective, ReportHook, TrialCore, load_checkpoint, save_checkpoint
-from trainers.record import TrialRecord
+from trainers.runtime.core import (
+    Collective,
+    ReportHook,
+    TrialCore,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainers.runtime.record import TrialRecord
 
 
 class TrainCollective(Collective):

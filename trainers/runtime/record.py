@@ -5,7 +5,7 @@ A record holds the trial's identity (`trial_id`, the algorithm × task × ratio 
 configuration resolved once (preset, the domain's settings, the sweep's settings and overrides, local paths
 made absolute) and the identity of its dataset (file, digest, episode counts, filled in by the sweep's
 validation pass). `make_record` is the one place a record is made: the sweep spec calls it for every grid
-point and `python -m trainers.train` for its one trial. Nothing downstream re-derives a trial's identity from
+point and `python -m trainers.runtime.train` for its one trial. Nothing downstream re-derives a trial's identity from
 folder names or tags: it reads the record.
 """
 
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainers.algorithm import TrainingConfig
-from trainers.datasets import DatasetError, expected_dataset_path, resolve_dataset_path
-from trainers.registry import config_from_dict, external_inputs, make_config
-from trainers.tasks import Task, get_task
+from trainers.data.loading import expected_dataset_path, resolve_dataset_path
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.algorithm import TrainingConfig
+from trainers.runtime.registry import config_from_dict, external_inputs, make_config
+from trainers.runtime.tasks import Task, get_task
 
 RECORD_FILE = "trial_record.json"  # the record beside a trial's other files
 
@@ -30,11 +31,11 @@ RECORD_FILE = "trial_record.json"  # the record beside a trial's other files
 class DatasetIdentity:
     """Which data a trial trains on. `name` seeds the data-ratio subsets, so the same cell gets the same
     trajectories on every machine; the counts and digest come from the sweep's validation pass (0 and "" when
-    the record was made without it, e.g. by `python -m trainers.train`)."""
+    the record was made without it, e.g. by `python -m trainers.runtime.train`)."""
 
     name: str  # the task's dataset_name: "hopper-medium-v2", "minari:mujoco/hopper/medium-v0", a file's stem
     source: str  # absolute path of the file, or of the Minari dataset directory
-    digest: str = ""  # trainers.datasets.source_digest: the file's SHA-256 (for a directory: over its files)
+    digest: str = ""  # trainers.data.checksums.sha256_of_tree: the file's SHA-256 (a directory: over its files)
     size_bytes: int = 0
     episodes: int = 0  # in the whole file
     transitions: int = 0

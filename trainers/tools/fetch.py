@@ -1,8 +1,8 @@
 """Fetch datasets by name into the caches the loaders read:
 
-    python -m trainers.fetch hopper-medium-v2 kitchen-partial minari:mujoco/hopper/medium-v0
+    python -m trainers.tools.fetch hopper-medium-v2 kitchen-partial minari:mujoco/hopper/medium-v0
 
-A name is a D4RL id (``hopper-medium-v2``, a key of trainers/dataset_catalog.py's table), a task name
+A name is a D4RL id (``hopper-medium-v2``, a key of trainers/data/catalog.py's table), a task name
 (``hopper-medium``, ``kitchen-partial``, ``hopper-medium-minari``) or a Minari id (``minari:mujoco/hopper/
 medium-v0``). D4RL files are downloaded from the URL the d4rl package registered into the d4rl cache directory
 ($D4RL_DATASET_DIR, else ~/.d4rl/datasets) under D4RL's own file name; Minari datasets with Minari's own download
@@ -35,13 +35,33 @@ from urllib.parse import urlparse
 
 import requests
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from trainers.checksums import sha256_of_file
-from trainers.dataset_catalog import D4RL_BASE_URL, D4RL_FILES, MINARI_PREFIX, RemoteFile, is_minari_id, minari_id
-from trainers.datasets import DatasetError, candidate_paths, task_dims, validate_arrays
-from trainers.minari_data import is_minari_dataset, minari_dataset_dir, minari_root
-from trainers.tasks import TASKS, Task
+from trainers.data.catalog import (
+    D4RL_BASE_URL,
+    D4RL_FILES,
+    MINARI_PREFIX,
+    RemoteFile,
+    is_minari_id,
+    minari_id,
+)
+from trainers.data.checksums import sha256_of_file
+from trainers.data.d4rl import D4RLFile, candidate_paths
+from trainers.data.minari_datasets import (
+    MinariData,
+    is_minari_dataset,
+    minari_dataset_dir,
+    minari_root,
+)
+from trainers.data.trajectories import DatasetError, validate_arrays
+from trainers.runtime.tasks import TASKS, Task
 
 BLOCK = 1 << 16  # bytes per read from the socket: what a dropped connection can lose of the last read
 BASE_URL_ENV = "LAMO_D4RL_BASE_URL"
@@ -75,13 +95,13 @@ def resolve_name(name: str) -> Target:
     if task is not None:
         if task.dataset_id in D4RL_FILES:
             return D4RL_FILES[task.dataset_id]
-        if task.reads_minari:
+        if isinstance(task.dataset_reader, MinariData):
             return MinariTarget(task.dataset_id)
         raise FetchError(f"task {name!r} reads a file generated here, not one to download: "
-                         f"python -m trainers.make_dataset --task {name}")
+                         f"python -m trainers.tools.make_dataset --task {name}")
     if any(task.dataset_id == MINARI_PREFIX + name for task in TASKS.values()):
         return MinariTarget(MINARI_PREFIX + name)  # a bare Minari id one of our tasks reads
-    known = sorted({*D4RL_FILES, *TASKS, *(t.dataset_id for t in TASKS.values() if t.reads_minari)})
+    known = sorted({*D4RL_FILES, *TASKS, *(t.dataset_id for t in TASKS.values() if is_minari_id(t.dataset_id))})
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise FetchError(f"no D4RL or Minari dataset and no task is called {name!r}{hint} (names: D4RL ids such as "
@@ -156,7 +176,7 @@ def _transfer(remote: RemoteFile, partial: Path, expected_size: int | None, prog
             total = _total_from_content_range(response.headers.get("Content-Range"))
         if expected_size is not None and total is not None and total != expected_size:
             raise FetchError(f"{remote.url}: the server offers {total:,} bytes but {remote.dataset_id} is "
-                             f"{expected_size:,} bytes (trainers/dataset_catalog.py); not downloading it")
+                             f"{expected_size:,} bytes (trainers/data/catalog.py); not downloading it")
         columns = (TextColumn(f"[bold]{remote.file_name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn())
         with open(partial, "ab" if have else "wb") as out, \
@@ -183,7 +203,7 @@ def _verify(path: Path, remote: RemoteFile, expected_size: int | None) -> None:
         digest = sha256_of_file(path)
         if digest != remote.sha256:
             raise FetchError(f"{remote.url}: {path} has SHA-256 {digest}, expected {remote.sha256} "
-                             f"(trainers/dataset_catalog.py); corrupt download, deleted")
+                             f"(trainers/data/catalog.py); corrupt download, deleted")
     import h5py
 
     try:
@@ -191,7 +211,7 @@ def _verify(path: Path, remote: RemoteFile, expected_size: int | None) -> None:
             validate_arrays(f, str(path))
             for task in readers_of(remote):
                 try:
-                    validate_arrays(f, task.name, *task_dims(task))
+                    validate_arrays(f, task.name, task.observation_dim, task.action_dim)
                 except DatasetError as error:
                     raise FetchError(f"{remote.url}: {path} does not fit the tasks that read it ({error}); "
                                      f"deleted") from None
@@ -201,7 +221,8 @@ def _verify(path: Path, remote: RemoteFile, expected_size: int | None) -> None:
 
 def readers_of(remote: RemoteFile) -> list[Task]:
     """The tasks that read this file: those that look its name up in the d4rl cache directory."""
-    return [task for task in TASKS.values() if task.dataset_file == remote.file_name]
+    return [task for task in TASKS.values()
+            if isinstance(task.dataset_reader, D4RLFile) and task.dataset_reader.file_name == remote.file_name]
 
 
 def _no_network(remote: RemoteFile, destination: Path, error: Exception, partial: Path) -> str:
@@ -289,7 +310,7 @@ def _reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
 # ------------------------------------------------------------------------------------------------ command
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainers.fetch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainers.tools.fetch", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="+", help="D4RL ids, task names or minari:<id>")
     parser.add_argument("--dir", type=Path, help="directory for D4RL files (default: $D4RL_DATASET_DIR or "
                         "~/.d4rl/datasets)")
@@ -309,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             remote = with_base_url(target, args.base_url)
             path = fetch_file(remote, args.dir, retries=args.retries, progress=console.is_terminal)
             size, digest = path.stat().st_size, sha256_of_file(path)
-            unknown = " (not in trainers/dataset_catalog.py yet: record them there)" \
+            unknown = " (not in trainers/data/catalog.py yet: record them there)" \
                 if target.size is None or target.sha256 is None else ""
             print(f"{name}: {path} ({size:,} bytes, sha256 {digest}){unknown}")
         except FetchError as error:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from trainers.trajectory_model import TrajectoryTransformer
+from trainers.sequence.model import TrajectoryTransformer
 
 
 class ContextPolicy:

@@ -1,6 +1,6 @@
 """Run one trial by hand, without a sweep:
 
-    python -m trainers.train --algo lamo --task reacher2d-medium --ratio 0.1 --seed 0 --steps 2000 \\
+    python -m trainers.runtime.train --algo lamo --task reacher2d-medium --ratio 0.1 --seed 0 --steps 2000 \\
         --set backbone=models/tiny-gpt2 --set lm_corpus=builtin
 
 One worker runs the trial core right here (no Ray); `--num-workers N` runs N DDP workers in a Ray Train
@@ -17,12 +17,13 @@ import ast
 import sys
 from pathlib import Path
 
-from trainers.algorithm import ConfigError
-from trainers.core import LocalReport, run_local
-from trainers.datasets import DatasetError, resolve_dataset_path
-from trainers.record import make_record
-from trainers.registry import ALGORITHMS
-from trainers.tasks import get_task
+from trainers.data.loading import resolve_dataset_path
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.algorithm import ConfigError
+from trainers.runtime.core import LocalReport, run_local
+from trainers.runtime.record import make_record
+from trainers.runtime.registry import ALGORITHMS
+from trainers.runtime.tasks import get_task
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import ray
 
-        from trainers.distributed import fit_distributed
+        from trainers.runtime.distributed import fit_distributed
 
         if not ray.is_initialized():
             ray.init(configure_logging=False)

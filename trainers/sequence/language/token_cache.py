@@ -8,7 +8,7 @@ one. Here a stream is built once into
 
 and every trial opens it with ``np.load(mmap_mode="r")``: its pages live once in the node's page cache, shared
 by all trials, and opening it takes milliseconds. ``<key>`` hashes an identity string that the caller derives
-from everything the stream depends on (trainers/language.py: the corpus' bytes or release name, and the
+from everything the stream depends on (trainers/sequence/language/: the corpus' bytes or release name, and the
 tokenizer's full serialization), so a changed corpus or tokenizer gets a new file, never a stale one.
 
 ``<cache>`` is ``$LAMO_CACHE_DIR`` (default ``~/.cache/lamo-sweeps``); give every node a local one. Processes on

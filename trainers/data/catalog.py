@@ -11,7 +11,7 @@ server's Content-Length and that the file reads as D4RL's hdf5 layout, and print
 they can be recorded in this table.
 
 Minari datasets are named by their Minari id (``mujoco/hopper/medium-v0``); a task names one as
-``minari:<id>``, and the `minari` package locates, downloads and checks it (trainers/minari_data.py).
+``minari:<id>``, and the `minari` package locates, downloads and checks it (trainers/data/minari_datasets.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Summarise a task's dataset and evaluate reference policies on the real simulator.
 
-    python -m trainers.dataset_report --task reacher2d-medium [--dataset PATH] [--episodes 50]
+    python -m trainers.tools.dataset_report --task reacher2d-medium [--dataset PATH] [--episodes 50]
 
 Prints the dataset's size, return statistics and what each data ratio keeps, then evaluates the random
 policy (and, for generated data, the behaviour policy that made it) with the batched evaluator — the
@@ -17,11 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from trainers.algorithm import StatelessPolicy
-from trainers.datasets import DatasetError, load_task_dataset, subsample_trajectories
-from trainers.evaluation import BatchedEvaluator
-from trainers.make_dataset import build_behaviour, random_behaviour
-from trainers.tasks import get_task
+from trainers.data.loading import load_task_dataset
+from trainers.data.subsets import subsample_trajectories
+from trainers.data.trajectories import DatasetError
+from trainers.runtime.algorithm import StatelessPolicy
+from trainers.runtime.evaluation import BatchedEvaluator
+from trainers.runtime.tasks import get_task
+from trainers.tools.make_dataset import build_behaviour, random_behaviour
 
 RATIOS = (0.005, 0.01, 0.1, 0.5, 1.0)
 

@@ -14,7 +14,7 @@ imports the registry. Nothing here imports an algorithm, Ray or MLflow.
 - `AlgorithmDeclaration` and `Preset`: what an algorithm module declares as its `ALGORITHM` — config class, build,
   named presets, its paper's settings per domain, the action spaces it acts in, whether it is return-conditioned,
   its external inputs and the known differences of its runs from its sources (`KnownDifference`, over runs seen
-  as `RanTrial`s). The registry (trainers/registry.py) reads nothing else from the module; the report's fidelity
+  as `RanTrial`s). The registry (trainers/runtime/registry.py) reads nothing else from the module; the report's fidelity
   notes (orchestrator/fidelity.py) collect the differences without knowing any algorithm's fields.
 """
 
@@ -32,9 +32,9 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 if TYPE_CHECKING:
-    from trainers.trajectories import TrajectoryDataset
-    from trainers.samplers import TransitionBatch, WindowBatch
-    from trainers.tasks import Task
+    from trainers.data.samplers import TransitionBatch, WindowBatch
+    from trainers.data.trajectories import TrajectoryDataset
+    from trainers.runtime.tasks import Task
 
 # Field types with their ranges, for the configs' annotations.
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -123,7 +123,7 @@ class Sampler(Protocol):
 
 @runtime_checkable
 class Algorithm(Protocol):
-    """Built by its module's `build(config, setup)`; registered by name in trainers/registry.py.
+    """Built by its module's `build(config, setup)`; registered by name in trainers/runtime/registry.py.
 
     The trial core draws `sampler.sample(config.batch_size, rng)` (NumPy), moves the batch to the algorithm's
     device as torch tensors (`samplers.to_torch`) and calls `update`. Evaluation asks `policy(n, targets)`
@@ -209,9 +209,9 @@ def listed(values) -> str:
 class AlgorithmDeclaration:
     """Everything an algorithm module declares, as its module-level `ALGORITHM`.
 
-    A config resolves as: the Config's defaults, the task's domain training settings (trainers/tasks.py,
+    A config resolves as: the Config's defaults, the task's domain training settings (trainers/runtime/tasks.py,
     `DOMAIN_TRAINING`), the preset's values, `domain_settings[domain]`, the preset's values for the domain, then
-    the sweep's overrides (trainers/registry.py, `make_config`)."""
+    the sweep's overrides (trainers/runtime/registry.py, `make_config`)."""
 
     config: type  # its Config, an `algorithm_config` extending TrainingConfig; the comments document each field
     build: Callable[[Any, TrainingSetup], Algorithm]  # (config, setup) -> the algorithm

@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from trainers.trajectories import TrajectoryDataset
+from trainers.data.trajectories import TrajectoryDataset
 
 # Decision Transformer's padding values (decision_transformer/gym/experiment.py, get_batch).
 PAD_ACTION = -10.0

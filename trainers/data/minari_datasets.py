@@ -1,10 +1,10 @@
 """Minari datasets read into D4RL-layout arrays, through the `minari` package.
 
-A task names a Minari dataset by ``minari:<id>`` (``minari:mujoco/hopper/medium-v0``, trainers/tasks.py). The
+A task names a Minari dataset by ``minari:<id>`` (``minari:mujoco/hopper/medium-v0``, trainers/runtime/tasks.py). The
 dataset lives where Minari keeps it: ``$MINARI_DATASETS_PATH/<id>/`` (default ``~/.minari/datasets/<id>/``), a
-directory holding ``data/`` (``metadata.json`` and the episodes, HDF5 or Arrow). ``python -m trainers.fetch
+directory holding ``data/`` (``metadata.json`` and the episodes, HDF5 or Arrow). ``python -m trainers.tools.fetch
 minari:<id>`` downloads it with Minari's own download; `read_minari_dataset` reads it with Minari's own reader
-(`minari.MinariDataset`) and returns the arrays `trainers.datasets` builds every dataset from, so subsets,
+(`minari.MinariDataset`) into the arrays every dataset is built from (trainers/data/trajectories.py), so subsets,
 samplers, evaluation, the trial record and the trial core see a Minari dataset exactly like a D4RL file:
 
 - Minari stores one more observation than actions per episode (the last is the state after the last action):
@@ -15,7 +15,7 @@ samplers, evaluation, the trial record and the trial core see a Minari dataset e
 
 The trial record names such a dataset by its directory (``DatasetIdentity.source``, the absolute path of
 ``<root>/<id>``) and its contents (``digest``: SHA-256 over every file's relative path and bytes,
-`trainers.datasets.source_digest`).
+`trainers.data.checksums.sha256_of_tree`).
 
 Observations must fit the task's evaluation environment; otherwise the error names both shapes. Two layouts
 are accepted: a Box of the environment's own shape (the mujoco datasets, collected on the same Gymnasium v5
@@ -38,30 +38,26 @@ kitchen environment is built for, as for D4RL's kitchen-mixed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from trainers.dataset_catalog import minari_id
-
-
-class Task(Protocol):
-    """What reading a Minari dataset for a task needs of it (a trainers.tasks.Task; named here so that this reader
-    does not import the task registry, which sits above it)."""
-
-    name: str
-    domain: str
-    env_id: str
-    make_env: Callable[[], gym.Env]
+from trainers.data.catalog import minari_id
+from trainers.data.reader import ReadingTask as Task
+from trainers.data.trajectories import (
+    DatasetError,
+    LongEpisodes,
+    TrajectoryDataset,
+    check_finite_rows,
+    enforce_horizon,
+    split_episodes,
+    validate_arrays,
+)
 
 KITCHEN_OBSERVATION = 59  # FrankaKitchen-v1's flat "observation": robot qpos 9, qvel 9, object qpos 21, qvel 20
-
-
-class MinariDataError(ValueError):
-    """A Minari dataset is missing, unreadable or does not fit the task."""
 
 
 def minari_root() -> Path:
@@ -79,19 +75,68 @@ def is_minari_dataset(path: str | os.PathLike) -> bool:
     return (Path(path) / "data" / "metadata.json").is_file()
 
 
+@dataclass(frozen=True)
+class MinariData:
+    """A task's data as a Minari dataset, in Minari's storage. A DatasetReader (trainers/data/loading.py)."""
+
+    dataset_id: str  # "minari:mujoco/hopper/medium-v0"
+
+    @property
+    def name(self) -> str:
+        return self.dataset_id
+
+    def first_location(self, path: str | os.PathLike | None = None) -> Path:
+        return Path(path).expanduser() if path is not None else minari_dataset_dir(self.dataset_id)
+
+    def resolve(self, task: Task, path: str | os.PathLike | None = None) -> Path:
+        """The dataset directory (or, given explicitly, a Minari directory or a D4RL-layout file)."""
+        if path is not None:
+            given = Path(path).expanduser()
+            if given.is_file() or is_minari_dataset(given):
+                return given
+            raise DatasetError(f"dataset for task {task.name!r} not found at {given}: neither a Minari dataset "
+                               f"directory nor a file")
+        found = minari_dataset_dir(self.dataset_id)
+        if is_minari_dataset(found):
+            return found
+        raise DatasetError(f"Minari dataset {minari_id(self.dataset_id)} for task {task.name!r} not found at {found} "
+                           f"($MINARI_DATASETS_PATH, else ~/.minari/datasets); fetch it with `python -m "
+                           f"trainers.tools.fetch {self.dataset_id}` (Minari's own download), or copy the dataset "
+                           f"directory there, or pass a path explicitly")
+
+    def read(self, path: Path, task: Task, long_episodes: LongEpisodes = "split") -> TrajectoryDataset:
+        return read_minari_directory(path, task, long_episodes)
+
+
+def read_minari_directory(path: str | os.PathLike, task: Task, long_episodes: LongEpisodes = "split"
+                          ) -> TrajectoryDataset:
+    """A task's data from a Minari dataset directory, checked like a D4RL file and held to its horizon."""
+    path = Path(path)
+    arrays, metadata, notes = read_minari_dataset(path, task)
+    validate_arrays(arrays, str(path), task.observation_dim, task.action_dim)
+    for key in ("observations", "actions", "rewards", "next_observations"):
+        check_finite_rows(key, arrays[key], str(path))
+    dataset = TrajectoryDataset(
+        name=task.dataset_name, observations=arrays["observations"], actions=arrays["actions"],
+        rewards=arrays["rewards"], terminals=arrays["terminals"], timeouts=arrays["timeouts"],
+        episodes=split_episodes(arrays["terminals"], arrays["timeouts"]),
+        next_observations=arrays["next_observations"], metadata=metadata, source=path, notes=notes)
+    return enforce_horizon(dataset, task.horizon, long_episodes)
+
+
 def read_minari_dataset(path: str | os.PathLike, task: Task) -> tuple[dict[str, np.ndarray], dict[str, Any],
                                                                          tuple[str, ...]]:
     """The dataset in `path` (a Minari dataset directory) as D4RL-layout arrays, its metadata and notes on what
-    was done to its episode flags; MinariDataError when it cannot be read or does not fit `task`."""
+    was done to its episode flags; DatasetError when it cannot be read or does not fit `task`."""
     from minari import MinariDataset
 
     path = Path(path)
     if not is_minari_dataset(path):
-        raise MinariDataError(f"{path}: not a Minari dataset directory (no data/metadata.json)")
+        raise DatasetError(f"{path}: not a Minari dataset directory (no data/metadata.json)")
     try:
         dataset = MinariDataset(path / "data")
     except Exception as error:  # Minari raises ValueError, KeyError, OSError for broken storage
-        raise MinariDataError(f"{path}: Minari cannot read it: {error}") from None
+        raise DatasetError(f"{path}: Minari cannot read it: {error}") from None
     name = dataset.spec.dataset_id
     env = task.make_env()
     try:
@@ -107,7 +152,7 @@ def read_minari_dataset(path: str | os.PathLike, task: Task) -> tuple[dict[str, 
         observations = flatten(episode.observations)
         steps = len(episode.rewards)
         if len(observations) != steps + 1:
-            raise MinariDataError(f"{path}: episode {episode.id} has {len(observations)} observations for {steps} "
+            raise DatasetError(f"{path}: episode {episode.id} has {len(observations)} observations for {steps} "
                                   f"actions; Minari stores one more observation than actions")
         terminals = np.asarray(episode.terminations, bool)
         timeouts = np.asarray(episode.truncations, bool) & ~terminals
@@ -121,7 +166,7 @@ def read_minari_dataset(path: str | os.PathLike, task: Task) -> tuple[dict[str, 
         parts["terminals"].append(terminals)
         parts["timeouts"].append(timeouts)
     if not parts["rewards"]:
-        raise MinariDataError(f"{path}: the Minari dataset {name} holds no episodes")
+        raise DatasetError(f"{path}: the Minari dataset {name} holds no episodes")
     arrays = {key: np.concatenate(values) for key, values in parts.items()}
     notes = () if not unflagged else (
         f"{unflagged} episode(s) ended with neither a termination nor a truncation flag (Minari cuts the episode "
@@ -153,7 +198,7 @@ def _observation_mapping(dataset: Any, env: gym.Env, task: Task, where: str):
         dataset_tasks = (dataset.env_spec.kwargs.get("tasks_to_complete") if dataset.env_spec is not None else None)
         env_tasks = list(env.get_wrapper_attr("tasks"))
         if dataset_tasks is not None and sorted(dataset_tasks) != sorted(env_tasks):
-            raise MinariDataError(f"{where}: its tasks_to_complete {dataset_tasks} differ from task {task.name!r}'s "
+            raise DatasetError(f"{where}: its tasks_to_complete {dataset_tasks} differ from task {task.name!r}'s "
                                   f"{env_tasks}, so its goal part of the observation would be wrong")
         goal = np.asarray(env.get_wrapper_attr("goal"), np.float32)
 
@@ -162,11 +207,11 @@ def _observation_mapping(dataset: Any, env: gym.Env, task: Task, where: str):
             return np.concatenate([inner[:, :9], inner[:, 18:39], np.broadcast_to(goal, (len(inner), goal.size))],
                                   axis=1)
         return kitchen
-    raise MinariDataError(f"{where}: its observations have shape {_shape(stored)}, but task {task.name!r} is "
+    raise DatasetError(f"{where}: its observations have shape {_shape(stored)}, but task {task.name!r} is "
                           f"evaluated on {task.env_id}, which observes shape {_shape(wanted)}")
 
 
 def _check_actions(stored: gym.Space, wanted: gym.Space, task: Task, where: str) -> None:
     if not isinstance(stored, gym.spaces.Box) or stored.shape != wanted.shape:
-        raise MinariDataError(f"{where}: its actions have shape {_shape(stored)}, but task {task.name!r}'s "
+        raise DatasetError(f"{where}: its actions have shape {_shape(stored)}, but task {task.name!r}'s "
                               f"environment {task.env_id} takes actions of shape {_shape(wanted)}")
