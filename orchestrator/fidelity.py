@@ -33,6 +33,9 @@ from trainers.runtime.registry import ALGORITHMS, declaration, make_config
 from trainers.runtime.tasks import TASKS, Task
 
 LAMO_EVAL_EPISODES = {"atari": 5}  # per domain, else 20: experiment-d4rl/run.sh; experiment-atari/cfgs/config.yaml
+# updates between evaluations, per domain, else 2500: experiment-d4rl/run.sh (num_steps_per_iter);
+# experiment-atari/cfgs/config.yaml (train.eval_interval)
+LAMO_EVAL_EVERY = {"atari": 200}
 
 
 @dataclass(frozen=True)
@@ -65,15 +68,37 @@ def _episode_boundaries(runs: list[RanTrial]) -> str | None:
             f"across two episodes.")
 
 
+def _dataset_notes(runs: list[RanTrial]) -> str | None:
+    """Per task, the distinct notes its runs' records carry (trainers/data/trajectories.py writes them as the data
+    is read; the sweep's validation pass puts them in every record)."""
+    by_task: dict[str, list[str]] = {}
+    for run in runs:
+        for note in getattr(run, "dataset_notes", ()):  # RanTrial's optional field
+            notes = by_task.setdefault(run.task, [])
+            if note not in notes:
+                notes.append(note)
+    if not by_task:
+        return None
+    return ("What was done to the training data's episodes as it was read (its dataset notes): "
+            + "; ".join(f"{task}: {'; '.join(by_task[task])}" for task in _in_order(by_task, TASKS)) + ".")
+
+
 def _seeded_subsets(runs: list[RanTrial]) -> str | None:
     ratios = sorted({r.ratio for r in runs if r.ratio < 1})
     if not ratios:
         return None
     shown = ", ".join(f"{100 * r:g}%" for r in ratios)
-    return (f"Data ratios {shown}: each task x ratio x seed trains on its own subset of whole trajectories, drawn "
-            f"without replacement by a generator seeded from (dataset, ratio, seed), so seeds differ in data as "
-            f"well as in initialisation. LaMo's ratio_dataset.py draws one subset per task and ratio with "
-            f"Python's unseeded random.sample, and every seed trains on that one subset.")
+    text = (f"Data ratios {shown}: each task x ratio x seed trains on its own subset of whole trajectories, drawn "
+            f"without replacement by a generator seeded from (dataset, ratio, seed), so seeds differ in data as well "
+            f"as in initialisation.")
+    subsampled = [r for r in runs if r.ratio < 1]
+    if any(r.domain != "atari" for r in subsampled):
+        text += (" LaMo's ratio_dataset.py (D4RL-style tasks) draws one subset per task and ratio with Python's "
+                 "unseeded random.sample, and every seed trains on that one subset.")
+    if any(r.domain == "atari" for r in subsampled):
+        text += (" On Atari the draw is in proportion to trajectory length, as LaMo's AtariBuffer.ratio_dataset draws "
+                 "it, but LaMo seeds that draw with the run's seed alone, so its subsets are not these.")
+    return text
 
 
 def _locomotion_simulator(runs: list[RanTrial]) -> str | None:
@@ -142,6 +167,21 @@ def _evaluation_episodes(runs: list[RanTrial]) -> str | None:
             f"tasks and 5 on Atari; fewer episodes make each evaluation noisier.")
 
 
+def _evaluation_cadence(runs: list[RanTrial]) -> str | None:
+    by_cadence: dict[tuple[str, int, int], set[str]] = {}
+    for run in runs:
+        every, official = run.config.get("eval_every"), LAMO_EVAL_EVERY.get(run.domain, 2500)
+        if every is not None and every != official:
+            by_cadence.setdefault((run.domain, every, official), set()).add(run.algorithm)
+    if not by_cadence:
+        return None
+    shown = "; ".join(f"{domain}, every {every:,} updates (LaMo: {official:,}): {listed(_in_order(names, ALGORITHMS))}"
+                      for (domain, every, official), names in sorted(by_cadence.items()))
+    return (f"Evaluation cadence: {shown}. The protocols read a run's score at the evaluations it has: with a "
+            f"sparser cadence the paper protocol averages fewer evaluations of the last 20 % of training, and the "
+            f"best protocol picks its maximum from fewer.")
+
+
 def _preset_values(algorithm: str, task: str) -> dict[str, Any]:
     """The algorithm's preset for the task (kitchen settings included), as JSON values like a record's config."""
     config = make_config(algorithm, task=TASKS.get(task))
@@ -194,6 +234,10 @@ KNOWN_DIFFERENCES: list[KnownDifference] = [
     KnownDifference("training data: episode boundaries",
                     "LaMo code: data/download_d4rl_datasets.py; trainers/data/trajectories.py (split_episodes)",
                     _episode_boundaries),
+    KnownDifference("training data: dataset notes",
+                    "the runs' trial records (dataset.notes); trainers/data/trajectories.py (enforce_horizon); "
+                    "trainers/runtime/tasks.py (Task.data_horizon); LaMo code: experiment-d4rl/experiment.py "
+                    "(max_ep_len), data/download_d4rl_datasets.py", _dataset_notes),
     KnownDifference("training data: seeded subsets",
                     "LaMo code: data/mujoco/ratio_dataset.py, data/kitchen/ratio_dataset.py; trainers/data/subsets.py "
                     "(subsample_trajectories)", _seeded_subsets),
@@ -215,6 +259,10 @@ KNOWN_DIFFERENCES: list[KnownDifference] = [
     KnownDifference("evaluation: episodes",
                     "LaMo code: experiment-d4rl/run.sh (num_eval_episodes=20); the runs' config.eval_episodes",
                     _evaluation_episodes),
+    KnownDifference("evaluation: cadence",
+                    "LaMo code: experiment-d4rl/run.sh (num_steps_per_iter); experiment-atari/cfgs/config.yaml "
+                    "(eval_interval); trainers/runtime/tasks.py (DOMAIN_TRAINING); the runs' config.eval_every",
+                    _evaluation_cadence),
     KnownDifference("simulator: atari",
                     "LaMo code: experiment-atari/buffer.py; takuseno/d4rl-atari; "
                     "trainers/envs/atari.py; trainers/data/dqn_replay.py", _atari),

@@ -4,11 +4,12 @@ After the sweep file itself (orchestrator/spec.py), this checks the world the tr
 - every external input an algorithm declares (a pre-trained model, a language corpus), for every trial;
 - that each algorithm can act in each task's action space (continuous-only algorithms refuse discrete tasks);
 - every dataset file the grid needs, opened and validated in full (readable HDF5, keys, shapes against the
-  task's spaces, finite values, episode flags against the task's horizon), its digest taken, and every cell's
+  task's spaces, finite values, episode flags against the task's data horizon), its digest taken, and every cell's
   data-ratio subset computed, so a ratio that selects nothing is refused here rather than inside a trial.
 All problems are reported together, each naming the sweep file, the field and the file or key at fault. What
 it learns about the datasets is written into the trial records (`DatasetIdentity`), and what was done to a
-file's episodes (split at the horizon, no timeouts key) is returned as notes for the driver to print.
+file's episodes (split at the data horizon, kept whole past the evaluation's, no timeouts key) is returned as
+notes for the driver to print; the records carry them too, and the report's fidelity notes list them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One trial's run as the tracking store holds it: the record it was made from, its status, evaluation curves
 and cost. orchestrator/tracking.py reads runs back as these; the statistics (orchestrator/scores.py), the fidelity
-notes and the report read them. The record is the trial's identity and resolved config, exactly as the sweep
-resolved them (the run's `trial_record` tag): nothing is copied out of it or turned into text.
+notes and the report read them. The record is the trial's identity, resolved config and dataset identity (its
+notes included: what was done to the data's episodes as it was read), exactly as the sweep resolved them (the
+run's `trial_record` tag): nothing is copied out of it or turned into text.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class TrialRun:
     def config(self) -> dict[str, Any]:
         """The resolved config, as JSON values (the record's)."""
         return self.record.config
+
+    @property
+    def dataset_notes(self) -> tuple[str, ...]:
+        """What was done to the dataset's episodes as the sweep read it (the record's, from its validation pass)."""
+        return self.record.dataset.notes
 
     @property
     def cell(self) -> tuple[str, str, float]:

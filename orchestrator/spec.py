@@ -76,8 +76,8 @@ class TaskSpec(Strict):
     name: str
     ratios: list[float] | None = Field(default=None, min_length=1)  # this task's ratios instead of the sweep's
     dataset: str | None = None  # explicit file; default: the d4rl cache convention
-    # Episodes longer than the task's horizon mean the file's episode flags cannot be trusted: split them at
-    # the horizon (and say so in the trial's dataset notes) or refuse the file.
+    # Episodes longer than the task's data horizon (trainers/runtime/tasks.py) mean the file's episode flags cannot
+    # be trusted: split them at it (and say so in the trial's dataset notes) or refuse the file.
     long_episodes: LongEpisodes = "split"
 
     @field_validator("name")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import html
 import io
 import os
@@ -23,6 +24,7 @@ from rich.console import Console
 from scipy.stats import mannwhitneyu
 
 from orchestrator.aggregate import AggregationError, aggregate_sweep, main
+from orchestrator.fidelity import fidelity_notes
 from orchestrator.report import cost_table
 from orchestrator.runs import TrialRun
 from orchestrator.scores import (
@@ -456,6 +458,11 @@ def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
     parent = writer.start_sweep("roundtrip", {"seeds": [3, 4], "ratios": [0.1]})
     record = make_record("lamo", "hopper-medium", 0.1, 4, {"num_steps": 500, "eval_every": 250},
                          sweep_id="roundtrip-0123456789")
+    # Notes as the sweep's validation pass puts them in the record (orchestrator/preflight.py; test_sweep_inputs.py)
+    notes = ("the file has no `timeouts` key: episodes end only at terminals",
+             ("1 episode(s) longer than the task's horizon 1000 (the longest has 1,250 steps) were split every "
+              "1000 steps"))
+    record = dataclasses.replace(record, dataset=dataclasses.replace(record.dataset, notes=notes))
     run_id, finished = writer.trial_run(parent, record)
     assert finished is None
     hook = delivery.MlflowReport(writer.uri, run_id, str(tmp_path))
@@ -478,6 +485,9 @@ def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
     assert run.record == record  # the record itself, not copies of its fields
     assert run.num_steps == 500 and run.config["eval_episodes"] == 20 and run.config["backbone"] == "gpt2"
     assert (run.wall_seconds, run.gpu_hours) == (7200.0, 1.0)
+    assert run.dataset_notes == notes  # the dataset's notes reach the aggregator, and its report's fidelity notes
+    [listed] = [n.text for n in fidelity_notes([run]) if n.topic == "training data: dataset notes"]
+    assert listed.endswith(f"hopper-medium: {notes[0]}; {notes[1]}.")
 
 
 # --- layers ------------------------------------------------------------------------------------------------

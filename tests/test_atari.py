@@ -39,10 +39,10 @@ from trainers.runtime.registry import (
     supports_discrete_actions,
 )
 from trainers.runtime.tasks import get_task
-from trainers.sequence.algorithm import dt_atari_lr_multiplier
 from trainers.sequence.gpt2 import GPT2, gpt2_config
 from trainers.sequence.model import TrajectoryModelConfig, TrajectoryTransformer
 from trainers.sequence.policy import ContextPolicy
+from trainers.sequence.schedule import cosine_multiplier, mean_multiplier
 from trainers.tools.atari_replay import generate, main
 
 TASK = get_task("breakout-medium-gen")
@@ -412,7 +412,7 @@ def test_atari_lamo_trains_lora_and_its_own_layers_and_round_trips_through_expor
     assert {n.split(".")[0] for n in trainable - backbone} == {
         "embed_state", "embed_action", "embed_return", "embed_timestep", "embed_ln", "predict_action"}
     assert trained.model.backbone.base_model.model.h[0].attn.c_attn.q.lora_A.default.weight.shape[0] == 32
-    dt = build_algorithm("dt", make_config("dt", {"context_len": 4}, task=TASK), setup_for(dataset))
+    dt = build_algorithm("dt_128", make_config("dt_128", {"context_len": 4}, task=TASK), setup_for(dataset))
     assert dt.model.backbone.wpe.weight.requires_grad and dt.model.backbone.config.n_embd == 128
     rng = np.random.default_rng(0)
     for _ in range(4):  # move LoRA B away from its zero initialisation
@@ -428,11 +428,78 @@ def test_atari_lamo_trains_lora_and_its_own_layers_and_round_trips_through_expor
             policy.observe(np.ones(3), np.zeros(3, bool))
 
 
-def test_dt_atari_schedule_warms_up_then_decays_to_a_tenth():
-    assert dt_atari_lr_multiplier(512, 1024, 10_000) == 0.5
-    assert dt_atari_lr_multiplier(1024, 1024, 10_000) == pytest.approx(1.0)
-    assert dt_atari_lr_multiplier(5512, 1024, 10_000) == pytest.approx(0.5)
-    assert dt_atari_lr_multiplier(10_000, 1024, 10_000) == dt_atari_lr_multiplier(10 ** 9, 1024, 10_000) == 0.1
+def test_wiki_rls_language_loss_on_atari_adds_positions_as_its_trajectory_path_does(tiny_lm, monkeypatch):
+    seen = []
+    original = GPT2.language_loss
+    monkeypatch.setattr(GPT2, "language_loss", lambda self, tokens, positional_embeddings=False: seen.append(
+        positional_embeddings) or original(self, tokens, positional_embeddings))
+    overrides = {"backbone": str(tiny_lm), "context_len": 4, "batch_size": 2, "lm_corpus": "builtin",
+                 "lm_seq_len": 16, "lm_sequences": 1}
+    config = make_config("wiki_rl", overrides, task=TASK)
+    assert config.lm_coef == 0.1 and config.positional_embeddings
+    algorithm = build_algorithm("wiki_rl", config, setup_for(frames_dataset([40] * 3)))
+    metrics = algorithm.update(to_torch(algorithm.sampler.sample(2, np.random.default_rng(0)), "cpu"))
+    assert seen == [True] and np.isfinite(metrics["lm_loss"])
+
+
+def test_the_cosine_warms_up_then_decays_to_a_tenth():
+    assert cosine_multiplier(512, 1024, 10_000) == 0.5
+    assert cosine_multiplier(1024, 1024, 10_000) == pytest.approx(1.0)
+    assert cosine_multiplier(5512, 1024, 10_000) == pytest.approx(0.5)
+    assert cosine_multiplier(10_000, 1024, 10_000) == cosine_multiplier(10 ** 9, 1024, 10_000) == 0.1
+
+
+def test_atari_learning_rate_follows_the_run_not_the_data_size(tiny_lm):
+    """DT's token schedule ended at 2 · |subset| · 3K tokens: at LaMo's sizes the rate sat at its 10 % floor for
+    most of training (mean 0.10–0.14) and each data ratio got its own schedule. The Atari schedule is counted in
+    updates over the run: the same for a 1 % and a 10 % subset, LaMo's ~500 warm-up updates, mean ≈ LaMo's."""
+    config = make_config("lamo", {"backbone": str(tiny_lm), "context_len": 4, "batch_size": 2}, task=TASK)
+    assert (config.lr_schedule, config.warmup_steps, config.num_steps) == ("warmup_cosine", 500, 100_000)
+    small, large = (build_algorithm("lamo", config, setup_for(frames_dataset([40] * n))) for n in (2, 20))
+    steps = [0, 249, 499, 500, 5_000, 50_000, 90_000, 99_999]
+    rates = []
+    for algorithm in (small, large):
+        rates.append([])
+        for step in steps:
+            algorithm.step = step
+            rates[-1].append(algorithm.learning_rate(tokens=step * 2 * 4))
+    assert rates[0] == rates[1]
+    assert rates[0][1] == pytest.approx(0.5e-3) and rates[0][3] == pytest.approx(1e-3)
+    assert rates[0][-1] == pytest.approx(1e-4)  # 10 % of lr at the last update
+    assert 0.45 < mean_multiplier("warmup_cosine", 500, 100_000) < 0.55
+
+
+def test_atari_dt_runs_the_width_lamos_code_runs_and_dt_128_the_intended_one():
+    wide, narrow = make_config("dt", task=TASK), make_config("dt_128", task=TASK)
+    assert (wide.n_embd, wide.n_layer, wide.n_head, wide.activation_function) == (768, 3, 1, "gelu_new")
+    assert (narrow.n_embd, narrow.activation_function) == (128, "gelu_new")
+    hopper = get_task("hopper-medium")
+    assert make_config("dt", task=hopper) == make_config("dt_128", task=hopper)  # DT's own 128 off Atari
+    assert make_config("dt", task=hopper).n_embd == 128
+
+
+def test_atari_returns_to_go_include_the_steps_own_reward():
+    """DT's convention (and every evaluation's): R̂_t = Σ_{k≥t} r_k. LaMo's buffer trains on Σ_{k>t}."""
+    dataset = frames_dataset([5, 7])
+    batch = WindowSampler(dataset, 3, 1.0, max_timestep=100).windows(np.array([0, 4, 5, 11]))  # from these steps
+    first_real = batch.mask.argmax(1)
+    assert batch.returns_to_go[np.arange(4), first_real].tolist() == [5.0, 1.0, 7.0, 1.0]  # rewards are all 1
+
+
+def test_bf16_autocast_keeps_nearby_atari_returns_apart():
+    """Qbert's targets 13,975 / 13,950 / 13,925 all round to 13,952 in bf16: the frame model's return embedding
+    must see them in fp32, as the vector model's does."""
+    model, k = tiny_model(), 6
+    states, actions, _, timesteps = random_window(1, k)
+    returns = torch.tensor([[13_975.0], [13_950.0], [13_925.0]]).expand(3, k)
+    with torch.no_grad():
+        embedded = model.encode_states(states).expand(3, -1, -1)
+        exact = model._tokens(embedded, actions.expand(3, -1), returns, timesteps.expand(3, -1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model._tokens(embedded, actions.expand(3, -1), returns, timesteps.expand(3, -1))
+    return_tokens = mixed[:, 0::3].float()
+    assert len({tuple(t.flatten().tolist()) for t in return_tokens}) == 3
+    torch.testing.assert_close(return_tokens, exact[:, 0::3], rtol=0, atol=1e-5)
 
 
 # --- the registry: one name, the module the task needs ------------------------------------------------------

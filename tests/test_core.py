@@ -86,15 +86,23 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(tmp_path, reacher_m
 
 def test_every_evaluation_starts_from_its_own_initial_states(tmp_path, reacher_medium_path):
     """Seeds come from (evaluation seed, trial seed, step): distinct per evaluation, so the paper's average over
-    the last evaluations averages distinct samples of initial states."""
-    record = dt_record(reacher_medium_path, num_steps=40, eval_every=20, eval_episodes=3)
-    run_local(record, tmp_path / "run", LocalReport(tmp_path / "run", quiet=True))
+    the last evaluations averages distinct samples of initial states. Each evaluation's seeds are the ones its
+    environments were reset with, recorded in evaluations.json; seeding every evaluation from the final step
+    would record the last seeds twice."""
     from trainers.runtime.evaluation import episode_seeds
 
-    first, last = episode_seeds((record.eval_seed, 3, 20), 3), episode_seeds((record.eval_seed, 3, 40), 3)
+    record = make_record("bc", "reacher2d-medium", 1.0, 3, {"num_steps": 20, "eval_every": 10, "eval_episodes": 3,
+                                                            "batch_size": 16, "hidden_dims": [16]},
+                         str(reacher_medium_path), log_every=10)
+    run_local(record, tmp_path / "run", LocalReport(tmp_path / "run", quiet=True))
+    history = json.loads((tmp_path / "run" / "evaluations.json").read_text())
+    assert [evaluation["step"] for evaluation in history] == [10, 20]
+    for evaluation in history:
+        assert evaluation["seeds"] == episode_seeds((record.eval_seed, 3, evaluation["step"]), 3).tolist()
+    first, last = history[0]["seeds"], history[1]["seeds"]
     assert not set(first) & set(last)
-    rows = (tmp_path / "run" / "eval_episodes.csv").read_text().splitlines()[1:]
-    assert sorted({int(row.split(",")[3]) for row in rows}) == sorted(int(s) for s in last)
+    rows = (tmp_path / "run" / "eval_episodes.csv").read_text().splitlines()[1:]  # the final evaluation's episodes
+    assert [int(row.split(",")[3]) for row in rows] == last
 
 
 def test_killed_ray_train_worker_resumes_from_its_checkpoint_exactly(local_ray, tmp_path, reacher_medium_path):

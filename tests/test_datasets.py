@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -73,6 +74,67 @@ def test_returns_to_go_and_timesteps_match_a_per_episode_loop(tmp_path):
     np.testing.assert_allclose(dataset.returns_to_go(), expected_rtg, rtol=1e-9, atol=1e-9)
     assert dataset.timesteps().tolist() == expected_t
     np.testing.assert_allclose(dataset.episode_returns(), [expected_rtg[s] for s in dataset.episodes.starts])
+
+
+def kitchen_file(tmp_path):
+    """A kitchen-layout file with a 500-step demonstration (longer than the 280 evaluated, within LaMo's 1000),
+    a 1,200-step one (longer than both) and a short one."""
+    return write_d4rl_dataset(tmp_path / "kitchen.hdf5", synthetic_arrays([500, 1200, 100], obs_dim=60, act_dim=9))
+
+
+def test_kitchen_keeps_demonstrations_whole_up_to_its_data_horizon(tmp_path):
+    """LaMo evaluates kitchen for 280 steps but keeps its data's trajectories whole up to max_ep_len 1000
+    (experiment-d4rl/experiment.py; data/download_d4rl_datasets.py): a 500-step demonstration keeps its
+    returns-to-go and timesteps, a 1,200-step one is split at 1,000, and the notes count both."""
+    path, task = kitchen_file(tmp_path), get_task("kitchen-partial")
+    assert (task.horizon, task.data_horizon) == (280, 1000)
+    dataset = D4RLFile("kitchen.hdf5").read(path, task)
+    assert dataset.episodes.lengths.tolist() == [500, 1000, 200, 100]
+    whole = slice(0, 500)
+    rewards = synthetic_arrays([500, 1200, 100], obs_dim=60, act_dim=9)["rewards"][whole].astype(np.float64)
+    np.testing.assert_allclose(dataset.returns_to_go()[whole], rewards[::-1].cumsum()[::-1], rtol=1e-9)
+    assert dataset.timesteps()[whole].tolist() == list(range(500))
+    kept = ("1 episode(s) longer than the task's evaluation horizon 280 (the longest has 500 steps) were kept whole, "
+            "within its data horizon 1000")
+    split = "1 episode(s) longer than the task's data horizon 1000 (the longest has 1,200 steps) were split every 1000"
+    assert dataset.notes == (kept, f"{split} steps")
+    with pytest.raises(DatasetError, match="1 episode.s. longer than the task's data horizon 1000"):
+        D4RLFile("kitchen.hdf5").read(path, task, long_episodes="refuse")
+
+    # The same data for a task whose data horizon is its horizon (every other task): split at 280, as before.
+    at_horizon = dataclasses.replace(task, data_horizon=None)
+    assert at_horizon.data_horizon == 280
+    as_before = D4RLFile("kitchen.hdf5").read(path, at_horizon)
+    assert as_before.episodes.lengths.tolist() == [280, 220, 280, 280, 280, 280, 80, 100]
+    assert as_before.notes == (
+        "2 episode(s) longer than the task's horizon 280 (the longest has 1,200 steps) were split every 280 steps",)
+
+
+def test_kitchen_minari_tasks_share_the_data_horizon():
+    assert {name: TASKS[name].data_horizon for name in TASKS if TASKS[name].domain == "kitchen"} == {
+        "kitchen-complete": 1000, "kitchen-partial": 1000, "kitchen-complete-minari": 1000,
+        "kitchen-partial-minari": 1000}
+    assert all(task.data_horizon == task.horizon for task in TASKS.values() if task.domain != "kitchen")
+
+
+def test_sequence_models_embed_every_timestep_of_the_data_horizon(tmp_path):
+    """The timestep table has the data horizon's 1000 rows (LaMo's nn.Embedding(max_ep_len)), so the kept 500-step
+    demonstration's late steps are embedded as themselves, not clamped to 279."""
+    import torch
+
+    from trainers.runtime.algorithm import TrainingSetup
+    from trainers.runtime.registry import build_algorithm, make_config
+
+    task = get_task("kitchen-partial")
+    dataset = D4RLFile("kitchen.hdf5").read(kitchen_file(tmp_path), task)
+    config = make_config("dt", {"n_layer": 1, "n_embd": 32, "n_head": 2}, task=task)
+    setup = TrainingSetup(task=task, dataset=dataset, observation_space=task.observation_space,
+                          action_space=task.action_space, device=torch.device("cpu"), seed=0)
+    algorithm = build_algorithm("dt", config, setup)
+    assert algorithm.model.config.max_timestep == 1000
+    windows = algorithm.sampler.windows(np.array([499, 1499]))  # the kept episode's and the split one's last steps
+    assert windows.timesteps[0, -1] == 499 and windows.timesteps[1, -1] == 999
+    assert windows.timesteps.max() < algorithm.model.config.max_timestep
 
 
 # --- data ratios ------------------------------------------------------------------------------------------

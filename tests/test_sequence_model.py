@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
-from transformers import GPT2Config, GPT2Model
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from trainers.data.d4rl import load_d4rl_dataset
 from trainers.data.samplers import to_torch
@@ -65,6 +65,22 @@ def test_our_gpt2_equals_hugging_face_without_position_embeddings(activation):
         mine = ours(x, valid)
         torch.testing.assert_close(mine[valid], theirs[valid], rtol=0, atol=1e-6)
         torch.testing.assert_close(ours(x, valid, last_query_only=True)[:, 0], mine[:, -1], rtol=0, atol=1e-5)
+
+
+def test_language_loss_is_hugging_faces_with_positions_or_with_none():
+    """With positional embeddings: GPT2LMHeadModel's own loss (LaMo's Atari co-training); without: the same model
+    with wpe at zero (LaMo's D4RL language batches)."""
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(gpt2_config(2, 64, 4, dropout=0.0, vocab_size=50)).eval()
+    ours = GPT2.from_hf(lm.transformer).eval()
+    tokens = torch.randint(0, 50, (3, 11))
+    with torch.no_grad():
+        with_positions = lm(input_ids=tokens, labels=tokens).loss
+        torch.testing.assert_close(ours.language_loss(tokens, positional_embeddings=True), with_positions)
+        lm.transformer.wpe.weight.zero_()
+        without = lm(input_ids=tokens, labels=tokens).loss
+        torch.testing.assert_close(ours.language_loss(tokens), without)
+    assert not torch.isclose(with_positions, without)
 
 
 def test_an_activation_our_gpt2_does_not_implement_is_refused():
@@ -200,11 +216,11 @@ def test_full_fine_tuning_presets_train_the_backbone(tiny_lm, preset):
 def test_language_loss_on_1024_token_chunks_only_when_lambda_positive(tiny_lm, reacher_medium_path, monkeypatch):
     seen = []
     original = GPT2.language_loss
-    monkeypatch.setattr(GPT2, "language_loss", lambda self, tokens: seen.append(tuple(tokens.shape))
-                        or original(self, tokens))
+    monkeypatch.setattr(GPT2, "language_loss", lambda self, tokens, positional_embeddings=False: seen.append(
+        (tuple(tokens.shape), positional_embeddings)) or original(self, tokens, positional_embeddings))
     dataset = load_d4rl_dataset(reacher_medium_path)
     rng = np.random.default_rng(0)
-    for coef, expected in ((0.1, [(2, 1025)] * 2), (0.0, [])):
+    for coef, expected in ((0.1, [((2, 1025), False)] * 2), (0.0, [])):  # LaMo's D4RL code: no positions
         seen.clear()
         overrides = {"backbone": str(tiny_lm), "lm_coef": coef, "lm_corpus": "builtin", "batch_size": 4}
         algorithm = build_algorithm("lamo", make_config("lamo", overrides), setup_for(dataset))

@@ -136,8 +136,9 @@ def load_d4rl_dataset(path: str | os.PathLike, task: Task | None = None, name: s
 
 def read_d4rl_file(path: Path, task: Task, long_episodes: LongEpisodes = "split") -> TrajectoryDataset:
     """A task's data from a D4RL-layout file: checked against its spaces, named by its dataset, its episodes held
-    to its horizon."""
-    return enforce_horizon(load_d4rl_dataset(path, task, name=task.dataset_name), task.horizon, long_episodes)
+    to its data horizon."""
+    return enforce_horizon(load_d4rl_dataset(path, task, name=task.dataset_name), task.data_horizon, long_episodes,
+                           evaluation_horizon=task.horizon)
 
 
 def _attr_value(value: Any) -> Any:

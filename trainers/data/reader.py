@@ -32,7 +32,7 @@ class DatasetReader(Protocol):
 
     def read(self, path: Path, task: ReadingTask, long_episodes: LongEpisodes = "split") -> TrajectoryDataset:
         """The data at `path`, validated against the task's spaces (and, where its flags cannot be trusted,
-        held to the task's horizon)."""
+        held to the task's data horizon)."""
 
 
 class ReadingTask(Protocol):
@@ -41,7 +41,8 @@ class ReadingTask(Protocol):
     name: str
     domain: str
     env_id: str
-    horizon: int  # episodes longer than this cannot be the environment's
+    horizon: int  # how long the environment runs an evaluation episode
+    data_horizon: int  # the longest episode its data keeps whole (≥ horizon); longer ones are split at it
     generated_by: str | None  # data this project generates: how to make it, rather than fetch it
     make_env: Callable[[], gym.Env]  # kitchen's Minari data maps onto the environment's own goal
     dataset_reader: DatasetReader

@@ -7,6 +7,10 @@ Image datasets (Atari: `dataset.frame_stack` set) keep their single uint8 frames
 state from the last `frame_stack` frames of its episode when a batch is drawn, and a window's K states are a
 strided view over K + frame_stack − 1 gathered frames, so no frame is copied twice. Their actions are integer
 ids, padded with 0 (masked like every padded position).
+
+Returns-to-go include the step's own reward, R̂_t = Σ_{k≥t} r_k (Decision Transformer's convention, D4RL and Atari
+alike, and what every evaluation conditions on). LaMo's Atari buffer trains on Σ_{k>t} r_k while its evaluation
+uses Σ_{k≥t}; that mismatch is not reproduced (trainers/sequence/config.py; the report says so for Atari runs).
 """
 
 from __future__ import annotations

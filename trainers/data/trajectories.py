@@ -6,10 +6,12 @@ task.
 
 Episodes end where terminals OR timeouts is set (both at one step is one end); steps after the last end form a
 trailing episode that is kept and marked truncated. Episode flags that cannot be trusted — no `timeouts` key, or
-an episode longer than the task's horizon (an environment never runs one) — follow one documented rule,
-`enforce_horizon`: by default such episodes are split every `horizon` steps (the split points become timeouts)
-and the dataset says so in its `notes`, which the sweep prints before it starts and logs with every trial;
-`long_episodes="refuse"` refuses the file instead.
+an episode longer than the task's data horizon (the longest episode its data keeps whole: the evaluation's
+horizon, except where the reference code keeps longer ones, as LaMo does kitchen's demonstrations) — follow one
+documented rule, `enforce_horizon`: by default such episodes are split every data-horizon steps (the split points
+become timeouts) and the dataset says so in its `notes`, as it counts the episodes kept whole past the
+evaluation's horizon; `long_episodes="refuse"` refuses the file instead. The sweep prints the notes before it
+starts, every trial's record carries them, and the report lists them among its fidelity notes.
 """
 
 from __future__ import annotations
@@ -217,22 +219,33 @@ def check_finite_rows(key: str, values: np.ndarray, where: str) -> None:
 LongEpisodes = Literal["split", "refuse"]
 
 
-def enforce_horizon(dataset: TrajectoryDataset, horizon: int, long_episodes: LongEpisodes = "split"
-                    ) -> TrajectoryDataset:
-    """Episodes longer than `horizon` (flags that cannot be trusted) split every `horizon` steps, with a note
-    saying how many and why; or a DatasetError when `long_episodes` is "refuse"."""
+def enforce_horizon(dataset: TrajectoryDataset, horizon: int, long_episodes: LongEpisodes = "split",
+                    evaluation_horizon: int | None = None) -> TrajectoryDataset:
+    """Episodes longer than `horizon`, the task's data horizon (flags that cannot be trusted), split every
+    `horizon` steps, with a note saying how many and why; or a DatasetError when `long_episodes` is "refuse".
+    With an `evaluation_horizon` below it, the episodes longer than that but within `horizon` are kept whole and
+    counted in a note of their own."""
     lengths = dataset.episodes.lengths
+    notes = []
+    what = "horizon"
+    if evaluation_horizon is not None and evaluation_horizon < horizon:
+        what = "data horizon"
+        kept = (lengths > evaluation_horizon) & (lengths <= horizon)
+        if kept.any():
+            notes.append(f"{int(kept.sum())} episode(s) longer than the task's evaluation horizon "
+                         f"{evaluation_horizon} (the longest has {int(lengths[kept].max()):,} steps) were kept whole, "
+                         f"within its data horizon {horizon}")
     long = lengths > horizon
     if not long.any():
-        return dataset
+        return replace(dataset, notes=(*dataset.notes, *notes)) if notes else dataset
     where = dataset.source or dataset.name
-    found = f"{int(long.sum())} episode(s) longer than the task's horizon {horizon} (the longest has " \
+    found = f"{int(long.sum())} episode(s) longer than the task's {what} {horizon} (the longest has " \
             f"{int(lengths.max()):,} steps)"
     if long_episodes == "refuse":
         raise DatasetError(f"{where}: {found}: its terminals/timeouts flags do not mark every episode end; fix the "
-                           f"file, or set long_episodes: split to split such episodes at the horizon")
+                           f"file, or set long_episodes: split to split such episodes at the {what}")
     within = dataset.timesteps()
     split_after = (within % horizon == horizon - 1) & ~np.isin(np.arange(len(dataset)), dataset.episodes.ends - 1)
     timeouts = dataset.timeouts | split_after
     return replace(dataset, timeouts=timeouts, episodes=split_episodes(dataset.terminals, timeouts),
-                   episode_ids=None, notes=(*dataset.notes, f"{found} were split every {horizon} steps"))
+                   episode_ids=None, notes=(*dataset.notes, *notes, f"{found} were split every {horizon} steps"))

@@ -188,6 +188,9 @@ class RanTrial(Protocol):
     ratio: float
     gpu_hours: float
     config: Mapping[str, Any]  # the trial record's resolved config (JSON values)
+    # What was done to its dataset's episodes as they were read (the record's dataset.notes: split at the data
+    # horizon, kept whole past the evaluation's); a reader without it counts as having none.
+    dataset_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ Everything outside the trial comes in through three small interfaces, which the 
   training objective and gathers every rank's random states. One process by default.
 
 Files a finished trial leaves in `run_dir`: model/ (exported weights, the LoRA adapter via peft),
-trial_record.json, evaluations.json, eval_episodes.csv (the final evaluation, per episode),
-trajectory_ids.json (which episodes of the file it trained on) and metrics.jsonl (with LocalReport).
+trial_record.json, evaluations.json (every evaluation's step, metrics and episode seeds), eval_episodes.csv (the
+final evaluation, per episode), trajectory_ids.json (which episodes of the file it trained on) and metrics.jsonl
+(with LocalReport).
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ class Collective:
 @dataclass
 class TrialResult:
     step: int
-    history: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
+    # One entry per evaluation: "step", its metrics, and "seeds", the seed each episode's environment was reset with
+    history: list[dict[str, Any]] = field(default_factory=list)
     final: EvaluationResult | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -244,7 +246,7 @@ class TrialCore:
                     evaluation_started = time.perf_counter()
                     result.final = self.evaluate(step)
                     metrics = result.final.summary() | {"eval/seconds": time.perf_counter() - evaluation_started}
-                    result.history.append({"step": step, **metrics})
+                    result.history.append({"step": step, **metrics, "seeds": result.final.seeds})
                     report(step, metrics, [])
                 self._checkpoint(checkpoints, rng, result, metrics)
                 started = time.perf_counter()

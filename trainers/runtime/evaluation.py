@@ -69,6 +69,11 @@ class EvaluationResult:
         metrics["eval/best_normalized_mean"] = float(max(t.normalized.mean() for t in self.targets))
         return metrics
 
+    @property
+    def seeds(self) -> list[int]:
+        """The environment seed each episode was reset with, in episode order (every target return shares them)."""
+        return [int(seed) for seed in self.targets[0].seeds]
+
     def episode_rows(self) -> list[dict]:
         return [{"task": self.task, "target_return": "" if t.target_return is None else t.target_return,
                  "episode": i, "seed": int(t.seeds[i]), "return": float(t.returns[i]),

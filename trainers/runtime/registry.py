@@ -63,6 +63,7 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
     "lamo_full_ft": AlgorithmEntry(SEQUENCE, "lamo_full_ft"),
     "lamo_linear_emb": AlgorithmEntry(SEQUENCE, "lamo_linear_emb"),
     "dt": AlgorithmEntry(SEQUENCE, "dt"),
+    "dt_128": AlgorithmEntry(SEQUENCE, "dt_128"),  # on Atari the intended 128 wide; elsewhere the same as dt
     "wiki_rl": AlgorithmEntry(SEQUENCE, "wiki_rl"),
     # baselines (on Atari: baselines/cql_discrete.py, baselines/bc_discrete.py)
     "cql": AlgorithmEntry(cql.ALGORITHM, discrete=AlgorithmEntry(cql_discrete.ALGORITHM)),

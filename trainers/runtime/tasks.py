@@ -9,7 +9,9 @@ data in the registry it comes from (trainers/data/catalog.py), and `get_task` ta
 
 Reference scores are D4RL's published ones (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE), also for the Minari
 datasets of the same environments, which carry none; target returns, their scale and the context length K are
-LaMo's (its experiment.py and the paper's appendix).
+LaMo's (its experiment.py and the paper's appendix). A task's `horizon` is how long an evaluation episode runs;
+its `data_horizon`, the longest training episode kept whole, is the horizon except for kitchen, whose data
+LaMo keeps whole up to 1000 steps while it evaluates 280.
 """
 
 from __future__ import annotations
@@ -57,9 +59,19 @@ class Task:
     ref_max_score: float  # return that normalizes to 100
     target_returns: tuple[float, ...]  # returns-to-go the sequence models are conditioned on at evaluation
     return_scale: float  # returns-to-go are divided by this before entering the model
-    horizon: int  # maximum episode length
+    horizon: int  # maximum episode length in evaluation
     context_len: int  # default K for sequence models
     generated_by: str | None = None  # behaviour level of the data this project generates; None: external data
+    # The longest episode the training data keeps whole, its *data horizon* (≥ horizon); None at construction
+    # means the horizon, and `__post_init__` makes it that (so `dataclasses.replace(task, horizon=...)` keeps the
+    # data horizon it had). Longer episodes are split at it when the data is read (trainers/data/trajectories.py,
+    # enforce_horizon), and the sequence models' timestep table has this size. Kitchen's is LaMo's 1000 (see its
+    # tasks below): its demonstrations are kept whole past the 280 steps evaluated.
+    data_horizon: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.data_horizon is None:
+            object.__setattr__(self, "data_horizon", self.horizon)  # frozen: set once, here
 
     @property
     def dataset_name(self) -> str:
@@ -194,7 +206,14 @@ for _flavour in ("complete", "partial"):
         env_id="FrankaKitchen-v1",
         dataset_reader=D4RLFile(D4RL_FILES[f"kitchen-{_flavour}-v0"].file_name, f"kitchen-{_flavour}-v0"),
         ref_min_score=0.0, ref_max_score=4.0, target_returns=(5.0, 4.0, 3.0, 2.0, 1.0), return_scale=1.0,
-        horizon=280, context_len=20,
+        # Evaluated for 280 steps: D4RL registers kitchen-*-v0 with max_episode_steps=280 (d4rl/kitchen/__init__.py),
+        # and LaMo's loop (experiment-d4rl/decision_transformer/evaluation/evaluate_episodes.py:120, 161-162) runs
+        # up to max_ep_len but stops when that TimeLimit says done. Trained on demonstrations kept whole up to 1000
+        # steps: LaMo sets max_ep_len = 1000 for kitchen (experiment-d4rl/experiment.py:75-79), the size of its
+        # timestep table (decision_transformer.py:102, nn.Embedding(max_ep_len, ...); training timesteps past it
+        # are clamped, experiment.py:171-173), and data/download_d4rl_datasets.py:31-35, 44 cuts trajectories only
+        # at terminals or every 1000 steps (d4rl.qlearning_dataset returns no timeouts key).
+        horizon=280, context_len=20, data_horizon=1000,
     ))
 
 
@@ -223,7 +242,8 @@ for _flavour in ("complete", "partial"):
         dataset_reader=MinariData(f"{MINARI_PREFIX}D4RL/kitchen/{_flavour}-v2"),
         ref_min_score=_kitchen.ref_min_score, ref_max_score=_kitchen.ref_max_score,
         target_returns=_kitchen.target_returns, return_scale=_kitchen.return_scale, horizon=_kitchen.horizon,
-        context_len=_kitchen.context_len))
+        # LaMo's kitchen data horizon too: the partial dataset's episodes (recorded up to 450 steps) stay whole.
+        context_len=_kitchen.context_len, data_horizon=_kitchen.data_horizon))
 
 
 # --- atari: the DQN Replay dataset as d4rl-atari reads it, ALE through Gymnasium's Atari wrappers ------------

@@ -6,21 +6,15 @@ rule follow from it, everything else is this one algorithm: the backbone (a pre-
 GPT-2, or one built here), LoRA or full fine-tuning, AdamW with gradient clipping, the auxiliary language loss.
 Its settings, presets and their sources: trainers/sequence/config.py.
 
-Learning-rate schedules (`lr_schedule`): `warmup` — linear warm-up over `warmup_steps` updates, then constant
-(LaMo's and DT's D4RL code); `dt_atari` — Decision Transformer's Atari schedule (mingpt/trainer_atari.py): linear
-warm-up over `warmup_tokens` action tokens, then a cosine down to 10 % of the rate at `final_tokens`, held there;
-tokens = unpadded action targets seen. Its defaults are DT's own Atari run (run_dt_atari.py: warm-up 512·20
-tokens, final 2 · |data| · 3K). LaMo's Atari config keeps the class defaults (375e6 / 260e9), but its scheduler
-adds the running total to its counter every step (core.py passes the cumulative count to CustomLRScheduler.step,
-which adds it again), so its warm-up ends after ~500 steps and the cosine's argument grows with the square of the
-step, swinging the rate between 10 % and 100 % for the rest of training. That accident is not reproduced.
+Learning-rate schedules (`lr_schedule`): trainers/sequence/schedule.py. The language loss (λ > 0) adds GPT-2's
+positional embeddings exactly when the trajectory path does (`positional_embeddings`: LaMo's Atari model and its
+co-training through GPT2LMHeadModel), and neither adds them on D4RL (LaMo's trajectory_gpt2.py).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -51,6 +45,7 @@ from trainers.sequence.language.batches import LanguageBatches
 from trainers.sequence.language.hub import load_pretrained_gpt2
 from trainers.sequence.model import TrajectoryModelConfig, TrajectoryTransformer
 from trainers.sequence.policy import ContextPolicy
+from trainers.sequence.schedule import cosine_multiplier, step_multiplier
 
 # peft (and the transformers it imports, ~3 s) is imported where LoRA is applied or loaded: the sweep driver and
 # every trial that uses no LoRA load this module without it.
@@ -93,14 +88,6 @@ def model_spaces(setup: TrainingSetup) -> tuple[Literal["vector", "frames"], int
     return "vector", observation.shape[0], action.shape[0]
 
 
-def dt_atari_lr_multiplier(tokens: float, warmup_tokens: float, final_tokens: float) -> float:
-    """Decision Transformer's Atari schedule: linear warm-up, then cosine to 10 % at final_tokens, held."""
-    if tokens < warmup_tokens:
-        return tokens / max(1.0, warmup_tokens)
-    progress = (tokens - warmup_tokens) / max(1.0, final_tokens - warmup_tokens)
-    return max(0.1, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-
 class TrainingObjective(nn.Module):
     """Everything one update differentiates, in one forward (so DDP sees one forward per step)."""
 
@@ -113,7 +100,8 @@ class TrainingObjective(nn.Module):
                                              batch.mask)
         if lm_tokens is None:
             return action_loss, torch.zeros((), device=action_loss.device)
-        return action_loss, self.model.backbone.language_loss(lm_tokens)
+        positions = self.model.config.positional_embeddings
+        return action_loss, self.model.backbone.language_loss(lm_tokens, positional_embeddings=positions)
 
 
 class SequenceModelAlgorithm:
@@ -133,7 +121,7 @@ class SequenceModelAlgorithm:
         self.context_len = config.context_len or task.context_len
         model_config = TrajectoryModelConfig(
             observation_dim=observation_dim, action_dim=action_dim, modality=modality, context_len=self.context_len,
-            max_timestep=task.horizon, n_embd=backbone.config.n_embd, dropout=config.dropout,
+            max_timestep=task.data_horizon, n_embd=backbone.config.n_embd, dropout=config.dropout,
             embedding=config.embedding, action_head=config.action_head,
             timestep_after_layernorm=config.timestep_after_layernorm,
             positional_embeddings=config.positional_embeddings, cnn_channels=tuple(config.cnn_channels))
@@ -156,7 +144,7 @@ class SequenceModelAlgorithm:
         if dataset is not None:
             mean, std = self.state_statistics or (None, None)
             self.sampler = WindowSampler(dataset, self.context_len, task.return_scale, mean, std,
-                                         max_timestep=task.horizon)
+                                         max_timestep=task.data_horizon)
         self.language = None
         if config.lm_coef > 0 and dataset is not None:
             self.language = LanguageBatches.for_backbone(config.backbone, config.lm_corpus, config.lm_sequences,
@@ -171,8 +159,9 @@ class SequenceModelAlgorithm:
         is not a zero-rate step."""
         config = self.config
         if config.lr_schedule == "dt_atari":
-            return config.learning_rate * dt_atari_lr_multiplier(tokens, config.warmup_tokens, self.final_tokens)
-        return config.learning_rate * min((self.step + 1) / max(1, config.warmup_steps), 1.0)
+            return config.learning_rate * cosine_multiplier(tokens, config.warmup_tokens, self.final_tokens)
+        return config.learning_rate * step_multiplier(config.lr_schedule, self.step + 1, config.warmup_steps,
+                                                      config.num_steps)
 
     def update(self, batch: WindowBatch) -> dict[str, float]:
         self.model.train()

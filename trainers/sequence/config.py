@@ -16,16 +16,27 @@ RNG (trainers/data/subsets.py seeds them per cell), the highest-return trajector
 sorting, episodes split across file boundaries (split on terminals OR timeouts), and the language-model forward
 pass run every step even when its loss is multiplied by 0 (here λ = 0 skips it).
 
-Deviations from LaMo's Atari code, each for a stated reason:
+Deviations from LaMo's Atari code, each for a stated reason (each reaches the report of an Atari run as a fidelity
+note, `DIFFERENCES` below):
 - evaluation every 2,500 steps (LaMo: 200): trainers/runtime/tasks.py `DOMAIN_TRAINING`;
 - LoRA r 32, α 32, no dropout, biases frozen (peft defaults, as LaMo) on each of q, k and v of GPT-2's c_attn
   (trainers/sequence/gpt2.py splits the fused projection); LaMo's peft adapter sits on the fused c_attn, so its q,
   k and v updates share one rank-32 down-projection where here each has its own;
 - windows are drawn as Decision Transformer's (a uniform step, left-padded; trainers/data/samplers.py) — LaMo
   draws a trajectory ∝ length and a start in [0, len − K), right-padding, never using a trajectory's last step;
-- the language loss (when λ > 0) runs without positional embeddings, as on D4RL; LaMo's Atari runs use λ = 0;
-- the return embedding runs in fp32 under bf16 autocast, as on D4RL (LaMo trains Atari in fp32 throughout);
-- the learning-rate schedule: trainers/sequence/algorithm.py.
+- returns-to-go include the step's own reward (R̂_t = Σ_{k≥t} r_k), as DT's Atari code and as every evaluation
+  (LaMo's too) computes them; LaMo's buffer.py trains on Σ_{k>t} r_k (its cumulative sums subtract r_t) while its
+  evaluation conditions on Σ_{k≥t}. Kept: training and evaluation then mean the same by the return token;
+- the learning-rate schedule (`warmup_cosine`, trainers/sequence/schedule.py): LaMo's effective one is an accident of
+  its scheduler, matched in its warm-up and mean rate but not in its swings;
+- the return embedding runs in fp32 under bf16 autocast, as on D4RL (LaMo trains Atari in fp32 throughout).
+The language loss (Wiki-RL's λ 0.1 on Atari) adds GPT-2's positional embeddings where the trajectory path adds them,
+as LaMo's Atari co-training does (GPT2LMHeadModel on the token ids, experiment-atari/core.py); on D4RL neither path
+adds them (LaMo's trajectory_gpt2.py: to_add_position_embeds False for the language batches too).
+
+Decision Transformer on Atari: LaMo's code builds its `pretrained_lm none` model as GPT2Config(n_layer=3, n_head=1,
+n_embed=128) (experiment-atari/model.py) — `n_embed` is not a GPT2Config field, so the model runs GPT-2's default
+width 768, with gelu_new. `dt` runs what LaMo's code runs; `dt_128` runs the intended 128 (DT's D4RL width).
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from trainers.runtime.algorithm import (
 from trainers.sequence.language.corpora import check_corpus
 from trainers.sequence.language.hub import pretrained_gpt2_config
 from trainers.sequence.model import NATURE_CNN_CHANNELS
+from trainers.sequence.schedule import lamo_atari_mean_multiplier, mean_multiplier
 
 
 @algorithm_config
@@ -97,8 +109,8 @@ class Config(TrainingConfig):
     weight_decay: NonNegativeFloat = 1e-5
     adam_eps: PositiveFloat = 1e-6
     grad_clip: PositiveFloat = 0.25
-    lr_schedule: Literal["warmup", "dt_atari"] = "warmup"  # see the module doc
-    warmup_steps: NonNegativeInt = 2500  # warmup
+    lr_schedule: Literal["warmup", "warmup_cosine", "dt_atari"] = "warmup"  # trainers/sequence/algorithm.py
+    warmup_steps: NonNegativeInt = 2500  # warmup, warmup_cosine
     warmup_tokens: NonNegativeInt = 512 * 20  # dt_atari (DT-Atari run_dt_atari.py)
     final_tokens: PositiveInt | None = None  # dt_atari; None = 2 · (transitions trained on) · 3K, run_dt_atari.py
     # --- numerics ---
@@ -125,8 +137,16 @@ ATARI = {
     "lm_coef": 0.0,  # run.sh and config.yaml: nlp_train.co_training 0
     "learning_rate": 1e-3, "weight_decay": 0.01,  # run.sh train.lr, train.weight_decay (config.yaml: 3e-4, 0.1)
     "adam_eps": 1e-8, "grad_clip": 1.0,  # core.py: AdamW with torch's betas and eps; clip_grad_norm_ 1.0
-    "lr_schedule": "dt_atari",
+    # LaMo's CustomLRScheduler as it runs (its token counter grows with the square of the step): warm-up ends near
+    # update ~440, then the rate swings between 10 % and 100 % of lr, averaging 0.53 of it over 100K updates.
+    # Here: warm-up over 500 updates, one cosine to 10 % by the last update (mean 0.51), the same for every data
+    # ratio (trainers/sequence/schedule.py).
+    "lr_schedule": "warmup_cosine", "warmup_steps": 500,
 }
+
+_DT = {"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "activation_function": "relu",
+       "embedding": "linear", "action_head": "linear_tanh", "timestep_after_layernorm": False, "adaptation": "full",
+       "lm_coef": 0.0, "weight_decay": 1e-4, "adam_eps": 1e-8, "warmup_steps": 10_000}
 
 PRESETS: dict[str, Preset] = {
     "lamo": Preset(),
@@ -142,14 +162,11 @@ PRESETS: dict[str, Preset] = {
     # 0.25 (seq_trainer.py); batch 64, K 20, 100K steps. Departure: 20 evaluation episodes per target every 2500
     # steps (LaMo's protocol; DT evaluates 100 after each 10K steps). LaMo's own code would run this baseline with
     # its single token order (timestep after the LayerNorm).
-    # Atari: LaMo's code with pretrained_lm none: GPT2Config(n_layer=3, n_head=1, n_embed=128) — the misspelt
-    # n_embed leaves GPT-2's default width 768 in effect there; the intended 128 (DT's D4RL size) is used here.
-    # Its MLP keeps GPT2Config's default activation, gelu_new (LaMo's Atari code sets no activation_function).
-    "dt": Preset({"backbone": None, "n_layer": 3, "n_embd": 128, "n_head": 1, "activation_function": "relu",
-                  "embedding": "linear", "action_head": "linear_tanh", "timestep_after_layernorm": False,
-                  "adaptation": "full", "lm_coef": 0.0, "weight_decay": 1e-4, "adam_eps": 1e-8,
-                  "warmup_steps": 10_000},
-                 domains={"atari": {"activation_function": "gelu_new"}}),
+    # Atari: what LaMo's code runs with pretrained_lm none: GPT2Config(n_layer=3, n_head=1, n_embed=128), whose
+    # misspelt n_embed leaves GPT-2's default width 768 in effect, and whose MLP keeps GPT2Config's default
+    # activation, gelu_new (LaMo's Atari code sets no activation_function). `dt_128`: the intended 128.
+    "dt": Preset(_DT, domains={"atari": {"n_embd": 768, "activation_function": "gelu_new"}}),
+    "dt_128": Preset(_DT, domains={"atari": {"activation_function": "gelu_new"}}),
     # Wiki-RL (Reid et al. 2022) as LaMo's code runs it: pre-trained GPT-2 fully fine-tuned, linear embeddings,
     # Linear → tanh head, λ 0.1 language loss. Both repositories' decision_transformer.py apply the embedding
     # LayerNorm before adding the timestep embedding, and both utils.py get_optimizer use AdamW eps 1e-6 when a
@@ -203,12 +220,14 @@ def _whole_trajectories(runs: list[RanTrial]) -> str | None:
 
 
 def _language_pass_skipped(runs: list[RanTrial]) -> str | None:
-    algorithms = [r.algorithm for r in runs if r.config["lm_coef"] == 0 and r.config["backbone"] is not None]
+    # LaMo's Atari code computes the language loss only when co-training is on (experiment-atari/core.py).
+    algorithms = [r.algorithm for r in runs if r.config["lm_coef"] == 0 and r.config["backbone"] is not None
+                  and r.domain != "atari"]
     if not algorithms:
         return None
     return (f"Without LaMo's language loss (lm_coef 0: {_in_preset_order(algorithms)}) the language model's forward "
-            f"pass is skipped; LaMo's seq_trainer.py computes it every step and leaves it out of the loss (compute "
-            f"only, but it draws dropout randomness).")
+            f"pass is skipped; LaMo's D4RL seq_trainer.py computes it every step and leaves it out of the loss "
+            f"(compute only, but it draws dropout randomness).")
 
 
 def _mixed_precision(runs: list[RanTrial]) -> str | None:
@@ -217,16 +236,64 @@ def _mixed_precision(runs: list[RanTrial]) -> str | None:
     if not algorithms:
         return None
     return (f"bf16 autocast on GPU ({_in_preset_order(algorithms)}), where LaMo trains in float32 (its --fp16 flag "
-            f"is off).")
+            f"is off); the return embedding stays float32.")
+
+
+def _on_atari(runs: list[RanTrial]) -> list[RanTrial]:
+    return [r for r in runs if r.domain == "atari"]
 
 
 def _atari_schedule(runs: list[RanTrial]) -> str | None:
-    algorithms = [r.algorithm for r in runs if r.config["lr_schedule"] == "dt_atari"]
+    parts = {}
+    for run in _on_atari(runs):
+        c = run.config
+        if c["lr_schedule"] == "dt_atari":
+            text = (f"DT's Atari schedule as written (warm-up over {c['warmup_tokens']:,} action tokens, cosine to "
+                    f"10 % at 2 x the subset's transitions x 3K tokens: a different schedule for each data ratio)")
+        else:
+            mean = mean_multiplier(c["lr_schedule"], c["warmup_steps"], c["num_steps"])
+            shape = ("then cosine to 10 % by the last update" if c["lr_schedule"] == "warmup_cosine"
+                     else "then constant")
+            text = (f"warm-up over {c['warmup_steps']:,} updates, {shape}: mean multiplier {mean:.2f} of lr "
+                    f"{c['learning_rate']:g} over {c['num_steps']:,} updates (LaMo's scheduler over as many updates "
+                    f"of 128 x 30 tokens: {lamo_atari_mean_multiplier(c['num_steps'], 128 * 30):.2f})")
+        parts.setdefault(text, []).append(run.algorithm)
+    if not parts:
+        return None
+    shown = "; ".join(f"{_in_preset_order(names)}: {text}" for text, names in parts.items())
+    return (f"Learning rate on Atari: {shown}. LaMo's CustomLRScheduler adds its running token count to itself "
+            f"every update (core.py), so its warm-up ends near update 440 and the rate then swings between 10 % and "
+            f"100 % of lr.")
+
+
+def _atari_lora(runs: list[RanTrial]) -> str | None:
+    ranks = {f"{r.algorithm} (r {r.config['lora_r']})" for r in _on_atari(runs) if r.config["adaptation"] == "lora"}
+    if not ranks:
+        return None
+    return (f"LoRA on Atari ({', '.join(sorted(ranks))}) adapts each of q, k and v of GPT-2's attention with its own "
+            f"low-rank pair; LaMo's peft adapter sits on the fused c_attn, so its q, k and v updates share one "
+            f"down-projection of that rank.")
+
+
+def _atari_windows(runs: list[RanTrial]) -> str | None:
+    algorithms = [r.algorithm for r in _on_atari(runs)]
     if not algorithms:
         return None
-    return (f"Learning rate of {_in_preset_order(algorithms)}: Decision Transformer's Atari schedule as written "
-            f"(warm-up over 512 x 20 action tokens, cosine to 10 % at final_tokens). LaMo's Atari scheduler adds its "
-            f"running token count to itself every step (warm-up ends near step 500).")
+    return (f"Training windows on Atari ({_in_preset_order(algorithms)}): a uniformly drawn step and the K steps up "
+            f"to it, left-padded at an episode's start (Decision Transformer's sampling); returns-to-go include the "
+            f"step's own reward (sum over k >= t), as at evaluation. LaMo's buffer.py draws a trajectory in proportion "
+            f"to its length and a start in [0, len - K), right-pads, never trains on a trajectory's last step, and "
+            f"trains on returns-to-go without the step's own reward (k > t) while its evaluation includes it.")
+
+
+def _atari_width(runs: list[RanTrial]) -> str | None:
+    widths = {f"{r.algorithm} {r.config['n_embd'] or 128} wide"
+              for r in _on_atari(runs) if r.config["backbone"] is None}
+    if not widths:
+        return None
+    return (f"Transformers built from scratch on Atari: {', '.join(sorted(widths))}. LaMo's code builds its "
+            f"pretrained_lm none model as GPT2Config(n_layer=3, n_head=1, n_embed=128), whose misspelt n_embed "
+            f"leaves GPT-2's default width 768 in effect (dt runs that); dt_128 runs the intended 128.")
 
 
 DIFFERENCES = [
@@ -240,5 +307,11 @@ DIFFERENCES = [
                     "(precision)", _mixed_precision),
     KnownDifference("learning-rate schedule: atari",
                     "LaMo code: experiment-atari/core.py (CustomLRScheduler); kzl/decision-transformer "
-                    "atari/mingpt/trainer_atari.py; trainers/sequence/algorithm.py (lr_schedule)", _atari_schedule),
+                    "atari/mingpt/trainer_atari.py; trainers/sequence/schedule.py", _atari_schedule),
+    KnownDifference("lora: atari", "LaMo code: experiment-atari/model.py (peft LoraConfig on c_attn); "
+                    "trainers/sequence/gpt2.py (c_attn split into q, k, v)", _atari_lora),
+    KnownDifference("training windows: atari", "LaMo code: experiment-atari/buffer.py (AtariBuffer.sample, "
+                    "rewards_to_go); trainers/data/samplers.py (WindowSampler)", _atari_windows),
+    KnownDifference("model width: atari", "LaMo code: experiment-atari/model.py (GPT2Config(..., n_embed=128)); "
+                    "trainers/sequence/config.py (PRESETS dt, dt_128)", _atari_width),
 ]

@@ -4,8 +4,8 @@ Why our own module rather than `transformers.GPT2Model`:
 - LaMo adapts each of the query, key and value projections with its own rank-16 LoRA (loralib's
   MergedLinear over GPT-2's fused `c_attn`): 12 × (36,864 + 36,864 + 2,304) trainable parameters on GPT-2
   small. Splitting `c_attn` into three Linear layers (`c_attn.q/k/v`) lets peft express exactly that.
-- Neither the trajectory tokens nor LaMo's language loss use GPT-2's positional embeddings; here they are
-  simply never added (`wpe` is kept only so a converted checkpoint stays complete).
+- Positional embeddings are the caller's: LaMo's D4RL model adds none, to trajectory tokens or to its language
+  batches; its Atari model adds `wpe` to both (trainers/sequence/model.py, `language_loss`).
 - The evaluation hot path needs only the last state token's output, which a plain module can ask for.
 Weights, layer norms, scaling and the MLP activation the config names are GPT-2's, so outputs equal
 `GPT2Model`'s with zero position embeddings (tested for each activation in `ACTIVATIONS`). A config naming
@@ -109,14 +109,15 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    """GPT-2 without positional embeddings: inputs are embeddings (trajectory tokens) or token ids (text)."""
+    """GPT-2 whose forward takes embeddings: trajectory tokens, or text through `language_loss`. Positional
+    embeddings are added by the caller (trainers/sequence/model.py) where the reference model adds them."""
 
     def __init__(self, config: GPT2Config):
         super().__init__()
         check_supported(config)
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # kept for completeness, never added
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # added by the caller where its source adds it
         self.wpe.weight.requires_grad_(False)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -158,9 +159,13 @@ class GPT2(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.wte.weight)  # GPT-2 ties the LM head to the token embeddings
 
-    def language_loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Causal LM cross-entropy on (B, T+1) token windows, no positional embeddings (as in LaMo)."""
-        hidden = self.forward(self.wte(tokens[:, :-1]))
+    def language_loss(self, tokens: torch.Tensor, positional_embeddings: bool = False) -> torch.Tensor:
+        """Causal LM cross-entropy on (B, T+1) token windows; with `positional_embeddings`, wpe added as Hugging
+        Face's GPT2LMHeadModel does (LaMo's Atari co-training), else none (LaMo's D4RL code)."""
+        inputs = self.wte(tokens[:, :-1])
+        if positional_embeddings:
+            inputs = inputs + self.wpe(torch.arange(inputs.shape[1], device=inputs.device))
+        hidden = self.forward(inputs)
         logits = self.lm_logits(hidden)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
 
