@@ -237,9 +237,9 @@ def _atari_form_and_budget(runs: list[RanTrial]) -> str | None:
     forms = "; ".join(dict.fromkeys(_form(r.config) for r in runs))
     text = (f"Discrete CQL ran {forms}, for {steps} updates. The CQL authors' Atari "
             f"code (aviralkumar2907/CQL, atari/) trains QR-DQN with 200 quantiles, a target copy every 2,000 updates "
-            f"(8,000 agent steps, one update per 4), Adam lr 5e-05 eps 0.0003125 and α 1 for "
-            f"{AUTHORS_UPDATES / 1e6:g}M updates (200 iterations of 250,000 agent steps), at 1 % and at 10 % data "
-            f"alike. Its convolutions are unpadded (the Nature CNN shared with the sequence models, 7x7 maps), where "
+            f"(8,000 agent steps, one update per 4), Adam lr 5e-05 eps 0.0003125 and α 1 (their gin files) for "
+            f"{AUTHORS_UPDATES / 1e6:g}M updates (200 iterations of 250,000 agent steps) at every data ratio. Its "
+            f"convolutions are unpadded (the Nature CNN shared with the sequence models, 7x7 maps), where "
             f"the authors' QuantileNetwork pads 'same'.")
     off = sorted({(r.ratio, r.config.get("cql_alpha")) for r in runs
                   if r.ratio in README_ALPHA and r.config.get("cql_alpha") != README_ALPHA[r.ratio]})

@@ -242,8 +242,8 @@ KNOWN_DIFFERENCES: list[KnownDifference] = [
                     "LaMo code: data/mujoco/ratio_dataset.py, data/kitchen/ratio_dataset.py; trainers/data/subsets.py "
                     "(subsample_trajectories)", _seeded_subsets),
     KnownDifference("training data: generated",
-                    "trainers/tools/make_dataset.py; trainers/runtime/tasks.py (Task.generated_by); LaMo code: "
-                    "data/data_generation_PPO", _generated_data),
+                    "trainers/tools/make_dataset.py, trainers/tools/atari_replay.py; trainers/runtime/tasks.py "
+                    "(Task.generated_by); LaMo code: data/data_generation_PPO", _generated_data),
     KnownDifference("settings",
                     "trainers/sequence/config.py (Config, PRESETS: LaMo's run.sh and appendix); baselines/<name>.py "
                     "(Config: each field cites its reference); the runs' trial records", _changed_settings),

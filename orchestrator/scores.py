@@ -47,8 +47,8 @@ from trainers.runtime.tasks import TASKS, Domain
 
 PROTOCOLS = {
     "paper": "paper (LaMo): per run and target return, the mean normalized score of the evaluations in the last "
-             "20% of training (steps > 0.8 x config.num_steps: the last 8 of 40 at LaMo's 100K steps, evaluated "
-             "every 2.5K); per algorithm x task x ratio the target with the highest mean over seeds is reported "
+             "20% of training (steps > 0.8 x config.num_steps: on D4RL-style tasks the last 8 of LaMo's 40 "
+             "evaluations, 100K steps evaluated every 2.5K); per algorithm x task x ratio the target with the highest mean over seeds is reported "
              "and named",
     "last": "last (CORL): per run and target return, the normalized score at the final evaluation; per "
             "algorithm x task x ratio the target with the highest mean over seeds is reported and named",

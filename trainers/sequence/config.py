@@ -262,8 +262,8 @@ def _atari_schedule(runs: list[RanTrial]) -> str | None:
         return None
     shown = "; ".join(f"{_in_preset_order(names)}: {text}" for text, names in parts.items())
     return (f"Learning rate on Atari: {shown}. LaMo's CustomLRScheduler adds its running token count to itself "
-            f"every update (core.py), so its warm-up ends near update 440 and the rate then swings between 10 % and "
-            f"100 % of lr.")
+            f"every update (core.py): at 128 x 30 tokens per update its warm-up ends near update 440, and from update "
+            f"~11,600 on the rate swings between 10 % and 100 % of lr.")
 
 
 def _atari_lora(runs: list[RanTrial]) -> str | None:
@@ -293,7 +293,8 @@ def _atari_width(runs: list[RanTrial]) -> str | None:
         return None
     return (f"Transformers built from scratch on Atari: {', '.join(sorted(widths))}. LaMo's code builds its "
             f"pretrained_lm none model as GPT2Config(n_layer=3, n_head=1, n_embed=128), whose misspelt n_embed "
-            f"leaves GPT-2's default width 768 in effect (dt runs that); dt_128 runs the intended 128.")
+            f"leaves GPT-2's default width 768 in effect: the dt preset's width on Atari; dt_128's is the intended "
+            f"128.")
 
 
 DIFFERENCES = [
