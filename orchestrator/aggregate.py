@@ -1,6 +1,10 @@
 """The aggregator: a sweep's MLflow runs -> one score per run under a named protocol -> the paper's tables.
 
-    python orchestrator/aggregate.py --sweep NAME_OR_ID [--protocol paper|last|best] [--out DIR]
+    python orchestrator/aggregate.py --sweep NAME_OR_ID [--sweep ANOTHER ...] [--protocol paper|last|best] [--out DIR]
+
+Several sweeps aggregate as one: the union of their trial runs, each computation once (the newest run of one
+fingerprint: orchestrator/runs.py), the report saying which sweep each cell's runs came from; that report is
+written to --out only (no single parent run owns it).
 
 This module wires the layers and nothing else: orchestrator/tracking.py reads the sweep's runs,
 orchestrator/scores.py scores them (protocols and statistics are documented there), orchestrator/report.py
@@ -19,6 +23,7 @@ if __package__ in (None, ""):  # run as `python orchestrator/aggregate.py`: impo
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator import report, tracking
+from orchestrator.runs import newest_per_computation
 from orchestrator.scores import (
     PROTOCOLS,
     REFERENCE_ALGORITHM,
@@ -35,7 +40,7 @@ def default_out_dir(sweep_id: str, protocol: str) -> Path:
     return Path("reports") / sweep_id / protocol
 
 
-def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str, protocol: str = "paper",
+def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str | list[str], protocol: str = "paper",
                     out_dir: str | Path | None = None, console=None, *, resamples: int = 2000,
                     reference: str = REFERENCE_ALGORITHM, log_artifacts: bool = True) -> Aggregate:
     """Score a sweep, write tables, plots and the HTML report to `out_dir` (default reports/<sweep id>/<protocol>),
@@ -48,19 +53,27 @@ def aggregate_sweep(tracking_uri: str, experiment: str, sweep: str, protocol: st
 
     if protocol not in PROTOCOLS:
         raise AggregationError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
+    sweeps = [sweep] if isinstance(sweep, str) else list(dict.fromkeys(sweep))
     try:
         mlflow_client, experiment_id = tracking.open_store(tracking_uri, experiment)
-        parent = tracking.find_sweep(mlflow_client, experiment_id, sweep)
+        parents = [tracking.find_sweep(mlflow_client, experiment_id, name) for name in sweeps]
     except tracking.StoreLookupError as error:
         raise AggregationError(str(error)) from None
-    sweep_id, sweep_name = tracking.sweep_identity(parent)
-    runs = tracking.read_trial_runs(mlflow_client, experiment_id, parent.info.run_id)
-    result = aggregate_runs(runs, protocol, sweep_id=sweep_id, sweep_name=sweep_name,
-                            parent_run_id=parent.info.run_id, asked=tracking.asked_seeds(parent.data.params),
+    identities = [tracking.sweep_identity(parent) for parent in parents]
+    runs = [run for parent in parents for run in tracking.read_trial_runs(mlflow_client, experiment_id,
+                                                                          parent.info.run_id)]
+    if len(parents) > 1:
+        runs = newest_per_computation(runs)
+    asked = max((tracking.asked_seeds(p.data.params) or 0 for p in parents), default=0) or None
+    result = aggregate_runs(runs, protocol, sweep_id=" + ".join(i[0] for i in identities),
+                            sweep_name=" + ".join(i[1] for i in identities),
+                            parent_run_id=", ".join(p.info.run_id for p in parents), asked=asked,
                             resamples=resamples, reference=reference)
-    result.out_dir = Path(out_dir) if out_dir is not None else default_out_dir(sweep_id, protocol)
+    out_name = "+".join(i[0] for i in identities)
+    result.out_dir = Path(out_dir) if out_dir is not None else default_out_dir(out_name, protocol)
     result.files = report.write_outputs(result, result.out_dir)
-    if log_artifacts:
+    if log_artifacts and len(parents) == 1:
+        parent = parents[0]
         result.artifact_path = tracking.log_aggregate(mlflow_client, parent.info.run_id, protocol, result.out_dir)
         tracking.log_parent_metrics(mlflow_client, parent.info.run_id, headline_metrics(protocol, result.domains))
     if console is None:  # a Ray job's log is no terminal: keep the table's rows on one line each
@@ -83,7 +96,9 @@ def headline_metrics(protocol: str, summaries: list[DomainSummary]) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python orchestrator/aggregate.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--sweep", required=True, help="sweep id (<name>-<hash>) or name (its most recent run)")
+    parser.add_argument("--sweep", required=True, action="append",
+                        help="sweep id (<name>-<hash>) or name (its most recent run); repeat it to aggregate several "
+                             "sweeps as one (each computation once, the newest run)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="paper")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default reports/<sweep id>/<protocol>)")

@@ -50,8 +50,9 @@ Work = tuple[str, str, int]  # what a trial's time depends on: algorithm, task, 
 
 class SweepProgress(Callback):
     def __init__(self, metric: str, mode: str = "max", slots: int = 1, interval_s: float = 30.0,
-                 console: Console | None = None):
+                 console: Console | None = None, reused: int = 0):
         self.metric, self.mode, self.slots, self.interval_s = metric, mode, max(1, slots), interval_s
+        self.reused = reused  # trials earlier sweeps finished (orchestrator/reuse.py): done, and no time left
         # The current Tuner's trials, created or not (Tune creates them lazily, so `trials` can be shorter).
         self.planned: list[Work] = []
         self.console = console or Console(highlight=False, soft_wrap=True)
@@ -71,7 +72,7 @@ class SweepProgress(Callback):
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; the console does not travel
         return {"metric": self.metric, "mode": self.mode, "slots": self.slots, "interval_s": self.interval_s,
-                "planned": self.planned}
+                "reused": self.reused, "planned": self.planned}
 
     def __setstate__(self, state: dict) -> None:
         planned = state.pop("planned")
@@ -108,8 +109,9 @@ class SweepProgress(Callback):
         done, running, failed = counts["TERMINATED"], counts["RUNNING"], counts["ERROR"]
         total = max(len(self.planned), len(trials))
         pending = total - done - running - failed
-        line = f"{done}/{total} done, {running} running, {failed} failed, {pending} pending; " \
-               f"elapsed {_duration(time.time() - self.started)}"
+        reused = f" ({self.reused} reused)" if self.reused else ""
+        line = f"{done + self.reused}/{total + self.reused} done{reused}, {running} running, {failed} failed, " \
+               f"{pending} pending; elapsed {_duration(time.time() - self.started)}"
         if running or pending:
             left, unknown = self.remaining_seconds(trials, finishing)
             line += f", ~{_duration(left)} left" if not unknown else \

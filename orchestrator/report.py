@@ -12,12 +12,14 @@ import base64
 import csv
 import html
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.plots import CAPTIONS, write_plots
 from orchestrator.scores import Aggregate, Cell, domain_order, task_order
 
+NOT_IN_LATEX = ("Sources", "Excluded runs", "Cost")  # the paper's tables only
 SEED_FLAG_NOTE = "[n/k seeds]: the cell has fewer finished seeds than the sweep asked for"
 
 
@@ -134,15 +136,35 @@ def improvement_table(result: Aggregate) -> Table:
     return table
 
 
+def _cost_columns(runs) -> list[str]:
+    spent = [r for r in runs if not r.reused_from]
+    reused = [r for r in runs if r.reused_from]
+    return [str(len(spent)), _number(sum(r.wall_seconds for r in spent) / 3600, 2),
+            _number(sum(r.gpu_hours for r in spent), 2), str(len(reused)),
+            _number(sum(r.wall_seconds for r in reused) / 3600, 2), _number(sum(r.gpu_hours for r in reused), 2)]
+
+
 def cost_table(result: Aggregate) -> Table:
-    table = Table("Cost", ["Algorithm", "Runs", "Wall hours", "GPU-hours"],
-                  notes=["Every run counts, failed and unfinished ones included: their time was spent."])
+    table = Table("Cost", ["Algorithm", "Runs", "Wall hours", "GPU-hours", "Reused runs", "Reused wall hours",
+                           "Reused GPU-hours"],
+                  notes=["Every run counts, failed and unfinished ones included: their time was spent. Reused runs "
+                         "were trained by earlier sweeps (orchestrator/reuse.py): their cost is shown apart."])
     for algorithm in result.algorithms:
-        runs = [r for r in result.runs if r.algorithm == algorithm]
-        table.add([algorithm, str(len(runs)), _number(sum(r.wall_seconds for r in runs) / 3600, 2),
-                   _number(sum(r.gpu_hours for r in runs), 2)])
-    table.add(["Sweep", str(len(result.runs)), _number(sum(r.wall_seconds for r in result.runs) / 3600, 2),
-               _number(sum(r.gpu_hours for r in result.runs), 2)], rule=True)
+        table.add([algorithm, *_cost_columns([r for r in result.runs if r.algorithm == algorithm])])
+    table.add(["Sweep", *_cost_columns(result.runs)], rule=True)
+    return table
+
+
+def sources_table(result: Aggregate) -> Table:
+    """Which sweep trained each cell's runs (rows only when the runs come from more than one sweep)."""
+    table = Table("Sources", ["Algorithm", "Task", "Ratio", "Sweeps (runs)"],
+                  notes=["The sweep each run was trained in: a reused run's original sweep, or each sweep of a "
+                         "several-sweep aggregation (the newest run of each computation)."])
+    if len({r.source_sweep for r in result.runs}) < 2 and not any(r.reused_from for r in result.runs):
+        return table
+    for c in result.cells:
+        sources = Counter(r.source_sweep for r in result.runs if r.cell == (c.algorithm, c.task, c.ratio))
+        table.add([c.algorithm, c.task, ratio_text(c.ratio), ", ".join(f"{s} ({n})" for s, n in sources.items())])
     return table
 
 
@@ -157,7 +179,8 @@ def all_tables(result: Aggregate) -> list[Table]:
     tables = [main_table(result), domain_table(result), ratio_table(result)]
     if result.improvements:
         tables.append(improvement_table(result))
-    return tables + [excluded_table(result), cost_table(result)]
+    sources = sources_table(result)
+    return tables + ([sources] if sources.rows else []) + [excluded_table(result), cost_table(result)]
 
 
 # --- renderers ---------------------------------------------------------------------------------------------
@@ -260,10 +283,12 @@ def write_csvs(result: Aggregate, out: Path) -> list[Path]:
                     c.flagged, _blank(c.ci[0]), _blank(c.ci[1]), *cost[c.algorithm, c.task, c.ratio]]
                    for c in result.cells]),
         write_csv(out / "runs.csv", ["run_id", "trial_id", "algorithm", "domain", "task", "ratio", "seed", "status",
-                                     "label", "score", "excluded", "wall_seconds", "gpu_hours"],
+                                     "label", "score", "excluded", "wall_seconds", "gpu_hours", "source_sweep",
+                                     "reused_from"],
                   [[r.run_id, r.trial_id, r.algorithm, r.domain, r.task, r.ratio, r.seed, r.status,
                     (cell_of[r.run_id].label or "") if r.run_id in scores else "", scores.get(r.run_id, ""),
-                    excluded.get(r.run_id, ""), r.wall_seconds, r.gpu_hours] for r in result.runs]),
+                    excluded.get(r.run_id, ""), r.wall_seconds, r.gpu_hours, r.source_sweep, r.reused_from or ""]
+                   for r in result.runs]),
         write_csv(out / "domains.csv", ["algorithm", "domain", "mean", "mean_ci_low", "mean_ci_high", "iqm",
                                         "iqm_ci_low", "iqm_ci_high", "cells", "cells_expected", "runs", "resamples"],
                   [[s.algorithm, s.domain, s.mean, *s.mean_ci, s.iqm, *s.iqm_ci, s.cells, s.cells_expected, s.runs,
@@ -319,7 +344,8 @@ def write_outputs(result: Aggregate, out: Path) -> list[Path]:
                                                 *map(to_markdown, tables[1:])]), encoding="utf-8")
     (out / "tables.tex").write_text(f"% Sweep {result.sweep_id}. Protocol: {result.protocol_text}.\n"
                                     + fidelity_latex(result)
-                                    + "\n".join(to_latex(t) for t in tables[:-2]), encoding="utf-8")
+                                    + "\n".join(to_latex(t) for t in tables if t.title not in NOT_IN_LATEX),
+                                    encoding="utf-8")
     images = write_plots(result, out)
     files += [out / "tables.md", out / "tables.tex", *images, write_html(result, tables, images, out / "report.html")]
     return files
@@ -353,7 +379,9 @@ def print_summary(result: Aggregate, console) -> None:
         for run, reason in result.excluded:
             console.print(Text(f"  {run.trial_id}: {reason} ({run.run_id})"))
     cost = tables[-1].rows[-1]
-    console.print(Text(f"Cost: {cost[2]} wall hours, {cost[3]} GPU-hours over {cost[1]} runs."))
+    reused = f" (and {cost[4]} runs reused from earlier sweeps, which had cost {cost[5]} wall hours, {cost[6]} " \
+             f"GPU-hours)" if cost[4] != "0" else ""
+    console.print(Text(f"Cost: {cost[2]} wall hours, {cost[3]} GPU-hours over {cost[1]} runs{reused}."))
     if result.notes:
         console.print(Text(f"{FIDELITY_TITLE}:", style="bold"))
         for note in result.notes:

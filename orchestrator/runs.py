@@ -7,6 +7,7 @@ run's `trial_record` tag): nothing is copied out of it or turned into text.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,10 @@ class TrialRun:
     curves: dict[str, list[tuple[int, float]]]  # eval label -> (step, normalized mean), by step
     wall_seconds: float = 0.0
     gpu_hours: float = 0.0
+    reused_from: str | None = None  # the original run a reused trial stands for (its curves and cost are these)
+    source_sweep: str = ""  # the sweep that trained it (the original's, for a reused trial)
+    fingerprint: str = ""  # what it computes (orchestrator/fingerprint.py); "" for runs made before fingerprints
+    started: int = 0  # when its training run started (ms since the epoch): the newest of one fingerprint wins
 
     @property
     def trial_id(self) -> str:
@@ -63,3 +68,27 @@ class TrialRun:
     @property
     def cell(self) -> tuple[str, str, float]:
         return self.record.cell
+
+
+def identity_key(run: TrialRun) -> str:
+    """What the run computed: its fingerprint, or for a run made before fingerprints its record without the sweep
+    and trial names."""
+    if run.fingerprint:
+        return run.fingerprint
+    values = run.record.to_dict()
+    values.pop("sweep_id", None)
+    values.pop("trial_id", None)
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def newest_per_computation(runs: list[TrialRun]) -> list[TrialRun]:
+    """The union of several sweeps' runs with each computation once: of runs that computed the same (a trial two
+    sweeps share, a reused run and its original), the newest FINISHED one, else the newest."""
+    chosen: dict[str, TrialRun] = {}
+    for run in runs:
+        key = identity_key(run)
+        held = chosen.get(key)
+        if held is None or (run.status == "FINISHED", run.started) > (held.status == "FINISHED", held.started):
+            chosen[key] = run
+    return list(chosen.values())
+

@@ -6,10 +6,13 @@ anything is written or Ray starts:
 1. load and validate the sweep file and resolve every trial into its record (orchestrator/spec.py);
    `--dry-run` prints the plan and stops here;
 2. validate what the trials need (orchestrator/preflight.py): models and corpora, action spaces, every dataset
-   file opened and checked in full, every data-ratio subset computed; then check the tracking store answers;
+   file opened and checked in full, every data-ratio subset computed; then check the tracking store answers and
+   find the trials earlier sweeps already finished (orchestrator/reuse.py: same fingerprint and code), which are
+   reused instead of trained (`--no-reuse` trains everything);
 3. connect to or start Ray and check one trial fits on the cluster (and on one of its nodes);
 4. open (or find again) the sweep's MLflow parent run;
-5. run a Ray Tune `Tuner` whose trials each train one record (orchestrator/trial.py) — or restore it when the
+5. show the reused trials in the parent run (a light child run each, pointing at the original), then
+   run a Ray Tune `Tuner` whose trials each train one record (orchestrator/trial.py) — or restore it when the
    same sweep already ran here (its name and storage path come from the spec, so running the same command after
    a crash resumes it: finished trials are not re-run, errored and unfinished ones continue from their last
    checkpoint). `--restart` starts over, keeping what was recorded;
@@ -62,6 +65,7 @@ from orchestrator.plan import (
     resource_plan,
 )
 from orchestrator.preflight import SweepInputError, validate_sweep_inputs
+from orchestrator.reuse import ReusePlan
 from orchestrator.spec import SpecError, SweepSpec, expand_trials, load_spec
 from orchestrator.tracking import (
     SweepTracker,
@@ -271,10 +275,10 @@ def record_name(config: dict) -> str:
     return record_of(config).trial_id
 
 
-def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tracker: SweepTracker,
+def run_trials(spec: SweepSpec, reuse: ReusePlan, spec_file: Path, tracker: SweepTracker,
                plan: ResourcePlan, restart: bool, console: Console, phases: Phases) -> tuple[int, bool, int]:
-    """Open (or find again) the parent run, run the trials through Tune, close the parent run; returns (trials
-    finished, whether any failed, trials unfinished)."""
+    """Open (or find again) the parent run, show the reused trials in it, run the others through Tune, close the
+    parent run; returns (trials finished, whether any failed, trials unfinished)."""
     from orchestrator.progress import SweepProgress
 
     if restart:
@@ -282,27 +286,35 @@ def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tra
         console.print(f"--restart: {tracker.supersede()} earlier parent run(s) marked superseded")
     with phases.phase("parent-run"):
         parent = tracker.start_sweep(spec.name, spec.model_dump(mode="json", exclude={"tracking"}), spec_file)
+        for record, original in reuse.reused:
+            tracker.reuse_trial(parent, record, original)
+    records = reuse.to_train
     r = spec.resources
     context = SweepContext(tracker.uri, spec.tracking.experiment, spec.sweep_id, parent, outputs_root(spec),
                            sweep_root(spec, "train"), r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
                            spec.concurrency.worker_retries, r.in_place, spec.tracking.max_outage_s,
                            searching=spec.search.kind == "optuna")
-    console.print(f"sweep {spec.sweep_id}: {len(records)} trials, up to {plan.concurrent_trials} at once; "
-                  f"MLflow {tracker.uri} (experiment {spec.tracking.experiment}, parent run {parent})")
+    reused = f" ({len(reuse.reused)} more reused)" if reuse.reused else ""
+    console.print(f"sweep {spec.sweep_id}: {len(records)} trials to train{reused}, up to {plan.concurrent_trials} at "
+                  f"once; MLflow {tracker.uri} (experiment {spec.tracking.experiment}, parent run {parent})")
     console.print(f"runs table: {experiment_link(tracker.uri, tracker.experiment_id)}")
-    progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console)
+    progress = SweepProgress(spec.search.metric, spec.search.mode, plan.concurrent_trials, console=console,
+                             reused=len(reuse.reused))
     with phases.phase("trials"):
-        if spec.search.kind == "optuna":
+        if not records:
+            grids = []
+        elif spec.search.kind == "optuna":
             grids = run_search(spec, records, context, plan, restart, progress, tracker, console)
         else:
             grids = run_grid(spec, records, context, plan, restart, progress, console)
     failures = failed_trials(grids)
     # Counted from the trials' runs: Tune calls a trial it stopped on Ctrl-C terminated too.
     finished = sum(status == "FINISHED" for status in tracker.trial_statuses(parent).values())
-    expected = spec.search.samples * len(grids) if spec.search.kind == "optuna" else len(records)
+    expected = spec.search.samples * len(grids) if spec.search.kind == "optuna" else reuse.total
     unfinished = max(0, expected - finished - len(failures))
-    console.print(f"sweep {spec.sweep_id}: {finished} trials finished, {len(failures)} failed"
-                  + (f", {unfinished} unfinished" if unfinished else ""))
+    console.print(f"sweep {spec.sweep_id}: {finished} trials finished"
+                  + (f" ({len(reuse.reused)} of them reused from earlier sweeps)" if reuse.reused else "")
+                  + f", {len(failures)} failed" + (f", {unfinished} unfinished" if unfinished else ""))
     for name, message in failures:
         console.print(f"  failed {name}: {message[:500]}")
     if unfinished:  # stopped (Ctrl-C, SIGTERM) before every trial ended: checkpoints and runs are kept
@@ -312,9 +324,29 @@ def run_trials(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, tra
     return finished, bool(failures), unfinished
 
 
+def fingerprinted(records: list[TrialRecord]) -> tuple[list[TrialRecord], dict]:
+    """The validated records with their fingerprints set, and trial id -> Fingerprint."""
+    import dataclasses
+
+    from orchestrator.fingerprint import fingerprint
+
+    prints = {record.trial_id: fingerprint(record) for record in records}
+    return [dataclasses.replace(r, fingerprint=prints[r.trial_id].inputs) for r in records], prints
+
+
+def reuse_plan(spec: SweepSpec, records: list[TrialRecord], uri: str, use_earlier: bool) -> ReusePlan:
+    """What earlier sweeps already finished (orchestrator/reuse.py), or nothing with `use_earlier` False."""
+    from orchestrator.reuse import find_reusable
+
+    records, prints = fingerprinted(records)
+    if not use_earlier:
+        return ReusePlan(to_train=records)
+    return find_reusable(uri, spec.tracking.experiment, records, prints, spec.sweep_id)
+
+
 def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, restart: bool = False,
               autoscaling: bool = False, dashboard: bool = False, console: Console | None = None,
-              phases: Phases | None = None) -> int:
+              phases: Phases | None = None, reuse: bool = True) -> int:
     """Run the sweep; `phases` (from the command's start) times its parts, printed as one line at the end."""
     import ray
 
@@ -329,6 +361,13 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
         console.print(f"note: {note}")
     uri = absolute_uri(spec.tracking.uri)
     check_tracking_uri(uri)
+    with phases.phase("reuse"):
+        reused = reuse_plan(spec, records, uri, use_earlier=reuse and spec.search.kind != "optuna")
+    if reused.reused or reused.stale or reused.incomplete:
+        from orchestrator.reuse import describe as describe_reuse
+
+        for line in describe_reuse(reused):
+            console.print(line)
     plan = local_plan(spec)
     aggregation = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-background") as background:
@@ -351,7 +390,7 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
             import orchestrator.progress  # noqa: F401
         try:
             tracker = opening.result() if opening else open_store()
-            finished, failed, unfinished = run_trials(spec, records, spec_file, tracker, plan, restart, console,
+            finished, failed, unfinished = run_trials(spec, reused, spec_file, tracker, plan, restart, console,
                                                       phases)
             if finished:
                 aggregation = background.submit(aggregate)
@@ -365,6 +404,26 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
     return INTERRUPTED_EXIT if unfinished else 1 if failed else 0
 
 
+def describe_reuse_dry(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, use_earlier: bool,
+                       console: Console) -> None:
+    """The dry run's reuse account: which trials earlier sweeps finished (read-only; the datasets are read to
+    fingerprint the trials). Inputs that do not validate yet are said, not raised: the plan above still stands."""
+    from orchestrator.reuse import describe as describe_reuse
+
+    if spec.search.kind == "optuna":
+        console.print("reuse: a search samples new configurations; every trial trains")
+        return
+    try:
+        records, _ = validate_sweep_inputs(records, spec, spec_file)
+        plan = reuse_plan(spec, records, absolute_uri(spec.tracking.uri), use_earlier)
+    except SweepInputError as error:
+        console.print(f"reuse: the trials cannot be fingerprinted until their inputs validate "
+                      f"({str(error).splitlines()[0]})")
+        return
+    for line in describe_reuse(plan):
+        console.print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, help="sweep file (YAML), e.g. sweeps/quickstart.yaml")
@@ -372,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                "estimate; start nothing, write nothing")
     parser.add_argument("--restart", action="store_true", help="start the sweep over instead of resuming it "
                                                                "(earlier results and runs are kept, marked superseded)")
+    parser.add_argument("--no-reuse", action="store_true", help="train every trial, even those an earlier sweep "
+                                                                "already finished with the same fingerprint and code")
     parser.add_argument("--autoscaling", action="store_true", help="the cluster adds nodes on demand: do not refuse "
                                                                    "a trial the cluster cannot hold yet")
     parser.add_argument("--dashboard", action="store_true", help="also start Ray's dashboard (on 127.0.0.1:8265) "
@@ -391,9 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             for_cluster = args.cpus is not None or args.gpus is not None
             describe(spec, records, console, args.cpus or cpus, gpus if args.gpus is None else args.gpus,
                      for_cluster)
+            describe_reuse_dry(spec, records, Path(args.spec), not args.no_reuse, console)
             return 0
         return run_sweep(spec, records, Path(args.spec), restart=args.restart, autoscaling=args.autoscaling,
-                         dashboard=args.dashboard, console=console, phases=phases)
+                         dashboard=args.dashboard, console=console, phases=phases, reuse=not args.no_reuse)
     except (SpecError, SweepInputError, TrackingError, InsufficientResources) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

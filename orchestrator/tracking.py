@@ -13,13 +13,20 @@ Run layout:
   trial record as JSON: the only carrier of the trial's identity, read back by the aggregator), and for
   searching and reading in the UI `sweep_id`, `trial_id`, `algorithm`, `task`, `domain`, `ratio`, `seed`,
   `trajectory_ids` (compact ranges, e.g. "0-3,7"), `dataset.notes`, `error` (the failure, when it failed),
-  `placement.{node_id,cuda_visible_devices,role}` (where its latest attempt ran);
+  `placement.{node_id,cuda_visible_devices,role}` (where its latest attempt ran), and its fingerprint
+  (orchestrator/fingerprint.py): `fingerprint` (what it computes, code aside), `code_digest` and `code_files`
+  (JSON: each source file's SHA-256, so that a stale run can name what changed);
   params = the record's fields and resolved config; its dataset as an MLflow dataset input (name, SHA-256
   digest, source file, profile with the episode counts); metrics with step = gradient step (`train/*`,
   `eval/target_<R>/*`, `eval/best_normalized_mean`, `cost/wall_seconds`, `cost/gpu_hours`); artifacts = the
   trial's files (model/ adapter and weights, trial_record.json, evaluations.json, eval_episodes.csv,
   trajectory_ids.json, metrics.jsonl, error.txt when it failed); status FINISHED, FAILED, or RUNNING while it
   trains (or when its driver was killed);
+- a reused trial (orchestrator/reuse.py): a light child run under the new sweep's parent, FINISHED, with the same
+  role, trial_record (the new sweep's record) and search tags, `reused_from` (the original run's id) and
+  `reused_from_sweep` (its sweep id), and the original's latest evaluation metrics for the runs table; no cost
+  metrics and no artifacts: the original run stays where it is, unchanged, and the aggregator reads its curves
+  and cost from there (shown as reused, apart from the cost the sweep spent);
 - after aggregation (orchestrator/aggregate.py), on the parent run: the tables, plots and report.html as
   artifacts under `aggregate/<protocol>/`, and the headline numbers as metrics
   `headline/<protocol>/<domain>/mean/<algorithm>` (the mean over task × ratio cells, the paper's number) and
@@ -47,6 +54,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from orchestrator.fingerprint import digest_of, trial_code
 from orchestrator.runs import TrialRun
 from trainers.runtime.record import TrialRecord
 
@@ -66,6 +74,8 @@ SWEEP_ID_TAG, SWEEP_NAME_TAG, SUPERSEDED_TAG = "sweep_id", "sweep_name", "supers
 TRIAL_ID_TAG, ALGORITHM_TAG, TASK_TAG, DOMAIN_TAG, RATIO_TAG, SEED_TAG = (
     "trial_id", "algorithm", "task", "domain", "ratio", "seed")
 TRAJECTORY_IDS_TAG = "trajectory_ids"  # on a child run: the episode ids it trained on, as compact ranges
+FINGERPRINT_TAG, CODE_TAG, CODE_FILES_TAG = "fingerprint", "code_digest", "code_files"
+REUSED_FROM_TAG, REUSED_SWEEP_TAG = "reused_from", "reused_from_sweep"  # on a reused trial's light run
 SEEDS_PARAM = "seeds"  # on the parent run: the spec's seeds, e.g. "[0, 1, 2]"
 CONFIG_PARAM_PREFIX, TRIAL_PARAM_PREFIX = "config.", "trial."  # child params: resolved config, trial fields
 # The evaluation loop's name (trainers/runtime/evaluation.py); label target_<R> or policy.
@@ -225,16 +235,36 @@ class SweepTracker:
             self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id, None
         notes = "; ".join(record.dataset.notes)
+        files = trial_code(record)  # the code this process runs: what its result was computed by
+        fingerprint = {FINGERPRINT_TAG: record.fingerprint, CODE_TAG: digest_of(files),
+                       CODE_FILES_TAG: json.dumps(files)} if record.fingerprint else {}
         run = self.client.create_run(self.experiment_id, run_name=record.trial_id, tags={
-            PARENT_RUN_TAG: parent_run_id, ROLE_TAG: TRIAL_ROLE, RECORD_TAG: record.to_json(),
-            SWEEP_ID_TAG: record.sweep_id, TRIAL_ID_TAG: record.trial_id, ALGORITHM_TAG: record.algorithm,
-            TASK_TAG: record.task, DOMAIN_TAG: record.domain, RATIO_TAG: f"{record.ratio:g}",
-            SEED_TAG: str(record.seed), **({"dataset.notes": notes[:5000]} if notes else {})})
+            **_trial_tags(parent_run_id, record), **({"dataset.notes": notes[:5000]} if notes else {}),
+            **fingerprint})
         fields = {k: v for k, v in record.to_dict().items() if k not in ("config", "dataset", "sampled")}
         _log_params(self.client, run.info.run_id, _flat_params(TRIAL_PARAM_PREFIX, fields)
                     | _flat_params(CONFIG_PARAM_PREFIX, record.config))
         self._log_dataset(run.info.run_id, record)
         return run.info.run_id, None
+
+    def reuse_trial(self, parent_run_id: str, record: TrialRecord, original) -> str:
+        """The light child run that stands for `record` in this sweep, pointing at the FINISHED run `original` of an
+        earlier sweep (module doc); made once (found again when the sweep resumes)."""
+        existing = find_runs(self.client, self.experiment_id, **{ROLE_TAG: TRIAL_ROLE, TRIAL_ID_TAG: record.trial_id,
+                                                                  PARENT_RUN_TAG: parent_run_id})
+        if existing:
+            return existing[0].info.run_id
+        from mlflow.entities import Metric
+
+        run = self.client.create_run(self.experiment_id, run_name=record.trial_id, tags={
+            **_trial_tags(parent_run_id, record), REUSED_FROM_TAG: original.info.run_id,
+            REUSED_SWEEP_TAG: original.data.tags.get(SWEEP_ID_TAG, "")})
+        shown = [Metric(m.key, m.value, m.timestamp, m.step) for m in latest_metrics(original)
+                 if m.key.startswith("eval/")]
+        for i in range(0, len(shown), 1000):
+            self.client.log_batch(run.info.run_id, metrics=shown[i:i + 1000])
+        self.client.set_terminated(run.info.run_id, status="FINISHED")
+        return run.info.run_id
 
     def _log_dataset(self, run_id: str, record: TrialRecord) -> None:
         """The dataset input; trials starting together may race to create the same dataset entry (a unique key
@@ -285,6 +315,25 @@ class SweepTracker:
         self.client.log_batch(parent_run_id, metrics=[Metric(f"best/{cell}", value, int(time.time() * 1000), 0)],
                               tags=[RunTag(f"best/{cell}/config", json.dumps(config, sort_keys=True)),
                                     RunTag(f"best/{cell}/metric", metric)])
+
+
+def _trial_tags(parent_run_id: str, record: TrialRecord) -> dict[str, str]:
+    return {PARENT_RUN_TAG: parent_run_id, ROLE_TAG: TRIAL_ROLE, RECORD_TAG: record.to_json(),
+            SWEEP_ID_TAG: record.sweep_id, TRIAL_ID_TAG: record.trial_id, ALGORITHM_TAG: record.algorithm,
+            TASK_TAG: record.task, DOMAIN_TAG: record.domain, RATIO_TAG: f"{record.ratio:g}",
+            SEED_TAG: str(record.seed)}
+
+
+def latest_metrics(run) -> list:
+    """The run's latest value of each metric with its step (what a search returns carries them)."""
+    return list(getattr(run.data, "_metric_objs", []))
+
+
+def finished_fingerprinted_runs(mlflow_client, experiment_id: str) -> list:
+    """Every FINISHED trial run of the experiment that carries a fingerprint (a reuse candidate), newest first."""
+    query = f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}' and attributes.status = 'FINISHED'"
+    runs = search_all(mlflow_client, experiment_id, query, ["attributes.end_time DESC"])
+    return [run for run in runs if run.data.tags.get(FINGERPRINT_TAG)]
 
 
 def dataset_input(record: TrialRecord):
@@ -406,14 +455,23 @@ def _evaluation_curves(mlflow_client, run) -> dict[str, list[tuple[int, float]]]
 
 
 def read_trial_runs(mlflow_client, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
-    """Every trial run under the sweep's parent run: its record, status, evaluation histories and cost. (By
-    parent, not by sweep id: after a restart the superseded parent's runs share the sweep id.)"""
+    """Every trial run under the sweep's parent run: its record, status, evaluation histories and cost — for a
+    reused trial, the original run's curves and cost, marked reused. (By parent, not by sweep id: after a restart
+    the superseded parent's runs share the sweep id.)"""
     query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and tags.{ROLE_TAG} = '{TRIAL_ROLE}'"
-    return [TrialRun(run_id=run.info.run_id, record=trial_record(run), status=run.info.status,
-                     curves=_evaluation_curves(mlflow_client, run),
-                     wall_seconds=run.data.metrics.get(WALL_SECONDS_METRIC, 0.0),
-                     gpu_hours=run.data.metrics.get(GPU_HOURS_METRIC, 0.0))
-            for run in search_all(mlflow_client, experiment_id, query)]
+    runs = []
+    for run in search_all(mlflow_client, experiment_id, query):
+        original_id = run.data.tags.get(REUSED_FROM_TAG)
+        measured = mlflow_client.get_run(original_id) if original_id else run
+        runs.append(TrialRun(run_id=run.info.run_id, record=trial_record(run), status=run.info.status,
+                             curves=_evaluation_curves(mlflow_client, measured),
+                             wall_seconds=measured.data.metrics.get(WALL_SECONDS_METRIC, 0.0),
+                             gpu_hours=measured.data.metrics.get(GPU_HOURS_METRIC, 0.0),
+                             reused_from=original_id, source_sweep=run.data.tags.get(REUSED_SWEEP_TAG)
+                             or run.data.tags.get(SWEEP_ID_TAG, ""),
+                             fingerprint=measured.data.tags.get(FINGERPRINT_TAG, ""),
+                             started=measured.info.start_time or 0))
+    return runs
 
 
 def log_aggregate(mlflow_client, parent_run_id: str, protocol: str, out_dir: Path) -> str:

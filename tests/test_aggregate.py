@@ -280,9 +280,9 @@ def test_fewer_seeds_than_asked_are_flagged(aggregates):
 def test_cost_counts_every_run(aggregates):
     result, printed = aggregates
     rows = {row[0]: row for row in cost_table(result).rows}
-    assert rows["lamo"] == ["lamo", "10", "10.00", "5.00"]
-    assert rows["dt"] == ["dt", "8", "8.00", "4.00"]  # the failed run's hour was spent too
-    assert rows["Sweep"] == ["Sweep", "20", "19.00", "9.50"]  # the running run has not logged cost yet
+    assert rows["lamo"] == ["lamo", "10", "10.00", "5.00", "0", "0.00", "0.00"]
+    assert rows["dt"] == ["dt", "8", "8.00", "4.00", "0", "0.00", "0.00"]  # the failed run's hour was spent too
+    assert rows["Sweep"] == ["Sweep", "20", "19.00", "9.50", "0", "0.00", "0.00"]  # the running one logged none yet
     assert "Cost: 19.00 wall hours, 9.50 GPU-hours over 20 runs." in printed
 
 

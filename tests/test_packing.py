@@ -51,7 +51,7 @@ def test_fractional_gpu_trials_pack_four_to_a_gpu_and_drivers_hold_only_a_trial_
                      resources={"num_workers": 1, "gpus_per_worker": 0.25, "cpus_per_worker": 0.5})
     packed = run_sweep(write_spec(tmp_path, spec, "packed.yaml"), env=env, timeout=900)
     assert packed.returncode == 0, packed.stdout[-3000:]
-    assert "4 trials, up to 4 at once" in packed.stdout, packed.stdout[:2000]
+    assert "4 trials to train, up to 4 at once" in packed.stdout, packed.stdout[:2000]
     _, trials = mlflow_runs(uri)
     assert len(trials) == 4 and all(t.info.status == "FINISHED" for t in trials)
     tags = [t.data.tags for t in trials]

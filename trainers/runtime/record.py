@@ -57,6 +57,9 @@ class TrialRecord:
     sampled: dict[str, Any] = field(default_factory=dict)  # hyperparameters a search sampled (also in config)
     eval_seed: int = 10_000  # evaluation episodes are seeded from (eval_seed, seed, step)
     log_every: int = 100  # training metrics are reported every this many steps
+    # What the trial computes, code aside (orchestrator/fingerprint.py), set by the sweep after its validation
+    # pass; a finished run with the same fingerprint and code stands for the trial (orchestrator/reuse.py).
+    fingerprint: str = ""
 
     @property
     def cell(self) -> tuple[str, str, float]:
@@ -96,8 +99,10 @@ class TrialRecord:
         """A search sample of this trial: the sampled hyperparameters over its config, named by their hash."""
         config = config_from_dict(self.algorithm, self.config | sampled, get_task(self.task))  # checks the values
         digest = hashlib.sha256(json.dumps(sampled, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        # A sample computes something else than the base trial: its fingerprint is not the base's (and search
+        # samples are never reused).
         return dataclasses.replace(self, trial_id=f"{self.trial_id}.h{digest}", config=_json_values(config),
-                                   sampled=dict(sampled))
+                                   sampled=dict(sampled), fingerprint="")
 
 
 def cell_id_of(algorithm: str, task: str, ratio: float) -> str:
