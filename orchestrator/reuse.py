@@ -43,6 +43,8 @@ class ReusePlan:
     stale: dict[str, tuple[object, list[str]]] = field(default_factory=dict)  # trial id -> (run, changed files)
     incomplete: dict[str, tuple[object, str]] = field(default_factory=dict)  # trial id -> (run, why not reused)
     choices: list[str] = field(default_factory=list)  # which of several equal runs was taken
+    # Trials to train whose own sweep already finished them (a resume skips them: Tune, or the trial's FINISHED run)
+    finished_here: set[str] = field(default_factory=set)
 
     @property
     def total(self) -> int:
@@ -75,13 +77,17 @@ def missing_evaluation(run, num_steps: int) -> str | None:
 def plan_reuse(records: list[TrialRecord], fingerprints: dict[str, Fingerprint], candidates: list,
                sweep_id: str) -> ReusePlan:
     """Which trials earlier runs stand for; `candidates` are FINISHED fingerprinted runs, newest first."""
-    by_fingerprint = defaultdict(list)
+    by_fingerprint, own = defaultdict(list), set()
     for run in candidates:
         if _sweep_of(run) != sweep_id:
             by_fingerprint[run.data.tags[FINGERPRINT_TAG]].append(run)
+        else:
+            own.add((run.data.tags[FINGERPRINT_TAG], run.data.tags.get(CODE_TAG)))
     plan = ReusePlan()
     for record in records:
         mine = fingerprints[record.trial_id]
+        if (mine.inputs, mine.code) in own:
+            plan.finished_here.add(record.trial_id)
         usable = []
         for run in by_fingerprint.get(mine.inputs, []):
             if run.data.tags.get(CODE_TAG) != mine.code:
@@ -129,11 +135,16 @@ def find_reusable(tracking_uri: str, experiment: str, records: list[TrialRecord]
 def describe(plan: ReusePlan) -> list[str]:
     """The dry run's and the sweep's account: the counts, then per cell what is reused and from which sweep, what
     is stale (and why) and what was not reusable."""
+    here = sum(r.trial_id in plan.finished_here for r in plan.to_train)
     lines = [f"{plan.total} trials: {len(plan.reused)} finished in earlier sweeps (reused), "
-             f"{len(plan.to_train)} to train"]
+             + (f"{here} finished in this sweep already (resuming skips them), " if here else "")
+             + f"{len(plan.to_train) - here} to train"]
     cells: dict[str, list[str]] = defaultdict(list)
+    reused: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))  # cell -> sweep -> seeds
     for record, run in plan.reused:
-        cells[record.cell_id].append(f"s{record.seed} reused from {_sweep_of(run)} (run {run.info.run_id})")
+        reused[record.cell_id][_sweep_of(run)].append(f"s{record.seed}")
+    for cell, by_sweep in reused.items():
+        cells[cell] += [f"{', '.join(seeds)} reused from {sweep}" for sweep, seeds in by_sweep.items()]
     for record in plan.to_train:
         if record.trial_id in plan.stale:
             run, files = plan.stale[record.trial_id]
