@@ -4,12 +4,13 @@ The same command works on a laptop (Ray started here, listening on 127.0.0.1 onl
 (RAY_ADDRESS, or under `ray job submit`). Order of work — everything that can be refused is refused before
 anything is written or Ray starts:
 1. load and validate the sweep file and resolve every trial into its record (orchestrator/spec.py);
-   `--dry-run` prints the plan and stops here;
+   `--dry-run` prints the plan;
 2. validate what the trials need (orchestrator/preflight.py): models and corpora, action spaces, every dataset
-   file opened and checked in full, every data-ratio subset computed; then check the tracking store answers and
-   find the trials earlier sweeps already finished (orchestrator/reuse.py: same fingerprint and code), which are
-   reused instead of trained (`--no-reuse` trains everything);
-3. connect to or start Ray and check one trial fits on the cluster (and on one of its nodes);
+   file opened and checked in full, every data-ratio subset computed; then check the tracking store answers;
+   `--dry-run` validates too (to fingerprint the trials), says what earlier sweeps finished (read-only) and stops;
+3. connect to or start Ray and check one trial fits on the cluster (and on one of its nodes); meanwhile open the
+   tracking store and find the trials earlier sweeps already finished (orchestrator/reuse.py: same fingerprint and
+   code), which are reused instead of trained (`--no-reuse` trains everything);
 4. open (or find again) the sweep's MLflow parent run;
 5. show the reused trials in the parent run (a light child run each, pointing at the original), then
    run a Ray Tune `Tuner` whose trials each train one record (orchestrator/trial.py) — or restore it when the
@@ -361,23 +362,19 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
         console.print(f"note: {note}")
     uri = absolute_uri(spec.tracking.uri)
     check_tracking_uri(uri)
-    with phases.phase("reuse"):
-        reused = reuse_plan(spec, records, uri, use_earlier=reuse and spec.search.kind != "optuna")
-    if reused.reused or reused.stale or reused.incomplete:
-        from orchestrator.reuse import describe as describe_reuse
-
-        for line in describe_reuse(reused):
-            console.print(line)
     plan = local_plan(spec)
     aggregation = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-background") as background:
         # Two waits of about 2 s each overlap with work in this thread: on this machine, whose plan has accepted the
-        # sweep, the tracking store opens (MLflow's import; the store's tables, created on first use) while Ray
-        # starts — on a cluster only once joined and its plan accepted, so that nothing is written for a refused
-        # sweep; and the results are aggregated while Ray shuts down.
-        def open_store() -> SweepTracker:
+        # sweep, the tracking store opens (MLflow's import; the store's tables, created on first use) and the trials
+        # earlier sweeps finished are looked up while Ray starts — on a cluster only once joined and its plan
+        # accepted, so that nothing is written for a refused sweep; and the results are aggregated while Ray shuts
+        # down. A failed look-up stops the sweep before any trial starts.
+        def open_store() -> tuple[SweepTracker, ReusePlan]:
             with phases.phase("store"):
-                return SweepTracker(uri, spec.tracking.experiment, spec.sweep_id)
+                tracker = SweepTracker(uri, spec.tracking.experiment, spec.sweep_id)
+            with phases.phase("reuse"):
+                return tracker, reuse_plan(spec, records, uri, use_earlier=reuse and spec.search.kind != "optuna")
 
         def aggregate() -> None:
             with phases.phase("aggregation"):
@@ -389,7 +386,12 @@ def run_sweep(spec: SweepSpec, records: list[TrialRecord], spec_file: Path, rest
         with phases.phase("tune-import"):  # ray.tune (about 1 s) while the store may still be opening
             import orchestrator.progress  # noqa: F401
         try:
-            tracker = opening.result() if opening else open_store()
+            tracker, reused = opening.result() if opening else open_store()
+            if reused.reused or reused.stale or reused.incomplete:
+                from orchestrator.reuse import describe as describe_reuse
+
+                for line in describe_reuse(reused):
+                    console.print(line)
             finished, failed, unfinished = run_trials(spec, reused, spec_file, tracker, plan, restart, console,
                                                       phases)
             if finished:
