@@ -25,10 +25,10 @@ from orchestrator.fingerprint import Fingerprint, changed_files
 from orchestrator.tracking import (
     CODE_FILES_TAG,
     CODE_TAG,
-    EVAL_METRIC,
     FINGERPRINT_TAG,
     SWEEP_ID_TAG,
     TrackingError,
+    eval_label,
     finished_fingerprinted_runs,
     latest_metrics,
     open_store,
@@ -63,9 +63,7 @@ def _finished_at(run) -> str:
 def missing_evaluation(run, num_steps: int) -> str | None:
     """Why a FINISHED run cannot be scored like a trained one (None when it can): every evaluation label it has
     must reach its last step."""
-    prefix, suffix = EVAL_METRIC.split("{label}")
-    labels = {m.key: m.step for m in latest_metrics(run) if m.key.startswith(prefix) and m.key.endswith(suffix)
-              and "/" not in m.key.removeprefix(prefix).removesuffix(suffix)}
+    labels = {m.key: m.step for m in latest_metrics(run) if eval_label(m.key) is not None}
     if not labels:
         return "it holds no evaluation"
     short = sorted(key for key, step in labels.items() if step < num_steps)
@@ -107,9 +105,10 @@ def plan_reuse(records: list[TrialRecord], fingerprints: dict[str, Fingerprint],
         plan.stale.pop(record.trial_id, None)
         plan.incomplete.pop(record.trial_id, None)
         if len(usable) > 1:
-            plan.choices.append(f"{record.trial_id}: {len(usable)} earlier runs computed it "
-                                f"({', '.join(f'{r.info.run_id} of {_sweep_of(r)}' for r in usable)}); using the "
-                                f"newest, {chosen.info.run_id} of {_sweep_of(chosen)} (finished {_finished_at(chosen)})")
+            runs = ", ".join(f"{r.info.run_id} of {_sweep_of(r)}" for r in usable)
+            newest = f"{chosen.info.run_id} of {_sweep_of(chosen)} (finished {_finished_at(chosen)})"
+            plan.choices.append(f"{record.trial_id}: {len(usable)} earlier runs computed it ({runs}); using the "
+                                f"newest, {newest}")
     return plan
 
 

@@ -48,8 +48,8 @@ from trainers.runtime.tasks import TASKS, Domain
 PROTOCOLS = {
     "paper": "paper (LaMo): per run and target return, the mean normalized score of the evaluations in the last "
              "20% of training (steps > 0.8 x config.num_steps: on D4RL-style tasks the last 8 of LaMo's 40 "
-             "evaluations, 100K steps evaluated every 2.5K); per algorithm x task x ratio the target with the highest mean over seeds is reported "
-             "and named",
+             "evaluations, 100K steps evaluated every 2.5K); per algorithm x task x ratio the target with the "
+             "highest mean over seeds is reported and named",
     "last": "last (CORL): per run and target return, the normalized score at the final evaluation; per "
             "algorithm x task x ratio the target with the highest mean over seeds is reported and named",
     "best": "best (CORL): per run and target return, the maximum normalized score over training; per "

@@ -287,8 +287,10 @@ def run_trials(spec: SweepSpec, reuse: ReusePlan, spec_file: Path, tracker: Swee
         console.print(f"--restart: {tracker.supersede()} earlier parent run(s) marked superseded")
     with phases.phase("parent-run"):
         parent = tracker.start_sweep(spec.name, spec.model_dump(mode="json", exclude={"tracking"}), spec_file)
+        shown = tracker.trial_statuses(parent) if reuse.reused else {}  # a resumed sweep made them already
         for record, original in reuse.reused:
-            tracker.reuse_trial(parent, record, original)
+            if record.trial_id not in shown:
+                tracker.reuse_trial(parent, record, original)
     records = reuse.to_train
     r = spec.resources
     context = SweepContext(tracker.uri, spec.tracking.experiment, spec.sweep_id, parent, outputs_root(spec),

@@ -249,11 +249,8 @@ class SweepTracker:
 
     def reuse_trial(self, parent_run_id: str, record: TrialRecord, original) -> str:
         """The light child run that stands for `record` in this sweep, pointing at the FINISHED run `original` of an
-        earlier sweep (module doc); made once (found again when the sweep resumes)."""
-        existing = find_runs(self.client, self.experiment_id, **{ROLE_TAG: TRIAL_ROLE, TRIAL_ID_TAG: record.trial_id,
-                                                                  PARENT_RUN_TAG: parent_run_id})
-        if existing:
-            return existing[0].info.run_id
+        earlier sweep (module doc). The caller makes it once: a resumed sweep skips the trials `trial_statuses`
+        already lists."""
         from mlflow.entities import Metric
 
         run = self.client.create_run(self.experiment_id, run_name=record.trial_id, tags={
@@ -442,13 +439,19 @@ def trial_record(run) -> TrialRecord:
     return TrialRecord.from_json(run.data.tags[RECORD_TAG])
 
 
+def eval_label(key: str) -> str | None:
+    """The eval label of an EVAL_METRIC key ("eval/target_40/normalized_mean" -> "target_40"); None for others."""
+    prefix, suffix = EVAL_METRIC.split("{label}")
+    label = key.removeprefix(prefix).removesuffix(suffix)
+    return label if key.startswith(prefix) and key.endswith(suffix) and label and "/" not in label else None
+
+
 def _evaluation_curves(mlflow_client, run) -> dict[str, list[tuple[int, float]]]:
     """Per eval label, the (step, normalized mean) history, by step (one value per step: the latest logged)."""
-    prefix, suffix = EVAL_METRIC.split("{label}")
     curves = {}
     for key in run.data.metrics:
-        label = key.removeprefix(prefix).removesuffix(suffix)
-        if key.startswith(prefix) and key.endswith(suffix) and label and "/" not in label:
+        label = eval_label(key)
+        if label is not None:
             history = {m.step: m.value for m in mlflow_client.get_metric_history(run.info.run_id, key)}
             curves[label] = sorted(history.items())
     return curves

@@ -16,7 +16,7 @@ final 260e9) and 128 × 30 action tokens per update, the warm-up ends at update 
 update 11,637, and from there the cosine's argument keeps growing: the rate swings between 10 % and 100 % for the
 rest of training. `lamo_atari_mean_multiplier` replays that counter: over 100K updates it averages 0.53 of the rate;
 `warmup_cosine` with LaMo's 500 warm-up updates averages 0.51, without the swings. DT's schedule over LaMo's data
-sizes averaged 0.10–0.14, and differently for each data ratio.
+sizes averaged 0.10–0.14 by issue 26's audit (not recomputed here), and differently for each data ratio.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ def cosine_multiplier(progressed, warmup, final):
     return float(result) if result.ndim == 0 else result
 
 
-def step_multiplier(schedule: str, update: int, warmup_steps: int, num_steps: int) -> float:
-    """The multiplier of update number `update` (1 for the first) under a schedule counted in updates."""
+def step_multiplier(schedule: str, update, warmup_steps: int, num_steps: int):
+    """The multiplier of update number `update` (1 for the first; a number or an array) under a schedule counted
+    in updates."""
     if schedule == "warmup":
-        return min(update / max(1, warmup_steps), 1.0)
+        result = np.minimum(np.asarray(update, dtype=np.float64) / max(1, warmup_steps), 1.0)
+        return float(result) if result.ndim == 0 else result
     if schedule == "warmup_cosine":
         return cosine_multiplier(update, warmup_steps, num_steps)
     raise ValueError(f"lr_schedule {schedule!r} is not counted in updates")
@@ -49,12 +51,9 @@ def step_multiplier(schedule: str, update: int, warmup_steps: int, num_steps: in
 
 def mean_multiplier(schedule: str, warmup_steps: int, num_steps: int) -> float | None:
     """The mean multiplier over a run's updates (None for `dt_atari`, which depends on the data)."""
-    updates = np.arange(1, num_steps + 1)
-    if schedule == "warmup":
-        return float(np.minimum(updates / max(1, warmup_steps), 1.0).mean())
-    if schedule == "warmup_cosine":
-        return float(cosine_multiplier(updates, warmup_steps, num_steps).mean())
-    return None
+    if schedule == "dt_atari":
+        return None
+    return float(np.mean(step_multiplier(schedule, np.arange(1, num_steps + 1), warmup_steps, num_steps)))
 
 
 def lamo_atari_mean_multiplier(num_steps: int, tokens_per_update: float) -> float:
