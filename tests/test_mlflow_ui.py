@@ -158,7 +158,8 @@ class Browser:
             if self.evaluate(f"(() => {{ try {{ return !!({condition}); }} catch (error) {{ return false; }} }})()"):
                 return
             time.sleep(0.25)
-        raise AssertionError(f"{what}: not rendered within {timeout} s; the page shows:\n"
+        raise AssertionError(f"{what}: not rendered within {timeout} s; the page titled "
+                             f"{self.evaluate('document.title')!r} shows:\n"
                              f"{self.evaluate('document.body && document.body.innerText')}"[:3000])
 
     def dom(self) -> str:
@@ -337,13 +338,16 @@ def test_experiment_link_opens_the_training_runs_table_with_nested_trials_and_th
 
 
 def test_plain_experiment_link_opens_mlflows_genai_view(sweep, mlflow_ui, browser):
-    """The control: the same experiment without `workflowType` in the link, in a fresh browser, is MLflow 3.17's
-    GenAI Overview, where the checks above fail (no runs table). MLflow 3.17 renders an experiment without the
-    `mlflow.experimentKind` tag exactly the same (checked by hand), so a tagged/untagged control cannot tell the
+    """The control: the same experiment without `workflowType` in the link, in a fresh browser, is MLflow's GenAI
+    Overview (3.17 and 3.18), where the checks above fail (no runs table). MLflow 3.17 renders an experiment without
+    the `mlflow.experimentKind` tag exactly the same (checked by hand), so a tagged/untagged control cannot tell the
     tag's effect apart: there is none in this version. When this test fails because the plain link shows the runs
-    table, MLflow reads the tag again (or defaults to training runs): then drop `workflowType` from the link."""
+    table, MLflow reads the tag again (or defaults to training runs): then drop `workflowType` from the link.
+    The Overview's body differs by version on an experiment with no traces: token-usage charts in 3.17, a
+    first-trace guide in 3.18; either one means the Overview has rendered."""
     browser.open(f"{mlflow_ui}/#/experiments/{sweep.experiment_id}")
-    browser.wait_for("document.title.startsWith('Overview - ') && document.body.innerText.includes('Token Usage')",
+    browser.wait_for("document.title.startsWith('Overview - ') && ["
+                     "'Token Usage', 'Send your first trace'].some(text => document.body.innerText.includes(text))",
                      "MLflow's GenAI Overview")
     page = read_runs_table(browser)
     assert "Evaluation runs" in page["sidebar"] and "Runs" not in page["sidebar"], page["sidebar"]
