@@ -166,15 +166,42 @@ def build_for_record(record: TrialRecord, task: Task, device: torch.device, data
     return build_algorithm(record.algorithm, record.algorithm_config(task), setup)
 
 
-def load_trial_dataset(record: TrialRecord, task: Task):
-    """The record's subset of its dataset file; refuses a file that changed since the record was made."""
+def load_record_dataset(record: TrialRecord, task: Task):
+    """The record's whole dataset file; refuses a file that changed since the record was made."""
     identity = record.dataset
     dataset = load_task_dataset(task, identity.source)
     if identity.episodes and identity.episodes != dataset.num_episodes:
         raise DatasetError(f"{identity.source}: has {dataset.num_episodes} episodes, but the sweep validated "
                            f"{identity.episodes} (digest {identity.digest[:12]}): the file changed after the sweep "
                            f"started; run the sweep with --restart or restore the file")
-    return subsample_trajectories(dataset, record.ratio, record.seed)
+    return dataset
+
+
+def load_trial_dataset(record: TrialRecord, task: Task):
+    """The record's subset of its dataset file (seeded by the record's ratio and seed)."""
+    return subsample_trajectories(load_record_dataset(record, task), record.ratio, record.seed)
+
+
+def dataset_report(dataset) -> dict[str, float]:
+    """What a trial reports of its data before its first update."""
+    return {"dataset/trajectories": float(dataset.num_episodes), "dataset/transitions": float(len(dataset))}
+
+
+def write_json(run_dir: Path, name: str, value: Any) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / name
+    path.write_text(json.dumps(value, indent=2))
+    return path
+
+
+def write_trial_files(algorithm: Algorithm, record: TrialRecord, run_dir: Path, result: TrialResult) -> list[Path]:
+    """A finished trial's files: exported weights (LoRA adapter via peft), the record, the evaluation history and
+    the final evaluation per episode."""
+    files = algorithm.export(run_dir / "model")
+    files.append(write_json(run_dir, RECORD_FILE, record.to_dict()))
+    files.append(write_json(run_dir, "evaluations.json", result.history))
+    files.append(result.final.write_csv(run_dir / "eval_episodes.csv"))
+    return files
 
 
 class TrialCore:
@@ -222,9 +249,8 @@ class TrialCore:
         if report is not None:
             if state is not None:
                 report(result.step, {"resumed_from_step": float(result.step)}, [])
-            report(result.step, {"dataset/trajectories": float(self.dataset.num_episodes),
-                                 "dataset/transitions": float(len(self.dataset))},
-                   [self._write_json(TRAJECTORY_IDS_FILE, [int(i) for i in self.dataset.episode_ids])])
+            report(result.step, dataset_report(self.dataset),
+                   [write_json(self.run_dir, TRAJECTORY_IDS_FILE, [int(i) for i in self.dataset.episode_ids])])
 
         running: dict[str, list[float]] = defaultdict(list)
         started = time.perf_counter()
@@ -258,7 +284,7 @@ class TrialCore:
         if rank == 0:
             if result.final is None:  # resumed after the last checkpoint: the per-episode file still needs a run
                 result.final = self.evaluate(result.step)
-            result.files = self._write_artifacts(result)
+            result.files = write_trial_files(self.algorithm, self.record, self.run_dir, result)
             report(result.step, {} if divergence is None else {"distributed/max_parameter_difference": divergence},
                    result.files)
             report.close()
@@ -279,21 +305,6 @@ class TrialCore:
             state = {"algorithm": self.algorithm.state_dict(), "rng": rng_states, "step": result.step,
                      "history": result.history}
         checkpoints.save(state, {"step": result.step, **metrics})
-
-    def _write_json(self, name: str, value: Any) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / name
-        path.write_text(json.dumps(value, indent=2))
-        return path
-
-    def _write_artifacts(self, result: TrialResult) -> list[Path]:
-        """Exported weights (LoRA adapter via peft), the record, the evaluation history and the final
-        evaluation per episode."""
-        files = self.algorithm.export(self.run_dir / "model")
-        files.append(self._write_json(RECORD_FILE, self.record.to_dict()))
-        files.append(self._write_json("evaluations.json", result.history))
-        files.append(result.final.write_csv(self.run_dir / "eval_episodes.csv"))
-        return files
 
 
 def run_local(record: TrialRecord, run_dir: str | os.PathLike, report: ReportHook | None = None,

@@ -4,7 +4,10 @@
 is asked for all live environments' actions in a single call, and only environments whose episode is still
 running are stepped. Gymnasium's vector environments step every sub-environment on every call (finished
 ones are auto-reset or stepped on), which would spend simulator time on episodes whose return is already
-fixed; a list of real environments stepped under a mask is the batch that avoids it.
+fixed; a list of real environments stepped under a mask is the batch that avoids it. With `copies` > 1 it holds
+one such block of environments per policy and `run_many` evaluates several policies (the seeds of a stacked trial,
+trainers/runtime/stack.py) in the same loop, each on its own block with its own episode seeds: every policy sees
+exactly the rows, seeds and batch it would see alone.
 
 `evaluate_sequential` is the original protocol (LaMo / Decision Transformer: one environment, batch size
 one, episode after episode) kept as the reference the batched evaluator must agree with, episode by episode.
@@ -106,19 +109,24 @@ def _group_by_target(task: Task, targets: Sequence[float | None], seeds: np.ndar
 
 
 class BatchedEvaluator:
-    """Holds num_episodes × len(targets) real environments and evaluates a policy on all of them at once.
+    """Holds `copies` × num_episodes × len(targets) real environments and evaluates up to `copies` policies on them
+    at once, each on its own block.
 
     The environments are created once and reused by every evaluation of a training run.
     """
 
-    def __init__(self, task: Task, num_episodes: int, target_returns: Sequence[float] | None = None):
+    def __init__(self, task: Task, num_episodes: int, target_returns: Sequence[float] | None = None,
+                 copies: int = 1):
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be ≥ 1, got {num_episodes}")
+        if copies < 1:
+            raise ValueError(f"copies must be ≥ 1, got {copies}")
         keep_freed_memory_for_reuse()
         self.task = task
         self.num_episodes = num_episodes
         self.targets: list[float | None] = list(target_returns) if target_returns else [None]
-        self.envs = [task.make_env() for _ in range(num_episodes * len(self.targets))]
+        self.block = num_episodes * len(self.targets)  # one policy's environments
+        self.envs = [task.make_env() for _ in range(copies * self.block)]
         self.action_space = self.envs[0].action_space
 
     def close(self) -> None:
@@ -132,18 +140,34 @@ class BatchedEvaluator:
         self.close()
 
     def run(self, make_policy: PolicyFactory, seed: EvaluationSeed) -> EvaluationResult:
-        n_envs = len(self.envs)
-        seeds = episode_seeds(seed, self.num_episodes)
-        env_seeds = np.tile(seeds, len(self.targets))
+        return self.run_many([make_policy], [seed])[0]
+
+    def run_many(self, make_policies: Sequence[PolicyFactory], seeds: Sequence[EvaluationSeed]
+                 ) -> list[EvaluationResult]:
+        """One evaluation of each policy, policy i on block i of the environments with the episode seeds of
+        `seeds[i]`; all live environments step in one loop."""
+        copies, block = len(make_policies), self.block
+        if copies != len(seeds) or copies * block > len(self.envs):
+            raise ValueError(f"{copies} policies and {len(seeds)} seeds for {len(self.envs) // block} block(s)")
+        n_envs = copies * block
+        per_policy = [episode_seeds(seed, self.num_episodes) for seed in seeds]
+        env_seeds = np.concatenate([np.tile(s, len(self.targets)) for s in per_policy])
         conditioned = self.targets != [None]
-        policy = make_policy(n_envs, [t for t in self.targets for _ in range(self.num_episodes)]
-                             if conditioned else None)
+        targets = [t for t in self.targets for _ in range(self.num_episodes)] if conditioned else None
+        policies = [make_policy(block, targets) for make_policy in make_policies]
+        blocks = [slice(i * block, (i + 1) * block) for i in range(copies)]
         observations = np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, env_seeds)])
         returns = np.zeros(n_envs)
         lengths = np.zeros(n_envs, np.int64)
         live = np.ones(n_envs, bool)
+        acting = list(zip(policies, blocks))  # a policy whose episodes all ended is no longer asked, as alone
+        actions = None
         for _ in range(self.task.horizon):
-            actions = _clip(policy.act(observations), self.action_space)
+            chosen = [_clip(policy.act(observations[rows]), self.action_space) for policy, rows in acting]
+            if actions is None:
+                actions = np.concatenate(chosen)
+            for (_, rows), block_actions in zip(acting, chosen):
+                actions[rows] = block_actions
             rewards = np.zeros(n_envs)
             dones = ~live  # finished episodes stay done
             for i in np.flatnonzero(live):
@@ -154,10 +178,14 @@ class BatchedEvaluator:
             returns[live] += rewards[live]
             lengths[live] += 1
             live &= ~dones
-            policy.observe(rewards, dones)
-            if not live.any():
+            for policy, rows in acting:
+                policy.observe(rewards[rows], dones[rows])
+            acting = [(policy, rows) for policy, rows in acting if live[rows].any()]
+            if not acting:
                 break
-        return EvaluationResult(self.task.name, _group_by_target(self.task, self.targets, seeds, returns, lengths))
+        return [EvaluationResult(self.task.name, _group_by_target(self.task, self.targets, seeds_i, returns[rows],
+                                                                  lengths[rows]))
+                for seeds_i, rows in zip(per_policy, blocks)]
 
 
 def evaluate_batched(task: Task, make_policy: PolicyFactory, num_episodes: int, seed: EvaluationSeed,

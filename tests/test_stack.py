@@ -1,0 +1,206 @@
+"""Seeds trained together (trainers/runtime/stack.py): seed k of a stack computes what seed k alone computes — the same
+weights after the same updates and the same evaluation returns — for every algorithm family; a seed whose loss turns
+non-finite fails alone; a stack killed mid-trial resumes every seed exactly. Real simulator (reacher2d), tiny models,
+data ratio 0.5 so that the seeds' subsets differ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainers.runtime.algorithm import NonFiniteLossError
+from trainers.runtime.core import DirectoryCheckpoints, LocalReport, run_local
+from trainers.runtime.record import make_record
+from trainers.runtime.stack import StackedTrialCore, check_stack
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SEEDS = (0, 1, 2)
+SHORT = {"num_steps": 30, "eval_every": 15, "eval_episodes": 2, "batch_size": 16}
+MLP = {"hidden_dims": (32, 32)}
+SEQUENCE = {"n_layer": 1, "n_embd": 32, "n_head": 2, "warmup_steps": 5, "learning_rate": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> Path:
+    from trainers.sequence.language.pretrain import pretrain_tiny_gpt2
+
+    return pretrain_tiny_gpt2(tmp_path_factory.mktemp("lm"), steps=10, n_layer=1, n_embd=32, n_head=2, seq_len=64,
+                              batch=4, progress=False)
+
+
+def hyperparameters(algorithm: str, tiny_lm: Path) -> dict:
+    if algorithm == "dt":
+        return SHORT | SEQUENCE
+    if algorithm == "lamo":  # LoRA, MLP embeddings and the language loss (its own batches and stream)
+        return SHORT | {"backbone": str(tiny_lm), "lm_corpus": "builtin", "lm_seq_len": 32, "warmup_steps": 5,
+                        "learning_rate": 1e-3}
+    extra = {"cql_n_actions": 4, "bc_steps": 10} if algorithm == "cql" else {}
+    return SHORT | MLP | extra
+
+
+def records_for(algorithm: str, dataset: Path, tiny_lm: Path, seeds=SEEDS, **overrides):
+    return [make_record(algorithm, "reacher2d-medium", 0.5, seed, hyperparameters(algorithm, tiny_lm) | overrides,
+                        str(dataset), log_every=10) for seed in seeds]
+
+
+def run_stack(records, root: Path, reports=None):
+    run_dirs = [root / r.trial_id for r in records]
+    core = StackedTrialCore(records, run_dirs, torch.device("cpu"))
+    reports = reports or [LocalReport(d, quiet=True) for d in run_dirs]
+    return core.run(reports, DirectoryCheckpoints(root / "checkpoint")), run_dirs
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted((run_dir / "model").rglob("*.safetensors")):
+        tensors |= {f"{file.name}:{key}": value for key, value in load_file(file).items()}
+    assert tensors, run_dir
+    return tensors
+
+
+def evaluations(run_dir: Path) -> list[tuple[int, list[int], dict[str, float]]]:
+    history = json.loads((run_dir / "evaluations.json").read_text())
+    return [(e["step"], e["seeds"], {k: v for k, v in e.items() if k.startswith("eval/") and "seconds" not in k})
+            for e in history]
+
+
+def episode_rows(run_dir: Path) -> list[str]:
+    return (run_dir / "eval_episodes.csv").read_text().splitlines()
+
+
+@pytest.mark.parametrize("algorithm", ["bc", "td3_bc", "iql", "cql", "dt", "lamo"])
+def test_each_stacked_seed_equals_that_seed_alone(tmp_path, reacher_medium_path, tiny_lm, algorithm):
+    records = records_for(algorithm, reacher_medium_path, tiny_lm)
+    outcomes, stacked_dirs = run_stack(records, tmp_path / "stacked")
+    assert [o.error for o in outcomes] == [None] * len(SEEDS)
+    subsets = [json.loads((d / "trajectory_ids.json").read_text()) for d in stacked_dirs]
+    assert len({tuple(s) for s in subsets}) == len(SEEDS), "ratio 0.5: each seed trains on its own episodes"
+    alone_weights = []
+    for record, stacked in zip(records, stacked_dirs):
+        alone = tmp_path / "alone" / record.trial_id
+        run_local(record, alone, LocalReport(alone, quiet=True))
+        assert json.loads((alone / "trajectory_ids.json").read_text()) == \
+            json.loads((stacked / "trajectory_ids.json").read_text())
+        mine, theirs = weights(stacked), weights(alone)
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{record.trial_id} {key}")
+        assert evaluations(stacked) == evaluations(alone)  # two evaluations: step 15 and the last
+        assert episode_rows(stacked) == episode_rows(alone)
+        alone_weights.append(theirs)
+    first, second = alone_weights[:2]
+    assert any(not torch.equal(first[k], second[k]) for k in first), "the seeds must differ from one another"
+
+
+class NanAt:
+    """Makes one algorithm's update raise a non-finite loss from a given update on, as a diverging seed would."""
+
+    def __init__(self, algorithm, at: int):
+        self.algorithm, self.at, self.update, self.calls = algorithm, at, algorithm.update, 0
+        algorithm.update = self
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls >= self.at:
+            raise NonFiniteLossError(self.calls, {"loss": float("nan")})
+        return self.update(batch)
+
+
+def test_a_seed_with_a_non_finite_loss_fails_alone(tmp_path, reacher_medium_path, tiny_lm):
+    records = records_for("iql", reacher_medium_path, tiny_lm)
+    run_dirs = [tmp_path / r.trial_id for r in records]
+    core = StackedTrialCore(records, run_dirs, torch.device("cpu"))
+    NanAt(core.seeds[1].algorithm, at=20)
+    outcomes = core.run([LocalReport(d, quiet=True) for d in run_dirs], DirectoryCheckpoints(tmp_path / "checkpoint"))
+    failed = outcomes[1]
+    assert isinstance(failed.error, NonFiniteLossError) and failed.error.step == 20 and failed.result.step == 19
+    assert "loss=nan" in str(failed.error)
+    assert not (run_dirs[1] / "model").exists()
+    for outcome, run_dir in zip(outcomes[::2], run_dirs[::2]):
+        assert outcome.error is None and outcome.result.step == 30
+        alone = tmp_path / "alone" / outcome.record.trial_id
+        run_local(outcome.record, alone, LocalReport(alone, quiet=True))
+        assert evaluations(run_dir) == evaluations(alone)
+    # The failed seed's last checkpointed state (step 15) is kept for a retry, beside the others' final ones.
+    state = DirectoryCheckpoints(tmp_path / "checkpoint").restore()["stack"]
+    assert {key: entry["step"] for key, entry in state.items()} == \
+        {records[0].trial_id: 30, records[1].trial_id: 15, records[2].trial_id: 30}
+
+
+class KillAt(LocalReport):
+    def __init__(self, run_dir, at: int):
+        super().__init__(run_dir, quiet=True)
+        self.at = at
+
+    def __call__(self, step, metrics, files):
+        super().__call__(step, metrics, files)
+        if step == self.at and "train/loss" in metrics:
+            raise KeyboardInterrupt  # stands for the process dying here: nothing after this point runs
+
+
+def test_an_interrupted_stack_resumes_every_seed_exactly(tmp_path, reacher_medium_path, tiny_lm):
+    records = records_for("dt", reacher_medium_path, tiny_lm, num_steps=40, eval_every=20)
+    clean, _ = run_stack(records, tmp_path / "clean")
+    dirs = [tmp_path / "resumed" / r.trial_id for r in records]
+    reports = [KillAt(dirs[0], at=30)] + [LocalReport(d, quiet=True) for d in dirs[1:]]
+    with pytest.raises(KeyboardInterrupt):
+        run_stack(records, tmp_path / "resumed", reports)
+    outcomes, _ = run_stack(records, tmp_path / "resumed")  # from the checkpoint at step 20
+    assert [o.result.step for o in outcomes] == [40] * len(SEEDS)
+    for record, outcome in zip(records, outcomes):
+        lines = [json.loads(line) for line in (tmp_path / "resumed" / record.trial_id / "metrics.jsonl").open()]
+        assert [m["resumed_from_step"] for m in lines if "resumed_from_step" in m] == [20]
+        clean_dir = tmp_path / "clean" / record.trial_id
+        assert evaluations(tmp_path / "resumed" / record.trial_id) == evaluations(clean_dir)
+        mine, theirs = weights(tmp_path / "resumed" / record.trial_id), weights(clean_dir)
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), record.trial_id
+
+
+def test_a_stack_is_one_cell_with_one_configuration(reacher_medium_path, tiny_lm):
+    bc = records_for("bc", reacher_medium_path, tiny_lm, seeds=(0, 1))
+    with pytest.raises(ValueError, match="each seed once"):
+        check_stack([bc[0], bc[0]])
+    other = records_for("bc", reacher_medium_path, tiny_lm, seeds=(1,), batch_size=8)
+    with pytest.raises(ValueError, match="one cell with one configuration"):
+        check_stack([bc[0], other[0]])
+    with pytest.raises(ValueError, match="one cell"):
+        check_stack([bc[0], records_for("iql", reacher_medium_path, tiny_lm, seeds=(1,))[0]])
+    check_stack(bc)
+
+
+def test_stacked_evaluation_gives_each_policy_its_own_block():
+    """Two different policies evaluated together return what each returns alone, and a policy whose episodes have
+    all ended is asked no more than alone (hopper: dense rewards, episodes of different lengths)."""
+    from trainers.runtime.algorithm import StatelessPolicy
+    from trainers.runtime.evaluation import BatchedEvaluator, evaluate_batched
+    from trainers.runtime.tasks import get_task
+
+    task = get_task("hopper-random-gen")
+    calls = []
+
+    def still(n, targets):
+        def act(obs):
+            calls.append(len(obs))
+            return np.zeros((len(obs), 3))
+        return StatelessPolicy(act)
+
+    def kick(n, targets):
+        return StatelessPolicy(lambda obs: np.tanh(obs[:, 5:8] * 3.0))
+
+    with BatchedEvaluator(task, 3, copies=2) as evaluator:
+        together = evaluator.run_many([still, kick], [(1, 2, 3), (4, 5, 6)])
+    asked_together, calls[:] = len(calls), []
+    alone = [evaluate_batched(task, still, 3, (1, 2, 3)), evaluate_batched(task, kick, 3, (4, 5, 6))]
+    assert asked_together == len(calls) == together[0].targets[0].lengths.max()
+    for mine, theirs in zip(together, alone):
+        assert mine.seeds == theirs.seeds
+        np.testing.assert_array_equal(mine.targets[0].returns, theirs.targets[0].returns)
+        np.testing.assert_array_equal(mine.targets[0].lengths, theirs.targets[0].lengths)
+    assert together[0].seeds != together[1].seeds
+    assert not np.array_equal(together[0].targets[0].lengths, together[1].targets[0].lengths)
