@@ -6,6 +6,10 @@ numbers to refuse a sweep the cluster cannot run.
 A trial with one worker trains in its Tune trial's own actor, which holds that worker's CPUs and GPU share on
 one node; a trial with several workers (or `resources.trainer: ray_train`) has a driver holding only a
 `trial_slot` and a Ray Train worker group whose workers may sit on different nodes.
+
+With `resources.seeds_per_trial` > 1 a trial trains a stack of one cell's seeds (trainers/runtime/stack.py): the plan
+counts trials as stacks (fewer, longer trials; the same runs) and estimates each trial's memory — the dataset file
+read once per trial, each seed's subset and model state — against the same seeds as trials alone.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -98,6 +103,97 @@ def compute_estimate(records: list[TrialRecord]) -> ComputeEstimate:
     return ComputeEstimate(gradient, evaluation)
 
 
+@dataclass(frozen=True)
+class SeedState:
+    """One seed's model state: parameters trained (fp32 weight, gradient and Adam's two moments: 16 bytes each)
+    and frozen ones (a frozen backbone, target networks: 4 bytes each)."""
+
+    trainable: int
+    frozen: int
+
+    @property
+    def bytes(self) -> int:
+        return 16 * self.trainable + 4 * self.frozen
+
+
+def seed_state(record: TrialRecord) -> SeedState | str:
+    """The record's model state, counted on a CPU build of its algorithm without data (a pre-trained backbone by its
+    architecture, not its weights); the reason, when it cannot be built here."""
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    from trainers.runtime.algorithm import TrainingSetup
+    from trainers.runtime.registry import build_algorithm
+
+    task = get_task(record.task)
+    config = record.algorithm_config(task)
+    if hasattr(config, "pretrained_weights"):
+        config = dataclasses.replace(config, pretrained_weights=False)  # the shapes, without reading the weights
+    setup = TrainingSetup(task=task, dataset=None, observation_space=task.observation_space,
+                          action_space=task.action_space, device=torch.device("cpu"), seed=record.seed)
+    try:
+        algorithm = build_algorithm(record.algorithm, config, setup)
+    except (OSError, ValueError) as error:
+        return str(error).splitlines()[0][:120]
+    parameters = {id(p): p for module in vars(algorithm).values() if isinstance(module, nn.Module)
+                  for p in module.parameters()}.values()
+    return SeedState(sum(p.numel() for p in parameters if p.requires_grad),
+                     sum(p.numel() for p in parameters if not p.requires_grad))
+
+
+def trial_memory(record: TrialRecord, seeds: int, state: SeedState) -> int | None:
+    """Bytes one trial of `seeds` seeds of the record's cell holds: its dataset file once (read whole, then each seed's
+    subset kept) and each seed's model state; None when the dataset file is not here."""
+    source = Path(record.dataset.source)
+    if not source.exists():
+        return None
+    files = [source] if source.is_file() else [f for f in source.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)  # on disk: compressed files (Atari's) take more in memory
+    return size + seeds * (int(size * record.ratio) + state.bytes)
+
+
+def describe_stacking(spec: SweepSpec, records: list[TrialRecord], slots: int | None, console: Console) -> None:
+    """Trials and waves with the spec's stacks against one trial per seed, and each algorithm's memory per trial."""
+    k = spec.stack_size
+    trials = len(stacks_of(records, k))
+    waves = f"; {math.ceil(trials / slots)} waves against {math.ceil(len(records) / slots)}" if slots else ""
+    console.print(f"seeds per trial: {k} — {trials} trials train the {len(records)} runs (one trial per seed: "
+                  f"{len(records)}){waves}; a stack updates its seeds one after another, so its trial takes up to "
+                  f"{k}× as long: what stacking saves is each trial's fixed cost (process, data, environments, "
+                  f"evaluation loops), not compute")
+    table = Table("algorithm", "trainable", "frozen", "state per seed", f"largest trial, {k} seed(s)",
+                  f"the same as {k} trial(s)", title="memory (dataset file once per trial, each seed's subset and "
+                                                       "model state)")
+    unknown: dict[str, list[str]] = {}  # why not, -> the algorithms
+    for algorithm in dict.fromkeys(r.algorithm for r in records):
+        mine = [r for r in records if r.algorithm == algorithm]
+        state = seed_state(mine[0])
+        if isinstance(state, str):
+            unknown.setdefault(state, []).append(algorithm)
+            table.add_row(algorithm, "?", "?", "? (below)", "", "")
+            continue
+        largest = max(mine, key=lambda r: (trial_memory(r, k, state) or 0))
+        stacked, alone = trial_memory(largest, k, state), trial_memory(largest, 1, state)
+        table.add_row(algorithm, f"{state.trainable:,}", f"{state.frozen:,}", _size(state.bytes),
+                      _size(stacked) if stacked is not None else f"dataset + {k} × {_size(state.bytes)}",
+                      _size(k * alone) if alone is not None else f"{k} × (dataset + {_size(state.bytes)})")
+    console.print(table)
+    for reason, algorithms in unknown.items():
+        console.print(f"memory not estimated for {', '.join(algorithms)}: {reason.split(';')[0]}")
+
+
+def stacks_of(records: list[TrialRecord], size: int) -> list[list[TrialRecord]]:
+    from orchestrator.trial import stacks
+
+    return stacks(records, size)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def local_resources() -> tuple[float, float]:
     """CPUs and GPUs of this machine, as a local Ray would see them."""
     import torch
@@ -123,7 +219,9 @@ def describe(spec: SweepSpec, records: list[TrialRecord], console: Console, cpus
         table.add_row(algorithm, task_name, ", ".join(f"{r:g}" for r in ratios), ", ".join(map(str, spec.seeds)),
                       str(count), f"{mine[0].num_steps:,}", str(mine[0].config["eval_episodes"]))
     console.print(table)
-    console.print(f"{len(records)} trials")
+    k = spec.stack_size
+    console.print(f"{len(records)} trials" if k == 1 else
+                  f"{len(records)} runs in {len(stacks_of(records, k))} trials of up to {k} seeds")
     r = spec.resources
     how = "in place (one worker in the Tune trial's actor)" if r.in_place else \
         f"through Ray Train ({r.num_workers} DDP worker(s); the trial's driver holds a trial_slot)"
@@ -133,6 +231,8 @@ def describe(spec: SweepSpec, records: list[TrialRecord], console: Console, cpus
     console.print(f"compute: {estimate.gradient_steps:,} gradient steps and at most "
                   f"{estimate.evaluation_env_steps:,} evaluation environment steps")
     where = "the cluster you named" if for_cluster else "this machine"
+    trials = len(stacks_of(records, k))
+    plan = None
     try:
         plan = resource_plan(spec, local_nodes(cpus, gpus))
     except InsufficientResources as error:
@@ -145,7 +245,9 @@ def describe(spec: SweepSpec, records: list[TrialRecord], console: Console, cpus
     else:
         console.print(f"resources: {plan.concurrent_trials} concurrent trials (limited by {plan.limited_by}) on "
                       f"{where}: {cpus:g} CPUs / {gpus:g} GPUs; "
-                      f"{math.ceil(len(records) / plan.concurrent_trials)} waves of up to {plan.concurrent_trials}")
+                      f"{math.ceil(trials / plan.concurrent_trials)} waves of up to {plan.concurrent_trials}")
+    if k > 1:
+        describe_stacking(spec, records, plan.concurrent_trials if plan else None, console)
     console.print(f"tracking: {spec.tracking.uri} (experiment {spec.tracking.experiment}); storage: {spec.storage}")
     console.print("aggregation: protocol paper (LaMo: per target return, the mean of the evaluations after 80 % of "
                   "training; the best target per cell), also available: last, best")

@@ -11,6 +11,10 @@ seconds per step of its algorithm on its task (else on any task) in finished and
 are then laid out over the sweep's concurrent slots in order. Where a trial has neither — an algorithm none of
 whose trials has reported yet — the line says `? left` rather than a number that would be wrong, with the
 lower bound the known trials give and the algorithms whose pace is still unknown.
+
+A stack (seeds trained together, `resources.seeds_per_trial`) is one Tune trial and counts as its seeds: the counts
+are runs, a stack's step is its seeds' steps together (its pace is seconds per seed-step, so stacks and trials alone
+estimate each other's), and a stack that failed some seeds counts its finished ones as done.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 from ray.tune import Callback
 from rich.console import Console
 
-from orchestrator.trial import record_of, trial_name
+from orchestrator.trial import record_of, records_of, trial_name
 
 
 def _cell(trial) -> str:
@@ -45,7 +49,20 @@ def _trial_error(trial) -> str:
     return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)", "", lines[-1])  # "pkg.module.Error: x" -> "Error: x"
 
 
-Work = tuple[str, str, int]  # what a trial's time depends on: algorithm, task, steps
+Work = tuple[str, str, int]  # what a trial's time depends on: algorithm, task, seed-steps (steps × seeds)
+
+
+def _seeds(trial) -> int:
+    return len(records_of(trial.config))
+
+
+def _outcome_counts(trial, status: str) -> Counter:
+    """The trial's runs by outcome: all its seeds have its status, except a stack that failed some of its seeds."""
+    result, seeds = trial.last_result or {}, _seeds(trial)
+    if status == "ERROR" and "stack/seeds_failed" in result:
+        failed = int(result["stack/seeds_failed"])
+        return Counter({"ERROR": failed, "TERMINATED": seeds - failed})
+    return Counter({status: seeds})
 
 
 class SweepProgress(Callback):
@@ -55,12 +72,16 @@ class SweepProgress(Callback):
         self.reused = reused  # trials earlier sweeps finished (orchestrator/reuse.py): done, and no time left
         # The current Tuner's trials, created or not (Tune creates them lazily, so `trials` can be shorter).
         self.planned: list[Work] = []
+        self.planned_runs = 0
         self.console = console or Console(highlight=False, soft_wrap=True)
         self._reset()
 
-    def expect(self, records) -> None:
-        """The trials the next Tuner runs (a search: its cell's record once per sample)."""
-        self.planned = [(record.algorithm, record.task, record.num_steps) for record in records]
+    def expect(self, trials: list[list]) -> None:
+        """The trials the next Tuner runs, each as its records (a search: its cell's record once per sample; a stack:
+        its seeds)."""
+        self.planned = [(records[0].algorithm, records[0].task, records[0].num_steps * len(records))
+                        for records in trials]
+        self.planned_runs = sum(len(records) for records in trials)
 
     def _reset(self) -> None:
         self.started = time.time()
@@ -72,18 +93,22 @@ class SweepProgress(Callback):
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; the console does not travel
         return {"metric": self.metric, "mode": self.mode, "slots": self.slots, "interval_s": self.interval_s,
-                "reused": self.reused, "planned": self.planned}
+                "reused": self.reused, "planned": self.planned, "planned_runs": self.planned_runs}
 
     def __setstate__(self, state: dict) -> None:
-        planned = state.pop("planned")
+        planned, planned_runs = state.pop("planned"), state.pop("planned_runs", 0)
         self.__init__(**state)
-        self.planned = planned
+        self.planned, self.planned_runs = planned, planned_runs or len(planned)
 
     def _work(self, trial) -> Work:
         if trial.trial_id not in self.works:
             record = record_of(trial.config)
-            self.works[trial.trial_id] = record.algorithm, record.task, record.num_steps
+            self.works[trial.trial_id] = record.algorithm, record.task, record.num_steps * _seeds(trial)
         return self.works[trial.trial_id]
+
+    def _step(self, trial) -> int:
+        """The seed-steps the trial has done: its reported step × its seeds."""
+        return (trial.last_result or {}).get("step", 0) * _seeds(trial)
 
     def _say(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)  # "[sweep]" is text, not rich markup
@@ -105,9 +130,11 @@ class SweepProgress(Callback):
     def status_line(self, trials, finishing=None, outcome: str = "TERMINATED") -> str:
         """Counts over all trials; `finishing` is the trial whose completion is being reported (Tune updates its
         status after the callback)."""
-        counts = Counter(outcome if trial is finishing else trial.status for trial in trials)
+        counts = Counter()
+        for trial in trials:
+            counts += _outcome_counts(trial, outcome if trial is finishing else trial.status)
         done, running, failed = counts["TERMINATED"], counts["RUNNING"], counts["ERROR"]
-        total = max(len(self.planned), len(trials))
+        total = max(self.planned_runs, sum(_seeds(trial) for trial in trials))
         pending = total - done - running - failed
         reused = f" ({self.reused} reused)" if self.reused else ""
         line = f"{done + self.reused}/{total + self.reused} done{reused}, {running} running, {failed} failed, " \
@@ -126,7 +153,7 @@ class SweepProgress(Callback):
         running, progress = [], []  # (work, seconds so far, steps done, steps left); (work, seconds per step)
         for trial in trials:
             if trial is not finishing and trial.status == "RUNNING":
-                step = (trial.last_result or {}).get("step", 0)
+                step = self._step(trial)
                 started, first_step = self.trial_started.get(trial.trial_id, (now, step))  # starting now
                 work = self._work(trial)
                 running.append((work, now - started, step - first_step, work[2] - step))
@@ -153,7 +180,7 @@ class SweepProgress(Callback):
         return _makespan(left, queued, self.slots), list(dict.fromkeys(unknown))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.trial_started[trial.trial_id] = time.time(), (trial.last_result or {}).get("step", 0)  # resumed?
+        self.trial_started[trial.trial_id] = time.time(), self._step(trial)  # resumed?
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """A line when a trial first reports that the tracking server is unreachable, and when it is back."""
@@ -175,6 +202,10 @@ class SweepProgress(Callback):
                 self.finished_rates.append((work, (time.time() - started) / (work[2] - first_step)))
         value = (trial.last_result or {}).get(self.metric)
         score = f"{self.metric} {value:.1f}" if value is not None else "no evaluation"
+        if value is not None and _seeds(trial) > 1:
+            finished = int((trial.last_result or {}).get("stack/seeds_finished", _seeds(trial)))
+            score += f" (mean of {finished} seeds)" if finished == _seeds(trial) else \
+                f" (mean of its {finished} finished seeds)"
         if outcome == "ERROR":
             score = f"{_trial_error(trial)[:400]} ({score})"
         self._say(f"{'done' if outcome == 'TERMINATED' else 'FAILED'} {trial_name(trial)}: {score}  "

@@ -108,6 +108,9 @@ class ResourcesSpec(Strict):
     # auto: one worker trains in the Tune trial's own actor, several through a Ray Train TorchTrainer;
     # ray_train: every trial through a TorchTrainer (a controller actor and placement group per trial).
     trainer: Literal["auto", "ray_train"] = "auto"
+    # Seeds of one cell trained together in one trial (trainers/runtime/stack.py), each still its own run: an
+    # integer ≥ 1 or "all" (every seed of the sweep). 1 (a trial per seed) until the benchmarks say otherwise.
+    seeds_per_trial: int | Literal["all"] = 1
 
     @model_validator(mode="after")
     def fractional_gpus_need_one_worker(self) -> ResourcesSpec:
@@ -115,6 +118,25 @@ class ResourcesSpec(Strict):
             raise ValueError(f"gpus_per_worker={self.gpus_per_worker} is fractional, which needs num_workers: 1 "
                              f"(got {self.num_workers}); DDP needs a whole GPU per worker")
         return self
+
+    @field_validator("seeds_per_trial")
+    @classmethod
+    def at_least_one_seed(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"expected an integer ≥ 1 or 'all', got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def stacked_seeds_train_in_place(self) -> ResourcesSpec:
+        if self.seeds_per_trial != 1 and not self.in_place:
+            raise ValueError(f"seeds_per_trial={self.seeds_per_trial} trains a cell's seeds in the trial's own "
+                             f"process, which needs num_workers: 1 and trainer: auto (got num_workers "
+                             f"{self.num_workers}, trainer {self.trainer})")
+        return self
+
+    def stack_size(self, seeds: int) -> int:
+        """How many seeds one trial trains, for a sweep of `seeds` seeds."""
+        return seeds if self.seeds_per_trial == "all" else min(self.seeds_per_trial, seeds)
 
     @property
     def in_place(self) -> bool:
@@ -233,13 +255,27 @@ class SweepSpec(Strict):
         _unique([t.name for t in tasks], "task names")
         return tasks
 
+    @model_validator(mode="after")
+    def stacks_are_grid_trials(self) -> SweepSpec:
+        if self.resources.seeds_per_trial != 1 and self.search.kind == "optuna":
+            raise ValueError(f"resources.seeds_per_trial={self.resources.seeds_per_trial}: a search samples one "
+                             f"configuration per trial (its first seed only); use seeds_per_trial: 1 with "
+                             f"search.kind optuna")
+        return self
+
+    @property
+    def stack_size(self) -> int:
+        """Seeds per trial (resources.seeds_per_trial resolved against the sweep's seeds)."""
+        return self.resources.stack_size(len(self.seeds))
+
     @property
     def fingerprint(self) -> str:
         """Stable across machines: the same spec always names the same sweep (and resumes it). Where results go
-        and how fast they come (tracking, storage, concurrency, whether a trial trains in place) are not part of
-        what the sweep computes."""
+        and how fast they come (tracking, storage, concurrency, whether a trial trains in place, how many seeds
+        one trial trains) are not part of what the sweep computes."""
         dump = self.model_dump(mode="json", exclude={"tracking", "storage", "concurrency"})
         dump["resources"].pop("trainer")
+        dump["resources"].pop("seeds_per_trial")
         canonical = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 

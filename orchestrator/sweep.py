@@ -76,7 +76,7 @@ from orchestrator.tracking import (
     experiment_link,
     failure_message,
 )
-from orchestrator.trial import SweepContext, trial_driver, trial_name, trial_resources
+from orchestrator.trial import SweepContext, stacks, trial_driver, trial_name, trial_resources
 from trainers.runtime.record import TrialRecord
 
 
@@ -177,22 +177,41 @@ def _trainable(context: SweepContext):
     return tune.with_resources(tune.with_parameters(trial_driver, context=context), trial_resources(context))
 
 
+def tune_experiment(spec: SweepSpec) -> str:
+    """The Tune experiment's name: one per stack size, so that a sweep rerun with another seeds_per_trial starts a
+    new experiment of the new shape (the seeds finished under the old one are found FINISHED and skipped)."""
+    return "tune" if spec.stack_size == 1 else f"tune-{spec.stack_size}-seeds"
+
+
+def grid_space(spec: SweepSpec, records: list[TrialRecord]) -> tuple[dict, list[list[TrialRecord]]]:
+    """The Tuner's param space — a trial per record, or with seeds_per_trial > 1 a trial per stack of one cell's
+    seeds — and each trial's records."""
+    from ray import tune
+
+    if spec.stack_size == 1:
+        return {"record": tune.grid_search([r.to_dict() for r in records])}, [[r] for r in records]
+    groups = stacks(records, spec.stack_size)
+    return {"stack": tune.grid_search([[r.to_dict() for r in stack] for stack in groups])}, groups
+
+
 def run_grid(spec: SweepSpec, records: list[TrialRecord], context: SweepContext, plan: ResourcePlan,
              restart: bool, progress, console: Console):
     from ray import tune
 
-    progress.expect(records)
+    space, trials = grid_space(spec, records)
+    progress.expect(trials)
     trainable = _trainable(context)
+    experiment = tune_experiment(spec)
 
     def build(trainable):
         return tune.Tuner(
             trainable,
-            param_space={"record": tune.grid_search([r.to_dict() for r in records])},
+            param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrent_trials, reuse_actors=True,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-            run_config=_run_config(spec, "tune", progress))
+            run_config=_run_config(spec, experiment, progress))
 
-    return [_make_tuner(sweep_root(spec, "tune"), restart, build, trainable, console).fit()]
+    return [_make_tuner(sweep_root(spec, experiment), restart, build, trainable, console).fit()]
 
 
 def run_search(spec: SweepSpec, records: list[TrialRecord], context: SweepContext, plan: ResourcePlan,
@@ -223,7 +242,7 @@ def run_search(spec: SweepSpec, records: list[TrialRecord], context: SweepContex
                 run_config=_run_config(spec, f"search-{cell}", progress))
 
         console.print(f"search in cell {cell}: {search.samples} samples of {', '.join(search.space)}")
-        progress.expect([record] * search.samples)
+        progress.expect([[record]] * search.samples)
         grid = _make_tuner(sweep_root(spec, f"search-{cell}"), restart, build, trainable, console).fit()
         best = grid.get_best_result(metric=search.metric, mode=search.mode, filter_nan_and_inf=True)
         if best.metrics and search.metric in best.metrics:
@@ -260,20 +279,17 @@ INTERRUPTED_EXIT = 130  # as a shell reports a command stopped by Ctrl-C
 
 
 def failed_trials(grids) -> list[tuple[str, str]]:
-    """(trial id, the error's own message) for every trial that failed after its retries."""
+    """(trial name, the error's own message) for every Tune trial that failed after its retries (a stack's message
+    names each of its failed seeds)."""
+    from orchestrator.trial import records_of, stack_name
+
     failed = []
     for grid in grids:
         for result in grid:
             if result.error is not None:
-                name = record_name(result.config) if result.config else "?"
+                name = stack_name(records_of(result.config)) if result.config else "?"
                 failed.append((name, failure_message(result.error)))
     return failed
-
-
-def record_name(config: dict) -> str:
-    from orchestrator.trial import record_of
-
-    return record_of(config).trial_id
 
 
 def run_trials(spec: SweepSpec, reuse: ReusePlan, spec_file: Path, tracker: SweepTracker,
@@ -312,12 +328,14 @@ def run_trials(spec: SweepSpec, reuse: ReusePlan, spec_file: Path, tracker: Swee
             grids = run_grid(spec, records, context, plan, restart, progress, console)
     failures = failed_trials(grids)
     # Counted from the trials' runs: Tune calls a trial it stopped on Ctrl-C terminated too.
-    finished = sum(status == "FINISHED" for status in tracker.trial_statuses(parent).values())
+    statuses = list(tracker.trial_statuses(parent).values())
+    finished = statuses.count("FINISHED")
+    failed = max(statuses.count("FAILED"), len(failures))  # runs (a stack's seeds each), or trials that made none
     expected = spec.search.samples * len(grids) if spec.search.kind == "optuna" else reuse.total
-    unfinished = max(0, expected - finished - len(failures))
+    unfinished = max(0, expected - finished - failed)
     console.print(f"sweep {spec.sweep_id}: {finished} trials finished"
                   + (f" ({len(reuse.reused)} of them reused from earlier sweeps)" if reuse.reused else "")
-                  + f", {len(failures)} failed" + (f", {unfinished} unfinished" if unfinished else ""))
+                  + f", {failed} failed" + (f", {unfinished} unfinished" if unfinished else ""))
     for name, message in failures:
         console.print(f"  failed {name}: {message[:500]}")
     if unfinished:  # stopped (Ctrl-C, SIGTERM) before every trial ended: checkpoints and runs are kept

@@ -13,7 +13,8 @@ Run layout:
   trial record as JSON: the only carrier of the trial's identity, read back by the aggregator), and for
   searching and reading in the UI `sweep_id`, `trial_id`, `algorithm`, `task`, `domain`, `ratio`, `seed`,
   `trajectory_ids` (compact ranges, e.g. "0-3,7"), `dataset.notes`, `error` (the failure, when it failed),
-  `placement.{node_id,cuda_visible_devices,role}` (where its latest attempt ran), and its fingerprint
+  `placement.{node_id,cuda_visible_devices,role,stack}` (where its latest attempt ran, and with which seeds when
+  seeds were trained together; its cost metrics are then its share of the stack's), and its fingerprint
   (orchestrator/fingerprint.py): `fingerprint` (what it computes, code aside), `code_digest` and `code_files`
   (JSON: each source file's SHA-256, so that a stale run can name what changed);
   params = the record's fields and resolved config; its dataset as an MLflow dataset input (name, SHA-256
@@ -61,10 +62,11 @@ from trainers.runtime.record import TrialRecord
 PARENT_ROLE, TRIAL_ROLE = "sweep", "trial"
 RECORD_TAG = "trial_record"
 ERROR_TAG = "error"
-# Where the trial ran (its latest attempt): the Ray node id, CUDA_VISIBLE_DEVICES as Ray set it, and whether the
-# trial trained in that process ("in_place") or drove a Ray Train run from it ("driver").
-PLACEMENT_NODE_TAG, PLACEMENT_DEVICES_TAG, PLACEMENT_ROLE_TAG = (
-    "placement.node_id", "placement.cuda_visible_devices", "placement.role")
+# Where the trial ran (its latest attempt): the Ray node id, CUDA_VISIBLE_DEVICES as Ray set it, whether the
+# trial trained in that process ("in_place"), with other seeds of its cell ("stacked", the stack's name in
+# placement.stack) or drove a Ray Train run from it ("driver").
+PLACEMENT_NODE_TAG, PLACEMENT_DEVICES_TAG, PLACEMENT_ROLE_TAG, PLACEMENT_STACK_TAG = (
+    "placement.node_id", "placement.cuda_visible_devices", "placement.role", "placement.stack")
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 EXPERIMENT_LINK = "{server}/#/experiments/{experiment_id}?workflowType=machine_learning"  # the runs table
 
@@ -277,10 +279,13 @@ class SweepTracker:
                     raise
                 time.sleep(0.5 * (attempt + 1))
 
-    def record_placement(self, run_id: str, node_id: str, cuda_visible_devices: str, role: str) -> None:
-        for key, value in ((PLACEMENT_NODE_TAG, node_id), (PLACEMENT_DEVICES_TAG, cuda_visible_devices),
-                           (PLACEMENT_ROLE_TAG, role)):
-            self.client.set_tag(run_id, key, value)
+    def record_placement(self, run_id: str, node_id: str, cuda_visible_devices: str, role: str,
+                         stack: str = "") -> None:
+        from mlflow.entities import RunTag
+
+        tags = {PLACEMENT_NODE_TAG: node_id, PLACEMENT_DEVICES_TAG: cuda_visible_devices, PLACEMENT_ROLE_TAG: role}
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in
+                                            (tags | ({PLACEMENT_STACK_TAG: stack} if stack else {})).items()])
 
     def finish_trial(self, run_id: str, failed: bool, wall_seconds: float, gpus: float,
                      error: BaseException | None = None, interrupted: bool = False) -> None:

@@ -13,6 +13,12 @@ the sweep's storage so that it resumes the same way.
 Either way metrics go to metrics.jsonl in the trial's directory and to MLflow off the training path
 (delivery.MlflowReport), a trial whose MLflow run already FINISHED is not trained again, and a failure is
 recorded on its run with the exception's own message before Tune sees it.
+
+With `resources.seeds_per_trial` > 1 a Tune trial's config is a stack — `{"stack": [record, ...]}`, seeds of one
+cell — trained in place by the stacked core (trainers/runtime/stack.py): each seed keeps its own child run (found
+again, or skipped when FINISHED, exactly as a trial alone), metrics, files and failure; Tune hears the stack's
+step and its seeds' mean evaluation. A seed that failed makes the Tune trial fail once the others finished (a
+retry resumes only it, from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import torch
 
 from orchestrator.delivery import MlflowReport
-from orchestrator.tracking import SweepTracker
+from orchestrator.tracking import SweepTracker, failure_message
 from trainers.runtime.core import (
     METRICS_FILE,
     LocalReport,
@@ -67,21 +73,43 @@ def trial_resources(context: SweepContext) -> dict[str, float]:
     return {"cpu": context.cpus_per_worker} | ({"gpu": gpus} if gpus > 0 else {})
 
 
-def record_of(config: dict) -> TrialRecord:
-    """The Tune trial's record: the grid's, or a search sample of it."""
+def records_of(config: dict) -> list[TrialRecord]:
+    """The Tune trial's records: its stack's seeds, else its one record (the grid's, or a search sample of it)."""
+    if "stack" in config:
+        return [TrialRecord.from_dict(record) for record in config["stack"]]
     record = TrialRecord.from_dict(config["record"])
-    return record.with_sample(config["search"]) if config.get("search") else record
+    return [record.with_sample(config["search"]) if config.get("search") else record]
+
+
+def record_of(config: dict) -> TrialRecord:
+    """The Tune trial's (first) record: what its cell, algorithm and steps are read from."""
+    return records_of(config)[0]
+
+
+def stack_name(records: list[TrialRecord]) -> str:
+    """A trial's name: its trial id, or for several seeds its cell and seeds, e.g. "bc.hopper-medium.r0.1.s0+1+2"."""
+    if len(records) == 1:
+        return records[0].trial_id
+    return f"{records[0].cell_id}.s{'+'.join(str(r.seed) for r in records)}"
 
 
 def trial_name(trial) -> str:
     """The sweep's name for a Tune trial (its directory and its line in the progress)."""
-    return record_of(trial.config).trial_id
+    return stack_name(records_of(trial.config))
+
+
+def stacks(records: list[TrialRecord], size: int) -> list[list[TrialRecord]]:
+    """The records grouped by cell, in order, each cell's seeds cut into stacks of at most `size`."""
+    cells: dict[str, list[TrialRecord]] = {}
+    for record in records:
+        cells.setdefault(record.cell_id, []).append(record)
+    return [seeds[i:i + size] for seeds in cells.values() for i in range(0, len(seeds), size)]
 
 
 class TuneCheckpoints:
     """The trial core's checkpoints as Tune's; every report also carries the tracking status for the progress."""
 
-    def __init__(self, tracking: MlflowReport):
+    def __init__(self, tracking: MlflowReport | StackTracking):
         self.tracking = tracking
 
     def restore(self) -> dict | None:
@@ -121,6 +149,18 @@ def newest_checkpoint_in_storage() -> dict | None:
     return None
 
 
+class StackTracking:
+    """The tracking status of a stack's seeds together: the longest outage, every report waiting."""
+
+    def __init__(self, trackings: list[MlflowReport]):
+        self.trackings = trackings
+
+    def status(self) -> dict[str, float]:
+        statuses = [tracking.status() for tracking in self.trackings]
+        return {"tracking/pending": sum(s["tracking/pending"] for s in statuses),
+                "tracking/unreachable_s": max(s["tracking/unreachable_s"] for s in statuses)}
+
+
 class Reports:
     """metrics.jsonl beside the trial's files, then MLflow (queued, never blocking). In place, the trial also
     tells Tune its step and whether the tracking server answers every `PROGRESS_REPORT_S` (between its checkpoints,
@@ -129,8 +169,10 @@ class Reports:
 
     PROGRESS_REPORT_S = 10.0
 
-    def __init__(self, run_dir: str, tracking: MlflowReport, to_tune: bool, needs_evaluation: bool):
+    def __init__(self, run_dir: str, tracking: MlflowReport, to_tune: bool, needs_evaluation: bool,
+                 status: MlflowReport | StackTracking | None = None):
         self.local, self.tracking, self.to_tune = LocalReport(run_dir, quiet=True), tracking, to_tune
+        self.status = status or tracking  # what Tune hears of the tracking server (a stack's: every seed's)
         self.needs_evaluation = needs_evaluation  # a search: Tune's searcher needs an evaluation in every report
         self._last_progress_report = time.time()
         self._told_outage = False
@@ -145,7 +187,7 @@ class Reports:
         if self.to_tune and ready and time.time() - self._last_progress_report > self.PROGRESS_REPORT_S:
             from ray import tune
 
-            status = self.tracking.status()
+            status = self.status.status()
             tune.report({"step": step} | self._last_evaluation | status)
             self._last_progress_report = time.time()
             self._told_outage |= status["tracking/unreachable_s"] > 0
@@ -160,13 +202,15 @@ class Reports:
         if self.to_tune and self._told_outage:
             from ray import tune
 
-            tune.report(self._last_evaluation | self.tracking.status())
+            tune.report(self._last_evaluation | self.status.status())
 
 
 def trial_driver(config: dict, context: SweepContext) -> None:
     """config = {"record": TrialRecord as dict[, "search": sampled values]}; the context by tune.with_parameters."""
     from ray import tune
 
+    if "stack" in config:
+        return _drive_stack(records_of(config), context)
     record = record_of(config)
     run_dir = str(Path(context.outputs) / record.trial_id)
     tracker = SweepTracker(context.tracking_uri, context.experiment, context.sweep_id)
@@ -213,3 +257,63 @@ def _fit_distributed(record: TrialRecord, run_dir: str, context: SweepContext, r
                              callbacks=[TuneReportCallback()])
     if result.error:
         raise result.error
+
+
+class StackFailed(RuntimeError):
+    """Some seeds of a stack failed (each recorded on its own run); the others finished."""
+
+
+def _drive_stack(records: list[TrialRecord], context: SweepContext) -> None:
+    """A stack's seeds: each one's child run found again or made (FINISHED ones skipped), the unfinished ones trained
+    together, each run closed with its own outcome and its share of the stack's time."""
+    import ray
+    from ray import tune
+
+    from trainers.runtime.stack import StackedTrialCore, mean_evaluation
+
+    tracker = SweepTracker(context.tracking_uri, context.experiment, context.sweep_id)
+    runs, finished = {}, {}
+    for record in records:
+        run_id, finished_metrics = tracker.trial_run(context.parent_run_id, record)
+        if finished_metrics is None:
+            runs[record.trial_id] = run_id
+        else:
+            finished[record.trial_id] = finished_metrics
+    if not runs:  # trained and closed before the sweep was interrupted
+        tune.report(mean_evaluation(list(finished.values())) | {"skipped": 1.0})
+        return
+    todo = [record for record in records if record.trial_id in runs]
+    name, node = stack_name(todo), ray.get_runtime_context().get_node_id()
+    for record in todo:
+        tracker.record_placement(runs[record.trial_id], node, os.environ.get("CUDA_VISIBLE_DEVICES", ""), "stacked",
+                                 stack=name)
+    run_dirs = [str(Path(context.outputs) / record.trial_id) for record in todo]
+    trackings = [MlflowReport(tracker.uri, runs[r.trial_id], d, context.max_outage_s) for r, d in zip(todo, run_dirs)]
+    together = StackTracking(trackings)
+    reports = [Reports(d, tracking, to_tune=i == 0, needs_evaluation=False, status=together)
+               for i, (d, tracking) in enumerate(zip(run_dirs, trackings))]
+    started = time.time()
+    outcomes, error, interrupted = None, None, False
+    try:
+        device = torch.device("cuda") if context.gpus_per_worker > 0 and torch.cuda.is_available() else None
+        outcomes = StackedTrialCore(todo, run_dirs, device).run(reports, TuneCheckpoints(together))
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        raise
+    except BaseException as failure:
+        error = failure
+        raise
+    finally:
+        share = (time.time() - started) / len(todo)  # the seeds' time together, each charged its share
+        errors = {o.record.trial_id: o.error for o in outcomes} if outcomes else {}
+        for record in todo:
+            failure = errors.get(record.trial_id, error)
+            tracker.finish_trial(runs[record.trial_id], failed=failure is not None, wall_seconds=share,
+                                 gpus=context.gpus_per_worker, error=failure, interrupted=interrupted)
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        ended = [o.result.history[-1] for o in outcomes if o.error is None and o.result.history]
+        tune.report(mean_evaluation(ended) | {"stack/seeds_failed": float(len(failed)),
+                                               "stack/seeds_finished": float(len(records) - len(failed))})
+        raise StackFailed("; ".join(f"{o.record.trial_id}: {failure_message(o.error)}" for o in failed))
+

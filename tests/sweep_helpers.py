@@ -3,10 +3,12 @@ MLflow store back; every process a sweep leaves behind is stopped by its process
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -76,3 +78,25 @@ def mlflow_runs(uri: str, experiment: str = "lamo-sweeps") -> tuple[list, list]:
     runs = client.search_runs([found.experiment_id], max_results=1000) if found else []
     return ([r for r in runs if r.data.tags.get("role") == "sweep"],
             [r for r in runs if r.data.tags.get("role") == "trial"])
+
+
+def kill_once_checkpointed(spec_path: Path, checkpoints: str, cwd: Path, timeout: float = 300) -> list[psutil.Process]:
+    """Start the sweep, SIGKILL its driver once a file matching the glob `checkpoints` exists (a trial checkpointed),
+    as a lost head node would; returns the process tree, for `stop_process_tree` after the rerun."""
+    driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(spec_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    tree = [psutil.Process(driver.pid)]
+    try:
+        deadline = time.time() + timeout
+        while not glob.glob(checkpoints) and time.time() < deadline:
+            tree += [p for p in tree[0].children(recursive=True) if p not in tree]
+            time.sleep(0.5)
+        assert glob.glob(checkpoints), f"no trial checkpointed ({checkpoints})"
+        tree += [p for p in tree[0].children(recursive=True) if p not in tree]
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        psutil.wait_procs(tree, timeout=20)
+    except BaseException:
+        stop_process_tree(tree)
+        raise
+    return tree

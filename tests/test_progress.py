@@ -54,7 +54,8 @@ def sweep(slots: int = 2):
     trials = [trial("bc", 0, 100), trial("bc", 1, 100), trial("lamo", 0, 800), trial("lamo", 1, 800)]
     out = io.StringIO()
     progress = SweepProgress("eval/best_normalized_mean", slots=slots, console=Console(file=out, width=300))
-    progress.expect([record_of_trial("bc", s, 100) for s in (0, 1)] + [record_of_trial("lamo", s, 800) for s in (0, 1)])
+    progress.expect([[record_of_trial("bc", s, 100)] for s in (0, 1)] + [[record_of_trial("lamo", s, 800)]
+                                                                         for s in (0, 1)])
     return progress, trials, out
 
 
@@ -114,3 +115,36 @@ def test_a_running_trial_whose_start_was_not_seen_yet_counts_as_starting_now():
     bc1.status = "RUNNING"  # not started through the callback yet
     progress.planned = progress.planned[:2]
     assert progress.status_line(trials[:2]).endswith(", ~0m03s left")  # a whole bc trial at bc's pace
+
+
+def stack(algorithm: str, seeds, steps: int):
+    records = [record_of_trial(algorithm, seed, steps) for seed in seeds]
+    return SimpleNamespace(trial_id=f"{algorithm}-stack", config={"stack": [r.to_dict() for r in records]},
+                           status="PENDING", last_result={}, error_file=None), records
+
+
+def test_a_stack_counts_as_its_seeds_and_paces_trials_alone(clock):
+    """Seeds trained together: three bc seeds in one trial count three runs, a seed that failed in it counts failed
+    and the others done, and the stack's pace (seconds per seed-step) estimates a lamo trial of the same kind."""
+    bc, bc_records = stack("bc", (0, 1, 2), 100)
+    lamo, lamo_records = stack("lamo", (0, 1, 2), 100)
+    out = io.StringIO()
+    progress = SweepProgress("eval/best_normalized_mean", slots=1, console=Console(file=out, width=300))
+    progress.expect([bc_records, lamo_records])
+    trials = [bc, lamo]
+    assert progress.status_line(trials).startswith("0/6 done, 0 running, 0 failed, 6 pending")
+    started(progress, bc, seconds_ago=30)
+    bc.last_result = {"step": 50}  # 150 seed-steps in 30 s: 0.2 s per seed-step
+    line = progress.status_line(trials)
+    assert line.startswith("0/6 done, 3 running, 0 failed, 3 pending"), line
+    assert "? left" in line and "lamo" in line  # lamo has no pace yet
+    bc.last_result = {"step": 100, "eval/best_normalized_mean": 40.0, "stack/seeds_failed": 1.0,
+                      "stack/seeds_finished": 2.0}
+    progress.on_trial_error(0, trials, bc)
+    bc.status = "ERROR"
+    assert "FAILED bc.reacher2d-medium.r1.s0+1+2: no error recorded (eval/best_normalized_mean 40.0 (mean of its 2 " \
+           "finished seeds))" in out.getvalue()
+    assert progress.status_line(trials).startswith("2/6 done, 0 running, 1 failed, 3 pending")
+    started(progress, lamo, seconds_ago=10)
+    lamo.last_result = {"step": 10}  # 30 seed-steps in 10 s: 270 seed-steps left at its own pace
+    assert ", ~1m30s left" in progress.status_line(trials)

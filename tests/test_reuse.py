@@ -6,16 +6,10 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -25,7 +19,14 @@ from orchestrator.fingerprint import ROOT, code_files, fingerprint, trial_code
 from orchestrator.report import cost_table
 from orchestrator.reuse import describe, find_reusable, plan_reuse
 from orchestrator.scores import aggregate_runs
-from tests.sweep_helpers import SWEEP, mlflow_runs, run_sweep, stop_process_tree, tiny_spec, write_spec
+from tests.sweep_helpers import (
+    kill_once_checkpointed,
+    mlflow_runs,
+    run_sweep,
+    stop_process_tree,
+    tiny_spec,
+    write_spec,
+)
 from trainers.runtime.record import make_record
 
 TASK = "reacher2d-medium"
@@ -220,23 +221,8 @@ def test_a_grown_sweep_killed_mid_way_trains_nothing_twice(tmp_path, reacher_med
     assert run_sweep(write_spec(tmp_path, first, "a.yaml"), cwd=tmp_path).returncode == 0
     grown = write_spec(tmp_path, first | {"algorithms": [bc, long], "seeds": [0, 1]}, "c.yaml")
     uri = first["tracking"]["uri"]
-    driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(grown)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    tree = [psutil.Process(driver.pid)]
-    try:
-        checkpoints = str(tmp_path / "ray_results" / "tiny-*" / "tune" / "td3_bc.*" / "checkpoint_*")
-        deadline = time.time() + 300
-        while not glob.glob(checkpoints) and time.time() < deadline:
-            tree += [p for p in tree[0].children(recursive=True) if p not in tree]
-            time.sleep(0.5)
-        assert glob.glob(checkpoints), "the long trial never checkpointed"
-        tree += [p for p in tree[0].children(recursive=True) if p not in tree]
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-        psutil.wait_procs(tree, timeout=20)
-    except BaseException:
-        stop_process_tree(tree)
-        raise
+    checkpoints = str(tmp_path / "ray_results" / "tiny-*" / "tune" / "td3_bc.*" / "checkpoint_*")
+    tree = kill_once_checkpointed(grown, checkpoints, tmp_path)
     result = run_sweep(grown, cwd=tmp_path)
     stop_process_tree(tree)
     assert result.returncode == 0, result.stdout[-3000:]

@@ -204,3 +204,56 @@ def test_stacked_evaluation_gives_each_policy_its_own_block():
         np.testing.assert_array_equal(mine.targets[0].lengths, theirs.targets[0].lengths)
     assert together[0].seeds != together[1].seeds
     assert not np.array_equal(together[0].targets[0].lengths, together[1].targets[0].lengths)
+
+
+# ------------------------------------------------------------------------------------------------ through the sweep
+
+def test_a_stacked_sweep_killed_mid_trial_resumes_each_seed_as_uninterrupted(tmp_path, reacher_medium_path):
+    """`resources.seeds_per_trial: all` through the real driver (Ray Tune, MLflow): one trial trains the three seeds,
+    each its own FINISHED child run; the driver SIGKILLed after the stack's first checkpoint and run again, every
+    seed's run holds each evaluation step exactly once, with the values the seed computes alone, uninterrupted."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.sweep_helpers import (
+        kill_once_checkpointed,
+        mlflow_runs,
+        run_sweep,
+        stop_process_tree,
+        tiny_spec,
+        write_spec,
+    )
+    from trainers.runtime.record import TrialRecord
+
+    spec = tiny_spec(tmp_path, reacher_medium_path, ratios=[0.5], seeds=[0, 1, 2],
+                     training={"steps": 3000, "eval_every": 500, "eval_episodes": 3},
+                     resources={"seeds_per_trial": "all"})
+    path = write_spec(tmp_path, spec)
+    dry = run_sweep(path, "--dry-run", cwd=tmp_path)
+    assert "3 runs in 1 trials of up to 3 seeds" in dry.stdout, dry.stdout[-2000:]
+    assert "seeds per trial: 3 — 1 trials train the 3 runs (one trial per seed: 3)" in dry.stdout
+
+    checkpoints = str(tmp_path / "ray_results" / "tiny-*" / "tune-3-seeds" / "bc.*s0+1+2" / "checkpoint_*")
+    tree = kill_once_checkpointed(path, checkpoints, tmp_path)
+    result = run_sweep(path, cwd=tmp_path)
+    stop_process_tree(tree)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "3 trials finished, 0 failed" in result.stdout
+    assert "done bc.reacher2d-medium.r0.5.s0+1+2: eval/best_normalized_mean" in result.stdout
+    uri = spec["tracking"]["uri"]
+    client = MlflowClient(uri)
+    _, children = mlflow_runs(uri)
+    assert sorted(c.data.tags["trial_id"] for c in children) == [f"bc.reacher2d-medium.r0.5.s{s}" for s in (0, 1, 2)]
+    resumed = 0
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["placement.role"] == "stacked"
+        assert child.data.tags["placement.stack"] == "bc.reacher2d-medium.r0.5.s0+1+2"
+        resumed += "resumed_from_step" in child.data.metrics
+        record = TrialRecord.from_json(child.data.tags["trial_record"])
+        alone = tmp_path / "alone" / record.trial_id
+        run_local(record, alone, LocalReport(alone, quiet=True))
+        expected = {e[0]: e[2]["eval/policy/return_mean"] for e in evaluations(alone)}
+        history = client.get_metric_history(child.info.run_id, "eval/policy/return_mean")
+        assert sorted(m.step for m in history) == [500, 1000, 1500, 2000, 2500, 3000]  # each step once
+        assert {m.step: m.value for m in history} == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert resumed == 3  # every seed continued from the stack's checkpoint

@@ -182,6 +182,15 @@ def load_trial_dataset(record: TrialRecord, task: Task):
     return subsample_trajectories(load_record_dataset(record, task), record.ratio, record.seed)
 
 
+def report_resumption(report: ReportHook, step: int, history: list[dict[str, Any]]) -> None:
+    """A resumed trial says from which step, then reports its checkpoint's evaluations again: the process that made
+    the checkpoint may have died before its reports were delivered (the tracking hook skips the steps it already
+    logged)."""
+    report(step, {"resumed_from_step": float(step)}, [])
+    for evaluation in history:
+        report(evaluation["step"], {k: v for k, v in evaluation.items() if k not in ("step", "seeds")}, [])
+
+
 def dataset_report(dataset) -> dict[str, float]:
     """What a trial reports of its data before its first update."""
     return {"dataset/trajectories": float(dataset.num_episodes), "dataset/transitions": float(len(dataset))}
@@ -248,7 +257,7 @@ class TrialCore:
                 torch.manual_seed(record.seed * 7919 + rank + result.step)
         if report is not None:
             if state is not None:
-                report(result.step, {"resumed_from_step": float(result.step)}, [])
+                report_resumption(report, result.step, result.history)
             report(result.step, dataset_report(self.dataset),
                    [write_json(self.run_dir, TRAJECTORY_IDS_FILE, [int(i) for i in self.dataset.episode_ids])])
 

@@ -51,6 +51,7 @@ from trainers.runtime.core import (
     dataset_report,
     default_device,
     load_record_dataset,
+    report_resumption,
     write_json,
     write_trial_files,
 )
@@ -92,6 +93,12 @@ class _Seed:
         streams = {"sampler": self.rng.bit_generator.state} | self.torch_states
         return {"algorithm": self.algorithm.state_dict(), "rng": [streams], "step": self.result.step,
                 "history": self.result.history}
+
+
+def mean_evaluation(metrics: Sequence[dict]) -> dict[str, float]:
+    """The seeds' mean of each evaluation metric (`eval/...`) they all have: what a stack tells Tune."""
+    keys = [k for k in (metrics[0] if metrics else {}) if k.startswith("eval/") and all(k in m for m in metrics)]
+    return {key: float(np.mean([float(m[key]) for m in metrics])) for key in keys}
 
 
 def check_stack(records: Sequence[TrialRecord]) -> None:
@@ -177,6 +184,13 @@ class StackedTrialCore:
             seed.running[name].append(value)
         seed.result.step += 1
 
+    def train_step(self) -> list[_Seed]:
+        """One update of every seed that still trains, one after another; returns those that made it."""
+        training = [s for s in self.seeds if s.live and s.result.step < self.config.num_steps]
+        for seed in training:
+            self._update(seed)
+        return [s for s in training if s.live]
+
     def evaluate(self, seeds: list[_Seed]) -> None:
         """One evaluation loop for the given seeds, each at its own step with its own episode seeds."""
         started = time.perf_counter()
@@ -200,15 +214,12 @@ class StackedTrialCore:
             if seed.report is None:
                 continue
             if seed.saved is not None:
-                seed.report(seed.result.step, {"resumed_from_step": float(seed.result.step)}, [])
+                report_resumption(seed.report, seed.result.step, seed.result.history)
             seed.report(seed.result.step, dataset_report(seed.dataset),
                         [write_json(seed.run_dir, TRAJECTORY_IDS_FILE, [int(i) for i in seed.dataset.episode_ids])])
 
         started = time.perf_counter()
-        while training := [s for s in self.seeds if s.live and s.result.step < config.num_steps]:
-            for seed in training:
-                self._update(seed)
-            training = [s for s in training if s.live]
+        while training := self.train_step():
             for seed in training:
                 step = seed.result.step
                 if seed.report is not None and (step % seed.record.log_every == 0 or step == config.num_steps):
@@ -243,9 +254,7 @@ class StackedTrialCore:
         for seed in live:
             seed.saved = seed.state()
         state = {"stack": {s.record.trial_id: s.saved for s in self.seeds if s.saved is not None}}
-        evaluations = [s.result.history[-1] for s in live if s.result.history]
-        metrics = {key: float(np.mean([e[key] for e in evaluations])) for key in evaluations[0]
-                   if key.startswith("eval/") and all(key in e for e in evaluations)} if evaluations else {}
+        metrics = mean_evaluation([s.result.history[-1] for s in live if s.result.history])
         checkpoints.save(state, {"step": max(s.result.step for s in live), **metrics,
                                  "stack/seeds_running": float(len(live))})
 
