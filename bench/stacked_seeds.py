@@ -4,11 +4,11 @@
 
 1. Seed-updates/s of k seeds stacked in one process (k = 1, 3, 5) for bc, td3_bc, iql, cql, dt and lamo, with one
    torch thread (one Ray CPU slot): the stacked core's own lockstep (`StackedTrialCore.train_step`), after two
-   warm-up steps (and a warm-up build of the algorithm); k = 1 is one trial alone. Also the fixed cost of building a trial (dataset read, subsets,
-   algorithms, evaluation environments) for k seeds at once against k separate builds. Sizes: `quickstart`
-   (sweeps/quickstart.yaml's overrides: MLPs 128 wide, dt 64 wide, the tiny local LM of README command 1) and
-   `paper` (each preset's defaults: MLPs 256 wide, batch 256; dt 128 wide, batch 64; LaMo on GPT-2 small's
-   architecture, 12 × 768, random weights since none can be downloaded here, batch 64).
+   warm-up steps (and a warm-up build of the algorithm); k = 1 is one trial alone. Also the fixed cost of building
+   a trial (dataset read, subsets, algorithms, evaluation environments) for k seeds at once against k separate
+   builds. Sizes: `quickstart` (sweeps/quickstart.yaml's overrides: MLPs 128 wide, dt 64 wide, the tiny local LM
+   of README command 1) and `paper` (each preset's defaults: MLPs 256 wide, batch 256; dt 128 wide, batch 64;
+   LaMo on GPT-2 small's architecture, 12 × 768, random weights since none can be downloaded here, batch 64).
 2. One cell's three seeds through the sweep (`python orchestrator/sweep.py`: local Ray, Tune, MLflow) at the
    quickstart's settings (800 steps, evaluations at 400 and 800 of 10 episodes), `seeds_per_trial: 3` against 3
    trials, both on one slot (max_concurrent_trials 1): the command's wall time and the trials' own span (first run
