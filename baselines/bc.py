@@ -1,5 +1,8 @@
 """Behaviour cloning: a deterministic tanh actor regressing the dataset's actions by mean squared error.
 
+Seeds trained together (`resources.seeds_per_trial`) update as one: `FusedBC`, each seed's actor a slice of batched
+layers (baselines/seed_stack.py).
+
 BC-10 % (Chen et al., "Decision Transformer", 2021, "%BC") is the same learner trained only on the top 10 %
 of trajectories by return (`top_fraction_by_return`); the state statistics are those of that subset.
 
@@ -10,18 +13,23 @@ return, as CORL's BC-10 % configs do (discount: 1.0).
 
 from __future__ import annotations
 
+import torch
+
 from baselines.common import (
     DeterministicActor,
     OfflineAlgorithm,
     finite_metrics,
+    fused_metrics,
     make_adam,
     seeded_init,
 )
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, mlp, stacked_batch
 from trainers.data.samplers import TransitionBatch
 from trainers.data.subsets import top_fraction_by_return
 from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
+    NonFiniteLossError,
     PositiveFloat,
     PositiveInt,
     Preset,
@@ -75,7 +83,37 @@ class BC(OfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
+class FusedBC:
+    """The seeds of a stack as one update (trainers/runtime/stack.py): every seed's actor a slice of one `SeedStack`,
+    its Adam one `StackedAdam`, the loss computed per seed on its own batch and normalizer; what seed k computes
+    alone, with one batched matmul per layer for all seeds."""
+
+    def __init__(self, seeds: list[BC]):
+        self.seeds, self.step = seeds, seeds[0].step
+        self.actor = SeedStack([seed.actor.net for seed in seeds])
+        self.optimizer = adam_for([self.actor], [seed.optimizers["actor"] for seed in seeds], seeds[0].device)
+        self.normalizer = StackedNormalizer([seed.normalizer for seed in seeds])
+
+    def update(self, batches: list[TransitionBatch]) -> list[dict[str, float] | NonFiniteLossError]:
+        batch = stacked_batch(batches)
+        pi = torch.tanh(mlp(self.actor, self.normalizer.observations(batch["observations"])))
+        losses = (pi - self.normalizer.unit_actions(batch["actions"])).square().mean(dim=(1, 2))  # each seed's own
+        self.optimizer.zero_grad()
+        losses.sum().backward()  # the seeds' parameters are disjoint: each gets its own loss's gradient
+        self.optimizer.step()
+        self.step += 1
+        loss, action_abs = torch.stack([losses.detach(), pi.detach().abs().mean(dim=(1, 2))]).tolist()
+        return [fused_metrics(self.step, actor_loss=loss[k], action_abs_mean=action_abs[k])
+                for k in range(len(self.seeds))]
+
+    def sync(self) -> None:
+        self.actor.sync()
+        self.optimizer.sync()
+        for seed in self.seeds:
+            seed.step = self.step
+
+
 PRESETS = {"bc": Preset(), "bc_10": Preset({"top_fraction": 0.1})}  # BC-10 %: the top 10 % of trajectories
 
 # BC has no task-specific settings in the reference implementations; kitchen runs with the defaults.
-ALGORITHM = AlgorithmDeclaration(config=Config, build=BC, presets=PRESETS)
+ALGORITHM = AlgorithmDeclaration(config=Config, build=BC, presets=PRESETS, fused_seeds=FusedBC)

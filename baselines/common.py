@@ -29,7 +29,7 @@ from torch import nn
 
 from trainers.data.samplers import TransitionSampler
 from trainers.data.trajectories import TrajectoryDataset
-from trainers.runtime.algorithm import StatelessPolicy, TrainingSetup, check_finite
+from trainers.runtime.algorithm import NonFiniteLossError, StatelessPolicy, TrainingSetup, check_finite
 
 # --- checks done in build(), before anything is trained -----------------------------------------------------
 
@@ -224,7 +224,7 @@ class DeterministicActor(nn.Module):
     deterministic = forward
 
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class TanhGaussianActor(nn.Module):
@@ -243,13 +243,13 @@ class TanhGaussianActor(nn.Module):
     def sample(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised actions and their log-densities; noise ~ N(0, 1) broadcast against mean."""
         u = mean + log_std.exp() * noise
-        return torch.tanh(u), (-0.5 * noise.square() - log_std - _HALF_LOG_2PI - _tanh_log_det(u)).sum(-1)
+        return torch.tanh(u), (-0.5 * noise.square() - log_std - HALF_LOG_2PI - _tanh_log_det(u)).sum(-1)
 
     @staticmethod
     def log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         u = torch.atanh(actions.clamp(-1 + eps, 1 - eps))
         z = (u - mean) * torch.exp(-log_std)
-        return (-0.5 * z.square() - log_std - _HALF_LOG_2PI - _tanh_log_det(u)).sum(-1)
+        return (-0.5 * z.square() - log_std - HALF_LOG_2PI - _tanh_log_det(u)).sum(-1)
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])
@@ -275,7 +275,7 @@ class GaussianActor(nn.Module):
         mean = torch.tanh(self.net(obs, generator))
         log_std = self.log_std.clamp(*self.log_std_range)
         z = (actions - mean) * torch.exp(-log_std)
-        return (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(-1)
+        return (-0.5 * z.square() - log_std - HALF_LOG_2PI).sum(-1)
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs))
@@ -320,6 +320,15 @@ def finite_metrics(step: int, **values: torch.Tensor | float) -> dict[str, float
     metrics = dict(zip(values, floats))
     check_finite(step, **metrics)
     return metrics
+
+
+def fused_metrics(step: int, **values: float) -> dict[str, float] | NonFiniteLossError:
+    """One seed's metrics from a fused update (floats already), or the NonFiniteLossError its seed alone would raise."""
+    try:
+        check_finite(step, **values)
+    except NonFiniteLossError as error:
+        return error
+    return values
 
 
 # --- the Algorithm plumbing -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import math
 import torch
 
 from baselines.common import (
+    HALF_LOG_2PI,
     DeterministicActor,
     GaussianActor,
     OfflineAlgorithm,
@@ -32,15 +33,18 @@ from baselines.common import (
     ValueNetwork,
     finite_metrics,
     frozen_copy,
+    fused_metrics,
     make_adam,
     polyak_,
     seeded_init,
 )
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch
 from trainers.data.samplers import TransitionBatch
 from trainers.data.trajectories import TrajectoryDataset
 from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
+    NonFiniteLossError,
     OpenUnit,
     PositiveFloat,
     PositiveInt,
@@ -189,4 +193,88 @@ class IQL(OfflineAlgorithm):
         return finite_metrics(step, **metrics, **actor_critic_metrics, actor_lr=optimizer.param_groups[0]["lr"])
 
 
-ALGORITHM = AlgorithmDeclaration(config=Config, build=IQL, domain_settings=DOMAIN_SETTINGS)
+class FusedIQL:
+    """The seeds of a stack as one update (trainers/runtime/stack.py): value, actor, critic and target critic as one
+    `SeedStack` each, the value's and the actor-critic's Adam as one `StackedAdam` each (the actor's cosine rate in
+    group 0, as alone); every seed's losses on its own batch, normalizer and reward scale. What seed k computes alone,
+    one kernel per layer for all seeds. Not for actor dropout (kitchen): its masks come from each seed's generator
+    inside the forward; those seeds train one after another."""
+
+    def __init__(self, seeds: list[IQL]):
+        self.seeds, self.step, self.config, device = seeds, seeds[0].step, seeds[0].config, seeds[0].device
+        self.actor = SeedStack([seed.actor for seed in seeds])
+        self.value = SeedStack([seed.value.net for seed in seeds])
+        self.critic = SeedStack([seed.critic.net for seed in seeds])
+        self.critic_target = SeedStack([seed.critic_target.net for seed in seeds], trainable=False)
+        self.optimizers = {
+            "value": adam_for([self.value], [seed.optimizers["value"] for seed in seeds], device),
+            "actor_critic": adam_for([self.actor, self.critic], [seed.optimizers["actor_critic"] for seed in seeds],
+                                     device)}
+        self.normalizer = StackedNormalizer([seed.normalizer for seed in seeds])
+        self.reward_scale = torch.tensor([seed.reward_scale for seed in seeds], device=device).unsqueeze(1)
+
+    @classmethod
+    def build(cls, seeds: list[IQL]) -> FusedIQL | None:
+        return cls(seeds) if seeds[0].config.actor_dropout == 0 else None
+
+    @staticmethod
+    def q(critic: SeedStack, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return ensemble(critic, torch.cat([obs, actions], dim=-1)).squeeze(-1)  # (K, 2, B)
+
+    def update(self, batches: list[TransitionBatch]) -> list[dict[str, float] | NonFiniteLossError]:
+        c, step, b = self.config, self.step + 1, stacked_batch(batches)
+        obs, actions = self.normalizer.observations(b["observations"]), self.normalizer.unit_actions(b["actions"])
+        # 1. Expectile regression of V(s) towards the target critic's min over the twins.
+        with torch.no_grad():
+            target_q = self.q(self.critic_target, obs, actions).min(1).values  # (K, B)
+        u = target_q - mlp(self.value, obs).squeeze(-1)
+        value_loss = (torch.abs(c.expectile - (u < 0).float()) * u.square()).mean(1)
+        self.optimizers["value"].zero_grad()
+        value_loss.sum().backward()
+        self.optimizers["value"].step()
+        # 2. and 3., both reading the updated V.
+        with torch.no_grad():
+            next_obs = self.normalizer.observations(b["next_observations"])
+            v, next_v = mlp(self.value, torch.cat([obs, next_obs], dim=1)).squeeze(-1).chunk(2, dim=1)
+            advantage = target_q - v
+            weights = torch.exp(c.temperature * advantage).clamp(max=c.max_weight)
+            y = b["rewards"] * self.reward_scale + c.discount * (1.0 - b["dones"]) * next_v
+        mean = torch.tanh(mlp(self.actor, obs, prefix="net."))
+        if c.deterministic_actor:
+            actor_loss = (weights * (mean - actions).square().sum(-1)).mean(1)
+            log_prob_mean = torch.zeros_like(actor_loss)
+        else:
+            log_std = self.actor["log_std"].clamp(*self.seeds[0].actor.log_std_range).unsqueeze(1)  # (K, 1, A)
+            z = (actions - mean) * torch.exp(-log_std)
+            log_prob = (-0.5 * z.square() - log_std - HALF_LOG_2PI).sum(-1)
+            actor_loss = -(weights * log_prob).mean(1)
+            log_prob_mean = log_prob.detach().mean(1)
+        q = self.q(self.critic, obs, actions)
+        critic_loss = (q - y.unsqueeze(1)).square().mean(2).sum(1)
+        optimizer = self.optimizers["actor_critic"]
+        optimizer.param_groups[0]["lr"] = self.seeds[0].actor_lr(self.step)
+        optimizer.zero_grad()
+        (actor_loss + critic_loss).sum().backward()
+        optimizer.step()
+        polyak_(self.critic_target, self.critic, c.tau)  # 4.
+        self.step = step
+        metrics = {"value_loss": value_loss.detach(), "actor_loss": actor_loss.detach(),
+                   "critic_loss": critic_loss.detach(), "v_mean": v.mean(1), "q1_mean": q[:, 0].detach().mean(1),
+                   "q2_mean": q[:, 1].detach().mean(1), "advantage_mean": advantage.mean(1),
+                   "weight_max": weights.max(1).values, "log_prob": log_prob_mean,
+                   "actor_lr": torch.full_like(v[:, 0], optimizer.param_groups[0]["lr"])}
+        values = torch.stack(list(metrics.values())).tolist()  # one device sync for every seed's metrics
+        return [fused_metrics(step, **{name: row[k] for name, row in zip(metrics, values)})
+                for k in range(len(self.seeds))]
+
+    def sync(self) -> None:
+        for stack in (self.actor, self.value, self.critic, self.critic_target):
+            stack.sync()
+        for optimizer in self.optimizers.values():
+            optimizer.sync()
+        for seed in self.seeds:
+            seed.step = self.step
+
+
+ALGORITHM = AlgorithmDeclaration(config=Config, build=IQL, domain_settings=DOMAIN_SETTINGS,
+                                 fused_seeds=FusedIQL.build)

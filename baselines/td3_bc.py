@@ -21,14 +21,17 @@ from baselines.common import (
     TwinCritic,
     finite_metrics,
     frozen_copy,
+    fused_metrics,
     make_adam,
     polyak_,
     seeded_init,
 )
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch
 from trainers.data.samplers import TransitionBatch
 from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
+    NonFiniteLossError,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
@@ -123,6 +126,72 @@ class TD3BC(OfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
+class FusedTD3BC:
+    """The seeds of a stack as one update (trainers/runtime/stack.py): each network's seeds one `SeedStack` (critics
+    and targets too), each optimiser one `StackedAdam`; every seed's losses on its own batch, normalizer and
+    smoothing noise (drawn from its own generator, as alone); what seed k computes alone, one kernel per layer for all
+    seeds."""
+
+    def __init__(self, seeds: list[TD3BC]):
+        self.seeds, self.step, self.config, device = seeds, seeds[0].step, seeds[0].config, seeds[0].device
+        self.actor = SeedStack([seed.actor.net for seed in seeds])
+        self.critic = SeedStack([seed.critic.net for seed in seeds])
+        self.actor_target = SeedStack([seed.actor_target.net for seed in seeds], trainable=False)
+        self.critic_target = SeedStack([seed.critic_target.net for seed in seeds], trainable=False)
+        self.optimizers = {name: adam_for([stack], [seed.optimizers[name] for seed in seeds], device)
+                           for name, stack in (("actor", self.actor), ("critic", self.critic))}
+        self.normalizer = StackedNormalizer([seed.normalizer for seed in seeds])
+
+    @staticmethod
+    def q(critic: SeedStack, obs: torch.Tensor, actions: torch.Tensor, **kwargs) -> torch.Tensor:
+        """TwinCritic for every seed: (K, B, ·) → (K, members, B)."""
+        return ensemble(critic, torch.cat([obs, actions], dim=-1), **kwargs).squeeze(-1)
+
+    def update(self, batches: list[TransitionBatch]) -> list[dict[str, float] | NonFiniteLossError]:
+        c, step, b = self.config, self.step + 1, stacked_batch(batches)
+        noise = torch.stack([torch.randn(batch.actions.shape, generator=seed.generator, device=seed.device)
+                             for seed, batch in zip(self.seeds, batches)])
+        obs, actions = self.normalizer.observations(b["observations"]), self.normalizer.unit_actions(b["actions"])
+        with torch.no_grad():  # 1. the clipped double-Q target with target-policy smoothing
+            next_obs = self.normalizer.observations(b["next_observations"])
+            noise = (noise * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
+            next_actions = (torch.tanh(mlp(self.actor_target, next_obs)) + noise).clamp(-1.0, 1.0)
+            target_q = self.q(self.critic_target, next_obs, next_actions).min(1).values  # (K, B)
+            y = b["rewards"] + c.discount * (1.0 - b["dones"]) * target_q
+        q = self.q(self.critic, obs, actions)  # (K, 2, B)
+        critic_loss = (q - y.unsqueeze(1)).square().mean(2).sum(1)  # (K,)
+        self.optimizers["critic"].zero_grad()
+        critic_loss.sum().backward()
+        self.optimizers["critic"].step()
+        metrics = {"critic_loss": critic_loss.detach(), "q1_mean": q[:, 0].detach().mean(1),
+                   "q2_mean": q[:, 1].detach().mean(1), "target_q_mean": target_q.mean(1)}
+        if step % c.policy_delay == 0:  # 2. the delayed actor step, then both targets move
+            pi = torch.tanh(mlp(self.actor, obs))
+            q_pi = self.q(self.critic, obs, pi, detach_params=True, member=0)[:, 0]  # (K, B)
+            lmbda = c.alpha / q_pi.abs().mean(1).detach()
+            bc_loss = (pi - actions).square().mean(dim=(1, 2))
+            actor_loss = -lmbda * q_pi.mean(1) + bc_loss
+            self.optimizers["actor"].zero_grad()
+            actor_loss.sum().backward()
+            self.optimizers["actor"].step()
+            polyak_(self.critic_target, self.critic, c.tau)
+            polyak_(self.actor_target, self.actor, c.tau)
+            metrics |= {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(), "lmbda": lmbda,
+                        "q_pi_mean": q_pi.detach().mean(1)}
+        self.step = step
+        values = torch.stack(list(metrics.values())).tolist()  # one device sync for every seed's metrics
+        return [fused_metrics(step, **{name: row[k] for name, row in zip(metrics, values)})
+                for k in range(len(self.seeds))]
+
+    def sync(self) -> None:
+        for stack in (self.actor, self.critic, self.actor_target, self.critic_target):
+            stack.sync()
+        for optimizer in self.optimizers.values():
+            optimizer.sync()
+        for seed in self.seeds:
+            seed.step = self.step
+
+
 # The paper evaluates on D4RL locomotion and AntMaze only; it gives no kitchen settings, so kitchen tasks run
 # with the defaults above.
-ALGORITHM = AlgorithmDeclaration(config=Config, build=TD3BC)
+ALGORITHM = AlgorithmDeclaration(config=Config, build=TD3BC, fused_seeds=FusedTD3BC)

@@ -1,6 +1,7 @@
 """Seeds trained together (trainers/runtime/stack.py) against one trial per seed, on this machine's CPU.
 
-    python -m bench.stacked_seeds [--sizes quickstart,paper] [--ks 1,3,5] [--seconds 6] [--no-sweep]
+    python -m bench.stacked_seeds [--sizes quickstart,paper] [--ks 1,3,5] [--seconds 6] [--parts 1,2,3]
+                                [--algorithms bc,td3_bc,iql,cql,dt,lamo]
 
 1. Seed-updates/s of k seeds stacked in one process (k = 1, 3, 5) for bc, td3_bc, iql, cql, dt and lamo, with one
    torch thread (one Ray CPU slot): the stacked core's own lockstep (`StackedTrialCore.train_step`), after two
@@ -14,9 +15,14 @@
    trials, both on one slot (max_concurrent_trials 1): the command's wall time and the trials' own span (first run
    start to last run end in MLflow).
 
-Stacking as built is the loop form: each seed's update is its own kernels, one after another, so a compute-bound
-update costs k times whatever is done and the figures of part 1 can only show per-seed overheads shared or not
-(the RNG swap per update is added); what it saves is each trial's fixed cost (part 1's build column, part 2).
+3. Memory of a LaMo stack on GPT-2 small's architecture with pre-trained weights (a saved directory): a fresh
+   process builds k = 1, 3, 5 seeds, with one copy of the frozen backbone shared by the seeds (as a stack does)
+   and with a copy each; its resident memory after the build, over the same process before it.
+
+bc's seeds update as one (its fused form, `FusedBC`: one batched matmul per layer for every seed); the other
+algorithms run the loop form, each seed's update its own kernels one after another, so a compute-bound update costs
+k times whatever is done and their figures can only show per-seed overheads shared or not (the RNG swap per update
+is added); what the loop form saves is each trial's fixed cost (part 1's build column, part 2).
 Needs README command 1's data (data/reacher2d-medium.hdf5) and model (models/tiny-gpt2), or makes them.
 """
 
@@ -82,6 +88,7 @@ def updates_per_second(size: str, algorithm: str, k: int, dataset: Path, params:
     started = time.perf_counter()
     core = StackedTrialCore(records, [work / size / r.trial_id for r in records], torch.device("cpu"))
     built = time.perf_counter() - started
+    core.fuse()  # as `run` does: the fused form where the algorithm has one (bc)
     for _ in range(2):
         core.train_step()
     steps, started = 0, time.perf_counter()
@@ -93,7 +100,12 @@ def updates_per_second(size: str, algorithm: str, k: int, dataset: Path, params:
     return rate, built
 
 
-def part_one(sizes: list[str], ks: list[int], seconds: float, dataset: Path, tiny_lm: Path, work: Path) -> None:
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+
+def part_one(sizes: list[str], ks: list[int], seconds: float, dataset: Path, tiny_lm: Path, work: Path,
+             algorithms: list[str]) -> None:
     torch.set_num_threads(1)
     small_lm = gpt2_small(work / "gpt2-small") if "paper" in sizes else None
     print(f"1. seed-updates/s, k seeds stacked in one process (one torch thread; k = 1 is a trial alone); "
@@ -101,7 +113,7 @@ def part_one(sizes: list[str], ks: list[int], seconds: float, dataset: Path, tin
           f"{'size':<11}{'algorithm':<9}" + "".join(f"{'k=' + str(k):>10}" for k in ks)
           + "".join(f"{'×k=' + str(k):>8}" for k in ks[1:]) + "   build (k stacked / k alone)")
     for size in sizes:
-        for algorithm in ALGORITHMS:
+        for algorithm in algorithms:
             params = hyperparameters(size, algorithm, tiny_lm, small_lm)
             rates, builds = {}, {}
             updates_per_second(size, algorithm, 1, dataset, params, 0.0, work)  # warm-up: imports, first kernels
@@ -109,7 +121,7 @@ def part_one(sizes: list[str], ks: list[int], seconds: float, dataset: Path, tin
                 rates[k], builds[k] = updates_per_second(size, algorithm, k, dataset, params, seconds, work)
             gains = "".join(f"{rates[k] / rates[ks[0]]:>8.2f}" for k in ks[1:])
             build = "  ".join(f"k={k}: {builds[k]:.2f}/{k * builds[1]:.2f} s" for k in ks[1:]) if 1 in builds else ""
-            print(f"{size:<11}{algorithm:<9}" + "".join(f"{rates[k]:>10.1f}" for k in ks) + gains + "   " + build,
+            print(f"{size:<11}{algorithm:<9}" + "".join(f"{_rate(rates[k]):>10}" for k in ks) + gains + "   " + build,
                   flush=True)
 
 
@@ -127,8 +139,8 @@ def sweep_seconds(root: Path, algorithm: str, overrides: dict, dataset: Path, st
     path = root / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "orchestrator" / "sweep.py"), "--spec", str(path)], cwd=root,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(REPO / "orchestrator" / "sweep.py"), "--spec", str(path), "--no-reuse"],
+                          cwd=root, capture_output=True, text=True)  # both sweeps compute the same trials
     wall = time.perf_counter() - started
     if done.returncode != 0 or not re.search(r"3 trials finished, 0 failed", done.stdout):
         raise RuntimeError(f"sweep {spec['name']} failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
@@ -153,20 +165,69 @@ def part_two(dataset: Path, tiny_lm: Path, work: Path) -> None:
               f"{alone[1] / stacked[1]:>6.2f}×", flush=True)
 
 
+def memory_probe(k: int, share: bool, model: str, dataset: str) -> None:
+    """In a fresh process: resident memory before and after building a k-seed LaMo stack (printed as JSON)."""
+    import json
+
+    import psutil
+
+    from trainers.runtime.record import make_record
+    from trainers.runtime.stack import StackedTrialCore
+
+    torch.set_num_threads(1)
+    params = {"num_steps": 10, "eval_every": 10, "backbone": model, "lm_corpus": "builtin"}
+    records = [make_record("lamo", TASK, 0.5, seed, params, dataset) for seed in range(k)]
+    StackedTrialCore(records[:1], [tempfile.mkdtemp()], torch.device("cpu")).close()  # imports, allocator warm
+    before = psutil.Process().memory_info().rss
+    core = StackedTrialCore(records, [tempfile.mkdtemp() for _ in records], torch.device("cpu"), share_frozen=share)
+    print(json.dumps({"rss_mb": (psutil.Process().memory_info().rss - before) / 2**20,
+                      "shared_mb": core.shared_bytes / 2**20}))
+
+
+def part_three(dataset: Path, work: Path, ks: list[int]) -> None:
+    import json
+
+    model = work / "gpt2-small"
+    if not model.exists():
+        gpt2_small(model)
+    print("\n3. a LaMo stack on GPT-2 small (pre-trained weights, frozen; LoRA): resident memory of the build")
+    print(f"{'k':>3}{'one backbone, shared':>24}{'a backbone per seed':>22}{'freed':>10}")
+    for k in ks:
+        figures = {}
+        for share in (True, False):
+            done = subprocess.run([sys.executable, "-m", "bench.stacked_seeds", "--memory-probe", str(k),
+                                   str(int(share)), str(model), str(dataset)], cwd=REPO, capture_output=True,
+                                  text=True, check=True)
+            figures[share] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{k:>3}{figures[True]['rss_mb']:>20.0f} MiB{figures[False]['rss_mb']:>18.0f} MiB"
+              f"{figures[True]['shared_mb']:>6.0f} MiB", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="quickstart,paper")
     parser.add_argument("--ks", default="1,3,5")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured time per (algorithm, size, k)")
-    parser.add_argument("--no-sweep", action="store_true", help="skip part 2 (the sweeps)")
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="part 1's algorithms")
+    parser.add_argument("--memory-probe", nargs=4, metavar=("K", "SHARE", "MODEL", "DATASET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_probe:
+        k, share, model, dataset = args.memory_probe
+        memory_probe(int(k), share == "1", model, dataset)
+        return 0
+    parts = set(args.parts.split(","))
     dataset, tiny_lm = quickstart_inputs()
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as scratch:
         work = Path(scratch)
         print(f"machine: {torch.get_num_threads()} torch threads available, {sys.platform}; torch {torch.__version__}")
-        part_one(args.sizes.split(","), [int(k) for k in args.ks.split(",")], args.seconds, dataset, tiny_lm, work)
-        if not args.no_sweep:
+        ks = [int(k) for k in args.ks.split(",")]
+        if "1" in parts:
+            part_one(args.sizes.split(","), ks, args.seconds, dataset, tiny_lm, work, args.algorithms.split(","))
+        if "2" in parts:
             part_two(dataset, tiny_lm, work)
+        if "3" in parts:
+            part_three(dataset, work, ks)
     return 0
 
 

@@ -106,21 +106,25 @@ def compute_estimate(records: list[TrialRecord]) -> ComputeEstimate:
 @dataclass(frozen=True)
 class SeedState:
     """One seed's model state: parameters trained (fp32 weight, gradient and Adam's two moments: 16 bytes each)
-    and frozen ones (a frozen backbone, target networks: 4 bytes each)."""
+    and frozen ones (a frozen backbone, target networks: 4 bytes each), of which `shared` are held once by seeds
+    trained together (a pre-trained backbone's frozen weights: trainers/runtime/stack.py)."""
 
     trainable: int
     frozen: int
+    shared: int = 0
 
     @property
     def bytes(self) -> int:
-        return 16 * self.trainable + 4 * self.frozen
+        """What each seed holds of its own."""
+        return 16 * self.trainable + 4 * (self.frozen - self.shared)
+
+    def stack_bytes(self, seeds: int) -> int:
+        return 4 * self.shared + seeds * self.bytes
 
 
 def seed_state(record: TrialRecord) -> SeedState | str:
-    """The record's model state, counted on a CPU build of its algorithm without data (a pre-trained backbone by its
-    architecture, not its weights); the reason, when it cannot be built here."""
-    import dataclasses
-
+    """The record's model state, counted on a CPU build of its algorithm without data; the reason, when it cannot
+    be built here (a backbone neither local nor in the hub's cache)."""
     import torch
     from torch import nn
 
@@ -128,30 +132,29 @@ def seed_state(record: TrialRecord) -> SeedState | str:
     from trainers.runtime.registry import build_algorithm
 
     task = get_task(record.task)
-    config = record.algorithm_config(task)
-    if hasattr(config, "pretrained_weights"):
-        config = dataclasses.replace(config, pretrained_weights=False)  # the shapes, without reading the weights
     setup = TrainingSetup(task=task, dataset=None, observation_space=task.observation_space,
                           action_space=task.action_space, device=torch.device("cpu"), seed=record.seed)
     try:
-        algorithm = build_algorithm(record.algorithm, config, setup)
+        algorithm = build_algorithm(record.algorithm, record.algorithm_config(task), setup)
     except (OSError, ValueError) as error:
         return str(error).splitlines()[0][:120]
     parameters = {id(p): p for module in vars(algorithm).values() if isinstance(module, nn.Module)
                   for p in module.parameters()}.values()
+    shared = getattr(algorithm, "shared_parameters", dict)()
     return SeedState(sum(p.numel() for p in parameters if p.requires_grad),
-                     sum(p.numel() for p in parameters if not p.requires_grad))
+                     sum(p.numel() for p in parameters if not p.requires_grad),
+                     sum(p.numel() for p in shared.values()))
 
 
 def trial_memory(record: TrialRecord, seeds: int, state: SeedState) -> int | None:
     """Bytes one trial of `seeds` seeds of the record's cell holds: its dataset file once (read whole, then each seed's
-    subset kept) and each seed's model state; None when the dataset file is not here."""
+    subset kept) and the seeds' model state; None when the dataset file is not here."""
     source = Path(record.dataset.source)
     if not source.exists():
         return None
     files = [source] if source.is_file() else [f for f in source.rglob("*") if f.is_file()]
     size = sum(f.stat().st_size for f in files)  # on disk: compressed files (Atari's) take more in memory
-    return size + seeds * (int(size * record.ratio) + state.bytes)
+    return size + seeds * int(size * record.ratio) + state.stack_bytes(seeds)
 
 
 def describe_stacking(spec: SweepSpec, records: list[TrialRecord], slots: int | None, console: Console) -> None:
@@ -163,9 +166,9 @@ def describe_stacking(spec: SweepSpec, records: list[TrialRecord], slots: int | 
                   f"{len(records)}){waves}; a stack updates its seeds one after another, so its trial takes up to "
                   f"{k}× as long: what stacking saves is each trial's fixed cost (process, data, environments, "
                   f"evaluation loops), not compute")
-    table = Table("algorithm", "trainable", "frozen", "state per seed", f"largest trial, {k} seed(s)",
+    table = Table("algorithm", "trainable", "frozen (shared)", "state per seed", f"largest trial, {k} seed(s)",
                   f"the same as {k} trial(s)", title="memory (dataset file once per trial, each seed's subset and "
-                                                       "model state)")
+                                                       "model state, shared frozen weights once)")
     unknown: dict[str, list[str]] = {}  # why not, -> the algorithms
     for algorithm in dict.fromkeys(r.algorithm for r in records):
         mine = [r for r in records if r.algorithm == algorithm]
@@ -176,9 +179,10 @@ def describe_stacking(spec: SweepSpec, records: list[TrialRecord], slots: int | 
             continue
         largest = max(mine, key=lambda r: (trial_memory(r, k, state) or 0))
         stacked, alone = trial_memory(largest, k, state), trial_memory(largest, 1, state)
-        table.add_row(algorithm, f"{state.trainable:,}", f"{state.frozen:,}", _size(state.bytes),
-                      _size(stacked) if stacked is not None else f"dataset + {k} × {_size(state.bytes)}",
-                      _size(k * alone) if alone is not None else f"{k} × (dataset + {_size(state.bytes)})")
+        frozen = f"{state.frozen:,}" + (f" ({state.shared:,})" if state.shared else "")
+        table.add_row(algorithm, f"{state.trainable:,}", frozen, _size(state.bytes),
+                      _size(stacked) if stacked is not None else f"dataset + {_size(state.stack_bytes(k))}",
+                      _size(k * alone) if alone is not None else f"{k} × (dataset + {_size(state.stack_bytes(1))})")
     console.print(table)
     for reason, algorithms in unknown.items():
         console.print(f"memory not estimated for {', '.join(algorithms)}: {reason.split(';')[0]}")

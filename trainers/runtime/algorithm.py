@@ -8,7 +8,8 @@ imports the registry. Nothing here imports an algorithm, Ray or MLflow.
   made — in the sweep's validation pass, long before a trial starts.
 - `TrainingSetup`: what an algorithm is built from besides its hyperparameters.
 - `Algorithm` and `Policy`: what the trial core and the evaluator call.
-- `Distributable`: the optional capability the Ray Train adapter needs for DDP.
+- `Distributable`: the optional capability the Ray Train adapter needs for DDP; `FusedSeeds`: the optional one that
+  trains a stack's seeds as batched kernels.
 - `ExternalInput`: a file, directory or hub id an algorithm's config names (a backbone, a corpus); the
   orchestrator checks and localizes what an algorithm declares without knowing its field names.
 - `AlgorithmDeclaration` and `Preset`: what an algorithm module declares as its `ALGORITHM` — config class, build,
@@ -152,6 +153,22 @@ class Algorithm(Protocol):
         ...
 
 
+class FusedSeeds(Protocol):
+    """Several seeds of one algorithm updated as one: each network's seeds as one batched tensor, so one kernel serves
+    every seed (trainers/runtime/stack.py uses it when the algorithm declares `fused_seeds`). Built from the seeds'
+    algorithms at equal steps; seed k must compute what its algorithm alone computes (up to float rounding), drawing
+    any noise from that seed's own generator, never from torch's global stream."""
+
+    def update(self, batches: list) -> list[dict[str, float] | NonFiniteLossError]:
+        """One update of every seed, seed k on batches[k] (torch tensors); its metrics or its non-finite loss."""
+        ...
+
+    def sync(self) -> None:
+        """Write the batched state (weights, optimiser moments, step) back into each seed's algorithm, so that its
+        policy, state_dict and export are what its own updates would have made."""
+        ...
+
+
 @runtime_checkable
 class Distributable(Protocol):
     """An algorithm that can train with more than one worker (DDP). The Ray Train adapter wraps the training
@@ -225,6 +242,9 @@ class AlgorithmDeclaration:
     external_inputs: Callable[[Any], list[ExternalInput]] = _declares_none  # models or corpora a config names
     # How its runs differ from its sources; each `describe` is given only this declaration's runs.
     differences: Sequence[KnownDifference] = ()
+    # Seeds trained together as batched kernels: (the seeds' algorithms) -> FusedSeeds, or None where their config
+    # has no fused form; None here: always one after another.
+    fused_seeds: Callable[[list[Any]], FusedSeeds | None] | None = None
 
 
 def discrete_frame_spaces(algorithm: str, setup: TrainingSetup) -> tuple[int, int]:

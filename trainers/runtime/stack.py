@@ -8,8 +8,10 @@ every seed still has its own MLflow child run, files and outcome, so the aggrega
 see ordinary per-seed runs.
 
 What the seeds share: the process, its imports and start-up; the dataset file, read once (each seed keeps its own
-subset, seeded by ratio and seed as alone); and one evaluation loop over every seed's environments
-(`BatchedEvaluator.run_many`: each seed's policy on its own block, with its own episode seeds).
+subset, seeded by ratio and seed as alone); one copy of a pre-trained backbone's frozen weights (an algorithm's
+`shared_parameters()`, checked equal before they are shared: one GPT-2 in memory for every seed's LoRA); and one
+evaluation loop over every seed's environments (`BatchedEvaluator.run_many`: each seed's policy on its own block,
+with its own episode seeds).
 
 What stays each seed's own — so that seed k stacked computes what seed k alone computes (tests/test_stack.py checks
 weights and evaluation returns for every algorithm family): its data subset, its algorithm (weights, optimiser
@@ -17,9 +19,12 @@ state, learning-rate schedule, gradient clipping, noise generator), its batch-sa
 stream (dropout in the sequence models), which are swapped in around each of its updates, its evaluation seeds
 (eval seed, its seed, step), its checkpointed state, its metrics and its files.
 
-How: the seeds step in lockstep, one update each in turn per step, then evaluate together at the cadence's steps.
-This is the loop form of stacking. It does not fuse the seeds' kernels (one launch for k seeds, one frozen GPT-2
-for every LoRA): that is the GPU's gain and is not built here (see the README's "Seeds trained together").
+How: the seeds step in lockstep and evaluate together at the cadence's steps. An algorithm that declares a fused
+form (`AlgorithmDeclaration.fused_seeds`, e.g. bc's `FusedBC`) updates all its seeds as one — each network's seeds as
+one batched tensor, one kernel for every seed, its weights and optimiser state written back into each seed's
+algorithm (`sync`) before it is evaluated, checkpointed or exported; seed k then equals seed k alone up to float
+rounding. Every other algorithm runs the loop form: one update per seed in turn, each its own kernels (bitwise what
+the seed computes alone).
 
 Faults: a NonFiniteLossError in one seed ends that seed alone (its outcome carries the error and its step; its last
 checkpointed state stays in the stacked checkpoint, so a retry resumes it from there); the others go on. Any other
@@ -58,6 +63,7 @@ from trainers.runtime.core import (
 from trainers.runtime.cpu_allocator import keep_freed_memory_for_reuse
 from trainers.runtime.evaluation import BatchedEvaluator
 from trainers.runtime.record import TrialRecord
+from trainers.runtime.registry import declaration
 from trainers.runtime.tasks import get_task
 
 
@@ -101,6 +107,26 @@ def mean_evaluation(metrics: Sequence[dict]) -> dict[str, float]:
     return {key: float(np.mean([float(m[key]) for m in metrics])) for key in keys}
 
 
+def share_frozen_weights(algorithms: Sequence[Algorithm]) -> int:
+    """Point every seed's `shared_parameters()` at the first seed's tensors where they are equal (same name, shape,
+    dtype, device and values), freeing the copies; returns the bytes freed. Nothing trains or writes these weights,
+    so every seed computes exactly what it computed with its own copy."""
+    if not hasattr(algorithms[0], "shared_parameters"):
+        return 0
+    first, freed = algorithms[0].shared_parameters(), 0
+    for algorithm in algorithms[1:]:
+        for name, parameter in algorithm.shared_parameters().items():
+            original = first.get(name)
+            if original is None or original is parameter or original.data_ptr() == parameter.data_ptr():
+                continue
+            alike = (original.shape, original.dtype, original.device) == (parameter.shape, parameter.dtype,
+                                                                          parameter.device)
+            if alike and torch.equal(original, parameter):
+                freed += parameter.numel() * parameter.element_size()
+                parameter.data = original.data
+    return freed
+
+
 def check_stack(records: Sequence[TrialRecord]) -> None:
     """ValueError unless the records are one cell's, with one configuration, each seed once."""
     if not records:
@@ -122,7 +148,7 @@ class StackedTrialCore:
     evaluator with a block of environments per seed), trained by `run`."""
 
     def __init__(self, records: Sequence[TrialRecord], run_dirs: Sequence[str | os.PathLike],
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, share_frozen: bool = True):
         check_stack(records)
         keep_freed_memory_for_reuse()
         self.device = device or default_device()
@@ -138,6 +164,9 @@ class StackedTrialCore:
                        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
             self.seeds.append(_Seed(record, Path(run_dir), dataset, algorithm, np.random.default_rng([record.seed, 0]),
                                     streams))
+        # Bytes of frozen weights the seeds share instead of holding a copy each (0 with share_frozen False).
+        self.shared_bytes = share_frozen_weights([s.algorithm for s in self.seeds]) if share_frozen else 0
+        self.fused, self.fused_seeds = None, []  # the fused form, once `run` restored the seeds (`fuse`)
         targets = self.task.target_returns if self.seeds[0].algorithm.return_conditioned else None
         self.evaluator = BatchedEvaluator(self.task, self.config.eval_episodes, targets, copies=len(self.seeds))
 
@@ -166,33 +195,64 @@ class StackedTrialCore:
             seed.torch_states = {"torch": streams["torch"], "cuda": streams["cuda"]}
             seed.saved = own
 
-    def _update(self, seed: _Seed) -> None:
-        """One update of one seed under its own streams; a non-finite loss ends this seed only."""
-        batch = to_torch(seed.algorithm.sampler.sample(self.config.batch_size, seed.rng), self.device)
-        self._enter(seed)
-        try:
-            metrics = seed.algorithm.update(batch)
-        except NonFiniteLossError as error:
-            error.step = error.step if error.step is not None else seed.result.step + 1
-            seed.error = error
+    def _batch(self, seed: _Seed):
+        return to_torch(seed.algorithm.sampler.sample(self.config.batch_size, seed.rng), self.device)
+
+    def _record(self, seed: _Seed, outcome: dict[str, float] | NonFiniteLossError) -> None:
+        """An update's metrics, or its non-finite loss, which ends this seed only."""
+        if isinstance(outcome, NonFiniteLossError):
+            outcome.step = outcome.step if outcome.step is not None else seed.result.step + 1
+            seed.error = outcome
             if seed.report is not None:
                 seed.report.close()  # what it reported until now is delivered; the driver records the failure
             return
-        finally:
-            self._leave(seed)
-        for name, value in metrics.items():
+        for name, value in outcome.items():
             seed.running[name].append(value)
         seed.result.step += 1
 
-    def train_step(self) -> list[_Seed]:
-        """One update of every seed that still trains, one after another; returns those that made it."""
+    def _update(self, seed: _Seed) -> None:
+        """One update of one seed under its own streams (the loop form)."""
+        batch = self._batch(seed)
+        self._enter(seed)
+        try:
+            outcome = seed.algorithm.update(batch)
+        except NonFiniteLossError as error:
+            outcome = error
+        finally:
+            self._leave(seed)
+        self._record(seed, outcome)
+
+    def fuse(self) -> None:
+        """The fused form over the seeds that still train, where the algorithm has one and they are at one step."""
+        if self.fused is not None:
+            self.fused.sync()
         training = [s for s in self.seeds if s.live and s.result.step < self.config.num_steps]
-        for seed in training:
-            self._update(seed)
+        make = declaration(self.seeds[0].record.algorithm, self.task).fused_seeds
+        together = make is not None and len(training) > 1 and len({s.result.step for s in training}) == 1
+        self.fused = make([s.algorithm for s in training]) if together else None  # None: no fused form for its config
+        self.fused_seeds = training if self.fused is not None else []
+
+    def sync(self) -> None:
+        """Each seed's algorithm up to date with the fused form's state (before it acts, is saved or exported)."""
+        if self.fused is not None:
+            self.fused.sync()
+
+    def train_step(self) -> list[_Seed]:
+        """One update of every seed that still trains (fused, else one after another); returns those that made it."""
+        training = [s for s in self.seeds if s.live and s.result.step < self.config.num_steps]
+        if self.fused is not None and training == self.fused_seeds:
+            for seed, outcome in zip(training, self.fused.update([self._batch(s) for s in training])):
+                self._record(seed, outcome)
+            if any(not s.live for s in training):
+                self.fuse()  # without the failed seeds
+        else:
+            for seed in training:
+                self._update(seed)
         return [s for s in training if s.live]
 
     def evaluate(self, seeds: list[_Seed]) -> None:
         """One evaluation loop for the given seeds, each at its own step with its own episode seeds."""
+        self.sync()
         started = time.perf_counter()
         results = self.evaluator.run_many(
             [seed.algorithm.policy for seed in seeds],
@@ -210,6 +270,7 @@ class StackedTrialCore:
         for seed, report in zip(self.seeds, reports, strict=True):
             seed.report = report
         self._restore(checkpoints.restore())
+        self.fuse()
         for seed in self.seeds:
             if seed.report is None:
                 continue
@@ -236,6 +297,7 @@ class StackedTrialCore:
                 self._checkpoint(checkpoints)
                 started = time.perf_counter()
 
+        self.sync()
         finished = [s for s in self.seeds if s.live]
         unevaluated = [s for s in finished if s.result.final is None]  # resumed after its last checkpoint
         if unevaluated:
@@ -250,6 +312,7 @@ class StackedTrialCore:
 
     def _checkpoint(self, checkpoints: Checkpoints) -> None:
         """Every live seed's state now, a failed seed's as last saved; Tune hears the live seeds' mean evaluation."""
+        self.sync()
         live = [s for s in self.seeds if s.live]
         for seed in live:
             seed.saved = seed.state()

@@ -195,6 +195,13 @@ class SequenceModelAlgorithm:
 
     # --- checkpoints and artifacts ------------------------------------------------------------------------
 
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters every seed builds identically and nothing changes: a pre-trained backbone's frozen weights. Seeds
+        trained together keep one copy of them (trainers/runtime/stack.py); none with a random backbone."""
+        if self.config.backbone is None or not self.config.pretrained_weights:
+            return {}
+        return {name: p for name, p in self.model.backbone.named_parameters() if not p.requires_grad}
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         names = {id(p): n for n, p in self.model.named_parameters()}
         return {names[id(p)]: p.detach() for p in self.trainable}
