@@ -41,14 +41,17 @@ from baselines.common import (
     TwinCritic,
     finite_metrics,
     frozen_copy,
+    fused_metrics,
     make_adam,
     polyak_,
     seeded_init,
 )
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch
 from trainers.data.samplers import TransitionBatch
 from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
     Fraction,
+    NonFiniteLossError,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -168,6 +171,88 @@ class CQL(OfflineAlgorithm):
         return finite_metrics(step, **metrics)
 
 
+class FusedCQL:
+    """The seeds of a stack as one update (trainers/runtime/stack.py): actor, critic, target critic and entropy
+    temperature as one `SeedStack` each, the one Adam as one `StackedAdam` (its three groups); every seed's losses on
+    its own batch, normalizer and samples (its noise drawn from its own generator, as alone): what seed k computes
+    alone, one kernel per layer for all seeds (the critic's 1 + 3N queries per state included)."""
+
+    def __init__(self, seeds: list[CQL]):
+        self.seeds, self.step, self.config, device = seeds, seeds[0].step, seeds[0].config, seeds[0].device
+        self.actor = SeedStack([seed.actor for seed in seeds])
+        self.critic = SeedStack([seed.critic.net for seed in seeds])
+        self.critic_target = SeedStack([seed.critic_target.net for seed in seeds], trainable=False)
+        self.log_alpha = SeedStack([seed.log_alpha for seed in seeds])
+        self.optimizer = adam_for([self.actor, self.critic, self.log_alpha], [seed.optimizers["all"] for seed in seeds],
+                                  device)
+        self.normalizer = StackedNormalizer([seed.normalizer for seed in seeds])
+        self.target_entropy, self.log_std_range = seeds[0].target_entropy, seeds[0].actor.log_std_range
+
+    @staticmethod
+    def q(critic: SeedStack, obs: torch.Tensor, actions: torch.Tensor, **kwargs) -> torch.Tensor:
+        """TwinCritic for every seed: obs and actions (K, ..., ·) with equal leading shapes → (K, 2, ...)."""
+        x = torch.cat([obs, actions], dim=-1)
+        q = ensemble(critic, x.reshape(x.shape[0], -1, x.shape[-1]), **kwargs)
+        return q.reshape(*q.shape[:2], *x.shape[1:-1])
+
+    def update(self, batches: list[TransitionBatch]) -> list[dict[str, float] | NonFiniteLossError]:
+        c, step, batch = self.config, self.step + 1, stacked_batch(batches)
+        (b, act_dim), n = batches[0].actions.shape, c.cql_n_actions
+        noise, uniform = (torch.stack(draws) for draws in zip(*(
+            (torch.randn((2 * b, n + 1, act_dim), generator=seed.generator, device=seed.device),
+             torch.rand((b, n, act_dim), generator=seed.generator, device=seed.device) * 2.0 - 1.0)
+            for seed in self.seeds)))
+        obs = self.normalizer.observations(batch["observations"])
+        actions = self.normalizer.unit_actions(batch["actions"])
+        next_obs = self.normalizer.observations(batch["next_observations"])
+        mean, log_std = mlp(self.actor, torch.cat([obs, next_obs], dim=1), prefix="net.").chunk(2, dim=-1)
+        log_std = log_std.clamp(*self.log_std_range)
+        sampled, log_pis = TanhGaussianActor.sample(mean[:, :, None], log_std[:, :, None], noise)
+        new_actions, log_pi = sampled[:, :b, 0], log_pis[:, :b, 0]
+        sampled, log_pis = sampled.detach(), log_pis.detach()
+
+        log_alpha = self.log_alpha["value"]  # (K,)
+        alpha = log_alpha.exp().detach()
+        alpha_loss = -(log_alpha[:, None] * (log_pi.detach() + self.target_entropy)).mean(1)
+        if step <= c.bc_steps:
+            objective = TanhGaussianActor.log_prob(mean[:, :b], log_std[:, :b], actions)
+        else:
+            objective = self.q(self.critic, obs, new_actions, detach_params=True).min(1).values
+        actor_loss = (alpha[:, None] * log_pi - objective).mean(1)
+        with torch.no_grad():
+            target_q = self.q(self.critic_target, next_obs, sampled[:, b:, 0]).min(1).values  # (K, B)
+            y = batch["rewards"] + c.discount * (1.0 - batch["dones"]) * target_q
+        queries = torch.cat([actions[:, :, None], uniform, sampled[:, :b, 1:], sampled[:, b:, 1:]], dim=2)
+        q_all = self.q(self.critic, obs[:, :, None].expand(*queries.shape[:3], obs.shape[-1]), queries)  # (K,2,B,·)
+        q_data = q_all[..., 0]
+        bellman_loss = (q_data - y[:, None]).square().mean(2).sum(1)
+        log_density = torch.cat([torch.full((len(self.seeds), b, n), act_dim * math.log(0.5), device=obs.device),
+                                 log_pis[:, :b, 1:], log_pis[:, b:, 1:]], dim=2)
+        t = c.cql_temperature
+        logsumexp = torch.logsumexp((q_all[..., 1:] - log_density[:, None]) / t, dim=-1) * t  # (K, 2, B)
+        cql_gap = (logsumexp - q_data).mean(2)  # (K, 2)
+        critic_loss = bellman_loss + c.cql_alpha * cql_gap.sum(1)
+        self.optimizer.zero_grad()
+        (actor_loss + alpha_loss + critic_loss).sum().backward()
+        self.optimizer.step()
+        polyak_(self.critic_target, self.critic, c.tau)
+        self.step = step
+        metrics = {"actor_loss": actor_loss, "alpha_loss": alpha_loss, "alpha": alpha, "log_pi": log_pi.mean(1),
+                   "critic_loss": critic_loss, "bellman_loss": bellman_loss, "cql_gap": cql_gap.mean(1),
+                   "q_data_mean": q_data.mean((1, 2)), "target_q_mean": target_q.mean(1),
+                   "q_random_mean": q_all[..., 1:1 + n].mean((1, 2, 3)), "q_logsumexp_mean": logsumexp.mean((1, 2))}
+        values = torch.stack([v.detach() for v in metrics.values()]).tolist()  # one device sync for every seed
+        return [fused_metrics(step, **{name: row[k] for name, row in zip(metrics, values)})
+                for k in range(len(self.seeds))]
+
+    def sync(self) -> None:
+        for stack in (self.actor, self.critic, self.critic_target, self.log_alpha):
+            stack.sync()
+        self.optimizer.sync()
+        for seed in self.seeds:
+            seed.step = self.step
+
+
 # The CQL paper reports kitchen results, but neither its released code nor its README gives kitchen
 # settings we could verify, so kitchen tasks run with the defaults above.
-ALGORITHM = AlgorithmDeclaration(config=Config, build=CQL)
+ALGORITHM = AlgorithmDeclaration(config=Config, build=CQL, fused_seeds=FusedCQL)

@@ -88,7 +88,7 @@ def assert_same_evaluations(mine: Path, theirs: Path, exact: bool) -> None:
         assert row[:3] == their_row[:3] and row[3] == pytest.approx(their_row[3], **tolerance)
 
 
-FUSED = {"bc", "td3_bc", "iql"}  # algorithms whose seeds update as one (batched kernels): equal up to float rounding
+FUSED = {"bc", "td3_bc", "iql", "cql"}  # algorithms whose seeds update as one (batched kernels): equal up to float rounding
 
 
 @pytest.mark.parametrize("algorithm, overrides", [
@@ -167,8 +167,8 @@ class NanAt:
 
 
 def test_a_seed_with_a_non_finite_loss_fails_alone(tmp_path, reacher_medium_path, tiny_lm):
-    """The loop form (cql): seed 1's update raises a non-finite loss from update 20 on; the others finish."""
-    records = records_for("cql", reacher_medium_path, tiny_lm)
+    """The loop form (dt): seed 1's update raises a non-finite loss from update 20 on; the others finish."""
+    records = records_for("dt", reacher_medium_path, tiny_lm)
     run_dirs = [tmp_path / r.trial_id for r in records]
     core = StackedTrialCore(records, run_dirs, torch.device("cpu"))
     NanAt(core.seeds[1].algorithm, at=20)
