@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from baselines.common import make_adam
+from baselines.common import EnsembleMLP, make_adam
 
 
 class SeedStack(nn.Module):
@@ -61,7 +61,11 @@ def mlp(stack: SeedStack, x: torch.Tensor, prefix: str = "") -> torch.Tensor:
 
 def ensemble(stack: SeedStack, x: torch.Tensor, detach_params: bool = False, member: int | None = None
              ) -> torch.Tensor:
-    """common.EnsembleMLP for every seed: x (K, N, in), shared by a seed's members → (K, members, N, out)."""
+    """common.EnsembleMLP for every seed: x (K, N, in), shared by a seed's members → (K, members, N, out). On CPU the
+    rows go in blocks, as EnsembleMLP's do, so that all seeds' activations of a block stay in cache."""
+    block = max(1, EnsembleMLP.CPU_BLOCK_ROWS // x.shape[0])
+    if x.device.type == "cpu" and x.shape[1] > 2 * block:
+        return torch.cat([ensemble(stack, part, detach_params, member) for part in x.split(block, dim=1)], dim=2)
     layers = sum(name.startswith("weights.") for name in stack.names)
     h = None
     for i in range(layers):
