@@ -5,6 +5,8 @@ pushed down on actions the policy or a uniform proposal would pick and up on the
 lower bound where data is missing. The log-sum-exp is estimated by importance sampling over N uniform
 actions, N policy actions at s and N policy actions at s′ (all evaluated at s), each divided by its proposal
 density (min_q_version 3 in the reference).
+Seeds trained together (`resources.seeds_per_trial`) update as one on accelerators: `FusedCQL`
+(baselines/seed_stack.py); on a CPU one after another.
 
 Per update (aviralkumar2907/CQL d4rl/rlkit/torch/sac/cql.py; young-geng/CQL SimpleSAC/conservative_sac.py):
   entropy: L_α = −log α·(log π(ã|s) + H̄)              H̄ = −dim(A)

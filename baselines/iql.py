@@ -16,6 +16,8 @@ acts with the mean. (CORL's configs use a deterministic MSE actor for some datas
 them; `deterministic_actor=True` gives that variant.) Differences from CORL's iql.py, which follow the reference:
 the critic loss sums the two Qs' MSEs (CORL averages them), the actor's advantage uses V after its update
 (CORL uses V before), orthogonal init (Flax default_init), and no state normalization by default.
+Seeds trained together (`resources.seeds_per_trial`) update as one, without actor dropout: `FusedIQL`
+(baselines/seed_stack.py).
 """
 
 from __future__ import annotations

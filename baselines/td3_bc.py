@@ -9,6 +9,8 @@ Per update (sfujim/TD3_BC, TD3_BC.py):
    averaging of the target critic AND target actor — targets move only on actor steps.
 
 Defaults are the paper's D4RL locomotion settings; CORL's td3_bc.py and configs use the same numbers.
+
+Seeds trained together (`resources.seeds_per_trial`) update as one: `FusedTD3BC` (baselines/seed_stack.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Seeds trained together (trainers/runtime/stack.py) against one trial per seed, on this machine's CPU.
 
-    python -m bench.stacked_seeds [--sizes quickstart,paper] [--ks 1,3,5] [--seconds 6] [--parts 1,2,3]
+    python -m bench.stacked_seeds [--sizes quickstart,paper] [--ks 1,3,5] [--seconds 6] [--parts 1,2,3,4]
                                 [--algorithms bc,td3_bc,iql,cql,dt,lamo]
 
 1. Seed-updates/s of k seeds stacked in one process (k = 1, 3, 5) for bc, td3_bc, iql, cql, dt and lamo, with one
@@ -14,15 +14,17 @@
    quickstart's settings (800 steps, evaluations at 400 and 800 of 10 episodes), `seeds_per_trial: 3` against 3
    trials, both on one slot (max_concurrent_trials 1): the command's wall time and the trials' own span (first run
    start to last run end in MLflow).
-
 3. Memory of a LaMo stack on GPT-2 small's architecture with pre-trained weights (a saved directory): a fresh
    process builds k = 1, 3, 5 seeds, with one copy of the frozen backbone shared by the seeds (as a stack does)
    and with a copy each; its resident memory after the build, over the same process before it.
+4. The crossover of the fused form: k = 5 against k = 1 for bc, td3_bc and iql as their networks widen from 32 to
+   512 (two layers, batch 256).
 
-bc's seeds update as one (its fused form, `FusedBC`: one batched matmul per layer for every seed); the other
-algorithms run the loop form, each seed's update its own kernels one after another, so a compute-bound update costs
-k times whatever is done and their figures can only show per-seed overheads shared or not (the RNG swap per update
-is added); what the loop form saves is each trial's fixed cost (part 1's build column, part 2).
+bc, td3_bc and iql update their seeds as one on this CPU (their fused forms: one batched matmul per layer for every
+seed; cql's only on accelerators); dt and lamo run the loop form, each seed's update its own kernels one after
+another, so a compute-bound update costs k times whatever is done and their figures can only show per-seed
+overheads shared or not (the RNG swap per update is added); what the loop form saves is each trial's fixed cost
+(part 1's build column, part 2).
 Needs README command 1's data (data/reacher2d-medium.hdf5) and model (models/tiny-gpt2), or makes them.
 """
 
@@ -125,6 +127,22 @@ def part_one(sizes: list[str], ks: list[int], seconds: float, dataset: Path, tin
                   flush=True)
 
 
+def part_four(dataset: Path, work: Path, seconds: float) -> None:
+    """Where the fused form stops paying on this CPU: k = 5 against k = 1 as the networks widen (batch 256)."""
+    widths = (32, 64, 128, 256, 512)
+    print(f"\n4. the crossover: seed-updates/s of k = 5 fused over k = 1, by hidden width (two layers, batch 256)\n"
+          f"{'algorithm':<10}" + "".join(f"{w:>8}" for w in widths))
+    for algorithm in ("bc", "td3_bc", "iql"):
+        gains = []
+        for width in widths:
+            params = {"num_steps": 10**6, "eval_every": 10**6, "hidden_dims": [width, width]}
+            updates_per_second("crossover", algorithm, 1, dataset, params, 0.0, work)  # warm-up
+            alone, _ = updates_per_second("crossover", algorithm, 1, dataset, params, seconds, work)
+            stacked, _ = updates_per_second("crossover", algorithm, 5, dataset, params, seconds, work)
+            gains.append(stacked / alone)
+        print(f"{algorithm:<10}" + "".join(f"{g:>7.2f}×" for g in gains), flush=True)
+
+
 def sweep_seconds(root: Path, algorithm: str, overrides: dict, dataset: Path, stack: int) -> tuple[float, float]:
     """(command wall seconds, the trials' span in MLflow) of one cell's three seeds through the sweep."""
     from mlflow.tracking import MlflowClient
@@ -208,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="quickstart,paper")
     parser.add_argument("--ks", default="1,3,5")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured time per (algorithm, size, k)")
-    parser.add_argument("--parts", default="1,2,3", help="which parts to run")
+    parser.add_argument("--parts", default="1,2,3,4", help="which parts to run")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="part 1's algorithms")
     parser.add_argument("--memory-probe", nargs=4, metavar=("K", "SHARE", "MODEL", "DATASET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -228,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             part_two(dataset, tiny_lm, work)
         if "3" in parts:
             part_three(dataset, work, ks)
+        if "4" in parts:
+            part_four(dataset, work, args.seconds)
     return 0
 
 

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from orchestrator.spec import SweepSpec
 from trainers.runtime.record import TrialRecord
-from trainers.runtime.registry import return_conditioned
+from trainers.runtime.registry import declaration, return_conditioned
 from trainers.runtime.tasks import get_task
 
 
@@ -162,13 +162,16 @@ def describe_stacking(spec: SweepSpec, records: list[TrialRecord], slots: int | 
     k = spec.stack_size
     trials = len(stacks_of(records, k))
     waves = f"; {math.ceil(trials / slots)} waves against {math.ceil(len(records) / slots)}" if slots else ""
+    fused = sorted({r.algorithm for r in records if declaration(r.algorithm).fused_seeds is not None})
     console.print(f"seeds per trial: {k} — {trials} trials train the {len(records)} runs (one trial per seed: "
-                  f"{len(records)}){waves}; a stack updates its seeds one after another, so its trial takes up to "
-                  f"{k}× as long: what stacking saves is each trial's fixed cost (process, data, environments, "
+                  f"{len(records)}){waves}; {', '.join(fused) or 'no algorithm here'} update a stack's seeds as one "
+                  f"(batched kernels; cql on accelerators only), the others one after another, so their trials take "
+                  f"up to {k}× as long: for them stacking saves each trial's fixed cost (process, data, environments, "
                   f"evaluation loops), not compute")
     table = Table("algorithm", "trainable", "frozen (shared)", "state per seed", f"largest trial, {k} seed(s)",
                   f"the same as {k} trial(s)", title="memory (dataset file once per trial, each seed's subset and "
-                                                       "model state, shared frozen weights once)")
+                                                       "model state — weights, gradients, Adam moments; not "
+                                                       "activations —, shared frozen weights once)")
     unknown: dict[str, list[str]] = {}  # why not, -> the algorithms
     for algorithm in dict.fromkeys(r.algorithm for r in records):
         mine = [r for r in records if r.algorithm == algorithm]

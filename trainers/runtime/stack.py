@@ -156,16 +156,17 @@ class StackedTrialCore:
         self.config = records[0].algorithm_config(self.task)
         whole = load_record_dataset(records[0], self.task)
         self.seeds: list[_Seed] = []
+        self.shared_bytes = 0  # frozen weights the seeds share instead of holding a copy each
         for record, run_dir in zip(records, run_dirs, strict=True):
             dataset = subsample_trajectories(whole, record.ratio, record.seed)
             algorithm = build_for_record(record, self.task, self.device, dataset)
+            if share_frozen and self.seeds:  # at once, so that the next seed's build reuses the copy it frees
+                self.shared_bytes += share_frozen_weights([self.seeds[0].algorithm, algorithm])
             torch.manual_seed(record.seed * 7919)  # what a trial alone sets (rank 0), kept as this seed's streams
             streams = {"torch": torch.get_rng_state(),
                        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
             self.seeds.append(_Seed(record, Path(run_dir), dataset, algorithm, np.random.default_rng([record.seed, 0]),
                                     streams))
-        # Bytes of frozen weights the seeds share instead of holding a copy each (0 with share_frozen False).
-        self.shared_bytes = share_frozen_weights([s.algorithm for s in self.seeds]) if share_frozen else 0
         self.fused, self.fused_seeds = None, []  # the fused form, once `run` restored the seeds (`fuse`)
         targets = self.task.target_returns if self.seeds[0].algorithm.return_conditioned else None
         self.evaluator = BatchedEvaluator(self.task, self.config.eval_episodes, targets, copies=len(self.seeds))
