@@ -136,8 +136,8 @@ def seed_state(record: TrialRecord) -> SeedState | str:
                           action_space=task.action_space, device=torch.device("cpu"), seed=record.seed)
     try:
         algorithm = build_algorithm(record.algorithm, record.algorithm_config(task), setup)
-    except (OSError, ValueError) as error:
-        return str(error).splitlines()[0][:120]
+    except Exception as error:  # noqa: BLE001 - an estimate that cannot be made must not stop the dry run
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
     parameters = {id(p): p for module in vars(algorithm).values() if isinstance(module, nn.Module)
                   for p in module.parameters()}.values()
     shared = getattr(algorithm, "shared_parameters", dict)()
