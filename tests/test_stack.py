@@ -332,3 +332,24 @@ def test_a_stacked_sweep_killed_mid_trial_resumes_each_seed_as_uninterrupted(tmp
         assert sorted(m.step for m in history) == [500, 1000, 1500, 2000, 2500, 3000]  # each step once
         assert {m.step: m.value for m in history} == pytest.approx(expected, rel=1e-6, abs=1e-9)
     assert resumed == 3  # every seed continued from the stack's checkpoint
+
+
+def test_the_dry_run_counts_a_stack_s_memory(reacher_medium_path, tiny_lm):
+    """The plan's estimate: each seed's own state (16 bytes per trained parameter, 4 per frozen one), a pre-trained
+    backbone's frozen weights once per stack, the dataset file once; a backbone that cannot be built is said."""
+    from orchestrator.plan import seed_state, trial_memory
+    from trainers.runtime.tasks import get_task
+
+    bc = records_for("bc", reacher_medium_path, tiny_lm, seeds=(0,))[0]
+    state = seed_state(bc)
+    task = get_task("reacher2d-medium")
+    obs, act = task.observation_space.shape[0], task.action_space.shape[0]
+    assert (state.trainable, state.frozen, state.shared) == ((obs * 32 + 32) + (32 * 32 + 32) + (32 * act + act), 0, 0)
+    size = reacher_medium_path.stat().st_size
+    assert trial_memory(bc, 3, state) == size + 3 * int(size * 0.5) + 3 * 16 * state.trainable
+    lamo = seed_state(records_for("lamo", reacher_medium_path, tiny_lm, seeds=(0,))[0])
+    assert 0 < lamo.shared <= lamo.frozen
+    assert lamo.stack_bytes(3) == 4 * lamo.shared + 3 * (16 * lamo.trainable + 4 * (lamo.frozen - lamo.shared))
+    missing = seed_state(records_for("lamo", reacher_medium_path, tiny_lm, seeds=(0,),
+                                     backbone=str(reacher_medium_path.parent / "no-such-model"))[0])
+    assert isinstance(missing, str) and "no-such-model" in missing
