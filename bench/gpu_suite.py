@@ -11,7 +11,14 @@
    `python orchestrator/sweep.py` (local Ray, Tune, MLflow) — updates/s of all trials together;
 4. a 2-rank DDP step with CUDA tensors — ms per step and whether the ranks end with the same weights. Two ranks
    share the one GPU, so they talk over gloo (NCCL refuses two ranks on one device); a multi-GPU trial
-   (trainers/runtime/distributed.py) uses NCCL.
+   (trainers/runtime/distributed.py) uses NCCL;
+5. seeds trained together (trainers/runtime/stack.py) at paper sizes: k = 1, 3, 5 seeds of LaMo (GPT-2 small,
+   bf16, λ 0.1; the loop form over one shared frozen backbone), dt (3 × 128, batch 64; loop form), IQL and TD3+BC
+   (256-wide MLPs, batch 256; fused) in one trial — seed-updates/s and peak GPU memory (bench/stacked_seeds.py's
+   measurement). The issue's goals: k = 5 ≥ 3× the seed-updates/s of k = 1 for the MLP baselines and dt, ≥ 1.5× for
+   LaMo.
+
+    python -m bench.gpu_suite --parts 5      # one part alone
 """
 
 from __future__ import annotations
@@ -179,13 +186,38 @@ def ddp_step(device: torch.device, steps: int) -> tuple[float, bool]:
     return max(ms for _, ms, _ in outcome), all(same for _, _, same in outcome)
 
 
+def stacked_steps(work: Path, dataset: Path, model_dir: Path, device: torch.device, quick: bool,
+                  console: Console) -> None:
+    """Part 5: seed-updates/s and peak memory of k = 1, 3, 5 seeds in one trial, per algorithm."""
+    from bench.stacked_seeds import updates_per_second
+
+    base = {"num_steps": 10**6, "eval_every": 10**6, "eval_episodes": 1}
+    rows = {"lamo": {"backbone": str(model_dir), "lm_corpus": "builtin", "precision": "bf16"},
+            "dt": {} if not quick else {"n_layer": 1, "n_embd": 32, "n_head": 1},
+            "iql": {} if not quick else {"hidden_dims": [32, 32]},
+            "td3_bc": {} if not quick else {"hidden_dims": [32, 32]}}
+    seconds = 1.0 if quick else 5.0
+    for algorithm, params in rows.items():
+        figures = {}
+        updates_per_second("gpu-suite", algorithm, 1, dataset, base | params, 0.0, work, device)  # warm-up
+        for k in (1, 3, 5):
+            rate, _, peak = updates_per_second("gpu-suite", algorithm, k, dataset, base | params, seconds, work,
+                                               device)
+            figures[k] = rate, peak
+        console.print(f"5. {algorithm}, k seeds in one trial: " + ", ".join(
+            f"k={k} {rate:.1f} seed-updates/s" + (f" ({peak:.2f} GiB)" if device.type == "cuda" else "")
+            for k, (rate, peak) in figures.items()) + f"; k=5 / k=1 {figures[5][0] / figures[1][0]:.2f}×")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (the suite) or cpu (with --quick: a check of the code)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a 2-layer GPT-2, short episodes and trials")
     parser.add_argument("--steps", type=int, default=30, help="timed train steps per row")
     parser.add_argument("--trial-steps", type=int, default=1500, help="updates per sweep trial")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="which parts to run")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here (torch.cuda.is_available() is False); "
@@ -196,6 +228,24 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"GPU suite on {name}{' (--quick sizes)' if args.quick else ''}; work in {work}")
     model_dir = backbone(work / "gpt2", args.quick)
 
+    from trainers.tools.make_dataset import make_dataset
+
+    dataset = make_dataset("reacher2d-medium", out=work / "reacher2d-medium.hdf5", seed=0, num_episodes=40)
+    if "5" in parts:  # first: the newest figures, and the one part a short lease must not miss
+        stacked_steps(work, dataset, model_dir, device, args.quick, console)
+    same = True
+    if parts & {"1", "2"}:
+        parts_one_and_two(model_dir, device, args, console)
+    if "3" in parts:
+        part_three(work, dataset, model_dir, device, args, console)
+    if "4" in parts:
+        milliseconds, same = ddp_step(device, 5 if args.quick else 50)
+        console.print(f"4. 2-rank DDP step ({device.type} tensors, gloo): {milliseconds:.2f} ms per step; "
+                      f"ranks' weights {'identical' if same else 'DIFFERENT'} after the steps")
+    return 0 if same else 1
+
+
+def parts_one_and_two(model_dir: Path, device: torch.device, args, console: Console) -> None:
     algorithm = None
     for lm_coef in (0.0, 0.1):
         speed, peak, built = train_step(model_dir, lm_coef, args.steps, device)
@@ -210,9 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"2. one LaMo evaluation, hopper, 4 targets × {episodes} episodes, horizon {horizon}: "
                   f"{seconds:.1f} s ({env_steps:,} environment steps, {env_steps / seconds:,.0f}/s)")
 
-    from trainers.tools.make_dataset import make_dataset
 
-    dataset = make_dataset("reacher2d-medium", out=work / "reacher2d-medium.hdf5", seed=0, num_episodes=40)
+def part_three(work: Path, dataset: Path, model_dir: Path, device: torch.device, args, console: Console) -> None:
     share, packed_trials = (0.25, 4) if device.type == "cuda" else (0.0, 2)
     trial_steps = 300 if args.quick else args.trial_steps
     alone = sweep_throughput(work / "alone", dataset, model_dir, 1, share, trial_steps)
@@ -222,11 +271,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{packed['updates_per_s']:.1f} updates/s together ({packed['per_trial']:.1f} each, "
                   f"{packed['updates_per_s'] / alone['updates_per_s']:.2f}× alone); sweep wall "
                   f"{alone['wall']:.0f} s and {packed['wall']:.0f} s")
-
-    milliseconds, same = ddp_step(device, 5 if args.quick else 50)
-    console.print(f"4. 2-rank DDP step ({device.type} tensors, gloo): {milliseconds:.2f} ms per step; "
-                  f"ranks' weights {'identical' if same else 'DIFFERENT'} after the steps")
-    return 0 if same else 1
 
 
 if __name__ == "__main__":

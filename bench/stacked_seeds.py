@@ -81,25 +81,36 @@ def hyperparameters(size: str, algorithm: str, tiny_lm: Path, small_lm: Path | N
 
 
 def updates_per_second(size: str, algorithm: str, k: int, dataset: Path, params: dict, seconds: float,
-                       work: Path) -> tuple[float, float]:
-    """(seed-updates/s over at least `seconds` and two lockstep steps, seconds to build the k-seed trial)."""
+                       work: Path, device: torch.device = torch.device("cpu")) -> tuple[float, float, float]:
+    """(seed-updates/s over at least `seconds` and two lockstep steps, seconds to build the k-seed trial, peak GPU
+    memory of the timed steps in GiB: NaN on a CPU)."""
     from trainers.runtime.record import make_record
     from trainers.runtime.stack import StackedTrialCore
 
     records = [make_record(algorithm, TASK, 0.5, seed, params, str(dataset)) for seed in range(k)]
     started = time.perf_counter()
-    core = StackedTrialCore(records, [work / size / r.trial_id for r in records], torch.device("cpu"))
+    core = StackedTrialCore(records, [work / size / r.trial_id for r in records], device)
     built = time.perf_counter() - started
-    core.fuse()  # as `run` does: the fused form where the algorithm has one (bc)
+    core.fuse()  # as `run` does: the fused form where the algorithm has one
     for _ in range(2):
         core.train_step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     steps, started = 0, time.perf_counter()
     while steps < 2 or time.perf_counter() - started < seconds:
         core.train_step()
         steps += 1
+    synchronize(device)
     rate = k * steps / (time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     core.close()
-    return rate, built
+    return rate, built, peak
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _rate(value: float) -> str:
@@ -120,7 +131,7 @@ def part_one(sizes: list[str], ks: list[int], seconds: float, dataset: Path, tin
             rates, builds = {}, {}
             updates_per_second(size, algorithm, 1, dataset, params, 0.0, work)  # warm-up: imports, first kernels
             for k in ks:
-                rates[k], builds[k] = updates_per_second(size, algorithm, k, dataset, params, seconds, work)
+                rates[k], builds[k], _ = updates_per_second(size, algorithm, k, dataset, params, seconds, work)
             gains = "".join(f"{rates[k] / rates[ks[0]]:>8.2f}" for k in ks[1:])
             build = "  ".join(f"k={k}: {builds[k]:.2f}/{k * builds[1]:.2f} s" for k in ks[1:]) if 1 in builds else ""
             print(f"{size:<11}{algorithm:<9}" + "".join(f"{_rate(rates[k]):>10}" for k in ks) + gains + "   " + build,
@@ -137,8 +148,8 @@ def part_four(dataset: Path, work: Path, seconds: float) -> None:
         for width in widths:
             params = {"num_steps": 10**6, "eval_every": 10**6, "hidden_dims": [width, width]}
             updates_per_second("crossover", algorithm, 1, dataset, params, 0.0, work)  # warm-up
-            alone, _ = updates_per_second("crossover", algorithm, 1, dataset, params, seconds, work)
-            stacked, _ = updates_per_second("crossover", algorithm, 5, dataset, params, seconds, work)
+            alone, _, _ = updates_per_second("crossover", algorithm, 1, dataset, params, seconds, work)
+            stacked, _, _ = updates_per_second("crossover", algorithm, 5, dataset, params, seconds, work)
             gains.append(stacked / alone)
         print(f"{algorithm:<10}" + "".join(f"{g:>7.2f}×" for g in gains), flush=True)
 
