@@ -23,7 +23,7 @@ from baselines.common import (
     make_adam,
     seeded_init,
 )
-from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, mlp, stacked_batch
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, mlp, stacked_batch, sync_seeds
 from trainers.data.samplers import TransitionBatch
 from trainers.data.subsets import top_fraction_by_return
 from trainers.runtime.algorithm import (
@@ -102,15 +102,10 @@ class FusedBC:
         losses.sum().backward()  # the seeds' parameters are disjoint: each gets its own loss's gradient
         self.optimizer.step()
         self.step += 1
-        loss, action_abs = torch.stack([losses.detach(), pi.detach().abs().mean(dim=(1, 2))]).tolist()
-        return [fused_metrics(self.step, actor_loss=loss[k], action_abs_mean=action_abs[k])
-                for k in range(len(self.seeds))]
+        return fused_metrics(self.step, actor_loss=losses, action_abs_mean=pi.abs().mean(dim=(1, 2)))
 
     def sync(self) -> None:
-        self.actor.sync()
-        self.optimizer.sync()
-        for seed in self.seeds:
-            seed.step = self.step
+        sync_seeds(self.seeds, self.step, [self.actor], [self.optimizer])
 
 
 PRESETS = {"bc": Preset(), "bc_10": Preset({"top_fraction": 0.1})}  # BC-10 %: the top 10 % of trajectories

@@ -322,13 +322,19 @@ def finite_metrics(step: int, **values: torch.Tensor | float) -> dict[str, float
     return metrics
 
 
-def fused_metrics(step: int, **values: float) -> dict[str, float] | NonFiniteLossError:
-    """One seed's metrics from a fused update (floats already), or the NonFiniteLossError its seed alone would raise."""
-    try:
-        check_finite(step, **values)
-    except NonFiniteLossError as error:
-        return error
-    return values
+def fused_metrics(step: int, **values: torch.Tensor) -> list[dict[str, float] | NonFiniteLossError]:
+    """Each seed's metrics from a fused update (every value one entry per seed) with one device sync, or the
+    NonFiniteLossError that seed alone would raise."""
+    rows = torch.stack([v.detach().float() for v in values.values()]).tolist()
+    outcomes = []
+    for k in range(len(rows[0])):
+        metrics = {name: row[k] for name, row in zip(values, rows)}
+        try:
+            check_finite(step, **metrics)
+            outcomes.append(metrics)
+        except NonFiniteLossError as error:
+            outcomes.append(error)
+    return outcomes
 
 
 # --- the Algorithm plumbing -----------------------------------------------------------------------------------

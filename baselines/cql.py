@@ -48,7 +48,7 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch, sync_seeds
 from trainers.data.samplers import TransitionBatch
 from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
@@ -252,16 +252,11 @@ class FusedCQL:
                    "critic_loss": critic_loss, "bellman_loss": bellman_loss, "cql_gap": cql_gap.mean(1),
                    "q_data_mean": q_data.mean((1, 2)), "target_q_mean": target_q.mean(1),
                    "q_random_mean": q_all[..., 1:1 + n].mean((1, 2, 3)), "q_logsumexp_mean": logsumexp.mean((1, 2))}
-        values = torch.stack([v.detach() for v in metrics.values()]).tolist()  # one device sync for every seed
-        return [fused_metrics(step, **{name: row[k] for name, row in zip(metrics, values)})
-                for k in range(len(self.seeds))]
+        return fused_metrics(step, **metrics)
 
     def sync(self) -> None:
-        for stack in (self.actor, self.critic, self.critic_target, self.log_alpha):
-            stack.sync()
-        self.optimizer.sync()
-        for seed in self.seeds:
-            seed.step = self.step
+        sync_seeds(self.seeds, self.step,
+                   [self.actor, self.critic, self.critic_target, self.log_alpha], [self.optimizer])
 
 
 # The CQL paper reports kitchen results, but neither its released code nor its README gives kitchen

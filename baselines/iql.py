@@ -40,7 +40,7 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch, sync_seeds
 from trainers.data.samplers import TransitionBatch
 from trainers.data.trajectories import TrajectoryDataset
 from trainers.runtime.algorithm import (
@@ -265,17 +265,11 @@ class FusedIQL:
                    "q2_mean": q[:, 1].detach().mean(1), "advantage_mean": advantage.mean(1),
                    "weight_max": weights.max(1).values, "log_prob": log_prob_mean,
                    "actor_lr": torch.full_like(v[:, 0], optimizer.param_groups[0]["lr"])}
-        values = torch.stack(list(metrics.values())).tolist()  # one device sync for every seed's metrics
-        return [fused_metrics(step, **{name: row[k] for name, row in zip(metrics, values)})
-                for k in range(len(self.seeds))]
+        return fused_metrics(step, **metrics)
 
     def sync(self) -> None:
-        for stack in (self.actor, self.value, self.critic, self.critic_target):
-            stack.sync()
-        for optimizer in self.optimizers.values():
-            optimizer.sync()
-        for seed in self.seeds:
-            seed.step = self.step
+        sync_seeds(self.seeds, self.step,
+                   [self.actor, self.value, self.critic, self.critic_target], self.optimizers.values())
 
 
 ALGORITHM = AlgorithmDeclaration(config=Config, build=IQL, domain_settings=DOMAIN_SETTINGS,

@@ -159,3 +159,14 @@ class StackedNormalizer:
 def stacked_batch(batches: Sequence) -> dict[str, torch.Tensor]:
     """The seeds' batches field by field, seeds first: {"observations": (K, B, obs_dim), ...}."""
     return {f.name: torch.stack([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(batches[0])}
+
+
+def sync_seeds(seeds: Sequence, step: int, stacks: Sequence[SeedStack], optimizers: Sequence[StackedAdam]
+               ) -> None:
+    """A fused form's `sync`: its stacks' weights, its optimisers' state and its step back into each seed."""
+    for stack in stacks:
+        stack.sync()
+    for optimizer in optimizers:
+        optimizer.sync()
+    for seed in seeds:
+        seed.step = step

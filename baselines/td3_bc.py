@@ -28,7 +28,7 @@ from baselines.common import (
     polyak_,
     seeded_init,
 )
-from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch
+from baselines.seed_stack import SeedStack, StackedNormalizer, adam_for, ensemble, mlp, stacked_batch, sync_seeds
 from trainers.data.samplers import TransitionBatch
 from trainers.runtime.algorithm import (
     AlgorithmDeclaration,
@@ -181,17 +181,11 @@ class FusedTD3BC:
             metrics |= {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(), "lmbda": lmbda,
                         "q_pi_mean": q_pi.detach().mean(1)}
         self.step = step
-        values = torch.stack(list(metrics.values())).tolist()  # one device sync for every seed's metrics
-        return [fused_metrics(step, **{name: row[k] for name, row in zip(metrics, values)})
-                for k in range(len(self.seeds))]
+        return fused_metrics(step, **metrics)
 
     def sync(self) -> None:
-        for stack in (self.actor, self.critic, self.actor_target, self.critic_target):
-            stack.sync()
-        for optimizer in self.optimizers.values():
-            optimizer.sync()
-        for seed in self.seeds:
-            seed.step = self.step
+        sync_seeds(self.seeds, self.step,
+                   [self.actor, self.critic, self.actor_target, self.critic_target], self.optimizers.values())
 
 
 # The paper evaluates on D4RL locomotion and AntMaze only; it gives no kitchen settings, so kitchen tasks run
