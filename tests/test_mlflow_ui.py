@@ -44,8 +44,8 @@ from orchestrator import delivery, tracking
 from orchestrator.aggregate import aggregate_sweep
 from orchestrator.preflight import validate_sweep_inputs
 from orchestrator.spec import expand_trials, load_spec
+from tests.services import start_mlflow_server, stop_process_group
 from tests.sweep_helpers import tiny_spec, write_spec
-from tests.test_tracking_server import start_mlflow_server, stop_process_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 EXPERIMENT = "lamo-sweeps"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from tests.services import start_mlflow_server, stop_process_group
 from tests.sweep_helpers import SWEEP, stop_process_tree, tiny_spec, write_spec
-from tests.test_tracking_server import start_mlflow_server, stop_process_group
 
 OUTAGE_S = 12.0
 
