@@ -9,18 +9,18 @@ import pytest
 from rich.console import Console
 
 from orchestrator import progress as progress_module
-from orchestrator.progress import SweepProgress
+from orchestrator.progress import SweepProgress, failure_groups
 from trainers.runtime.record import make_record
 
 
-def trial(algorithm: str, seed: int, steps: int):
-    record = record_of_trial(algorithm, seed, steps)
+def trial(algorithm: str, seed: int, steps: int, task: str = "reacher2d-medium", ratio: float = 1.0):
+    record = record_of_trial(algorithm, seed, steps, task, ratio)
     return SimpleNamespace(trial_id=record.trial_id, config={"record": record.to_dict()}, status="PENDING",
                            last_result={}, error_file=None)
 
 
-def record_of_trial(algorithm: str, seed: int, steps: int):
-    return make_record(algorithm, "reacher2d-medium", 1.0, seed, {"num_steps": steps, "eval_every": steps})
+def record_of_trial(algorithm: str, seed: int, steps: int, task: str = "reacher2d-medium", ratio: float = 1.0):
+    return make_record(algorithm, task, ratio, seed, {"num_steps": steps, "eval_every": steps})
 
 
 class Clock:
@@ -148,3 +148,115 @@ def test_a_stack_counts_as_its_seeds_and_paces_trials_alone(clock):
     started(progress, lamo, seconds_ago=10)
     lamo.last_result = {"step": 10}  # 30 seed-steps in 10 s: 270 seed-steps left at its own pace
     assert ", ~1m30s left" in progress.status_line(trials)
+
+
+# The LaMo paper's grid (sweeps/lamo_paper.yaml), with an Atari task: 12 algorithms × 20 cells × 3 seeds, 4 domains.
+PAPER_ALGORITHMS = ("lamo", "lamo_no_lm", "lamo_random_init", "lamo_full_ft", "lamo_linear_emb", "dt", "wiki_rl",
+                    "cql", "iql", "td3_bc", "bc", "bc_10")
+PAPER_CELLS = [(task, ratio) for task in ("hopper-medium", "halfcheetah-medium", "walker2d-medium")
+               for ratio in (0.005, 0.01, 0.1, 1.0)] + [("kitchen-partial", r) for r in (0.01, 0.1, 1.0)] \
+    + [("kitchen-complete", r) for r in (0.3, 0.5, 1.0)] + [("reacher2d-medium", 1.0), ("pong-medium", 1.0)]
+
+
+def test_a_paper_sized_status_line_stays_one_short_line_with_each_domains_best():
+    trials = [trial(algorithm, seed, 100, task, ratio) for algorithm in PAPER_ALGORITHMS
+              for task, ratio in PAPER_CELLS for seed in (0, 1, 2)]
+    assert len(trials) == 720
+    for i, t in enumerate(trials):  # a third finished with scores below 10, a third running, a third pending
+        t.status = ("TERMINATED", "RUNNING", "PENDING")[i % 3]
+        t.last_result = {"step": 50, "eval/best_normalized_mean": float(i % 10)} if i % 3 < 2 else {}
+    best = {"lamo.hopper-medium.r0.1.s1": 71.2, "iql.kitchen-partial.r1.s0": 40.1,
+            "bc.reacher2d-medium.r1.s2": 33.3, "dt.pong-medium.r1.s0": 12.5}
+    for t in trials:
+        if t.trial_id in best:
+            t.last_result = {"step": 100, "eval/best_normalized_mean": best[t.trial_id]}
+    out = io.StringIO()
+    progress = SweepProgress("eval/best_normalized_mean", slots=8, console=Console(file=out, width=100))
+    progress.on_step_end(0, trials)
+    line = out.getvalue()
+    assert line.count("\n") == 1 and len(line) < 500, line  # not wrapped at the console's width either
+    assert line.startswith("[sweep] 240/720 done, 240 running, 0 failed, 240 pending; ")
+    assert "no pace yet for lamo, lamo_no_lm, lamo_random_init, lamo_full_ft, lamo_linear_emb and 7 more)" in line
+    assert "; best so far: atari dt 12.5 (pong-medium r1), kitchen iql 40.1 (kitchen-partial r1), locomotion lamo " \
+           "71.2 (hopper-medium r0.1), reacher2d bc 33.3 (reacher2d-medium r1)\n" in line
+
+
+def test_a_smaller_score_is_best_when_the_metric_is_minimised():
+    trials = [trial("bc", 0, 100, "hopper-medium", 0.1), trial("dt", 0, 100, "walker2d-medium", 1.0)]
+    trials[0].last_result, trials[1].last_result = {"loss": 0.5}, {"loss": 0.2}
+    progress = SweepProgress("loss", mode="min")
+    assert progress.best_line(trials) == "; best so far: locomotion dt 0.2 (walker2d-medium r1)"
+
+
+def ended_lines(out: io.StringIO) -> list[str]:
+    return [line for line in out.getvalue().splitlines() if not line.startswith("[sweep]")]
+
+
+def error_file(tmp_path, name: str, message: str) -> str:
+    path = tmp_path / f"{name}.txt"
+    path.write_text(f"Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n{message}\n")
+    return str(path)
+
+
+def test_a_hundred_trials_ending_together_make_a_few_lines_that_count_every_trial(tmp_path):
+    trials = [trial("bc", seed, 100) for seed in range(60)] + [trial("dt", seed, 100) for seed in range(30)] \
+        + [trial("iql", seed, 100) for seed in range(10)]
+    out = io.StringIO()
+    progress = SweepProgress("eval/best_normalized_mean", slots=100, console=Console(file=out, width=300))
+    for t in trials:
+        started(progress, t, seconds_ago=5)
+    for t in trials[:90]:  # all at the same moment: five lines, then held
+        t.last_result = {"step": 100, "eval/best_normalized_mean": 40.0 if t.trial_id.startswith("bc") else 20.0}
+        finish(progress, trials, t)
+    for i, t in enumerate(trials[90:]):
+        message = f"trainers.runtime.common.NonFiniteLossError: loss is nan at step {10 * i}" if i < 6 else \
+            "ValueError: expected float32, got float64"
+        t.error_file = error_file(tmp_path, t.trial_id, message)
+        progress.on_trial_error(0, trials, t)
+        t.status = "ERROR"
+    assert len(ended_lines(out)) == 5
+    progress.on_experiment_end(trials)  # the held ones are not lost when the sweep ends before the window closes
+    lines = ended_lines(out)
+    assert len(lines) == 7, lines
+    assert [line.split(":")[0] for line in lines[:5]] == [f"done bc.reacher2d-medium.r1.s{seed}" for seed in range(5)]
+    assert lines[5] == "done 85 more trial(s): bc ×55, dt ×30 (mean eval/best_normalized_mean 32.9)"
+    assert lines[6] == "FAILED 10 more trial(s): 6 × NonFiniteLossError: loss is nan at step # " \
+        "(iql.reacher2d-medium.r1.s0, iql.reacher2d-medium.r1.s1, iql.reacher2d-medium.r1.s2 and 3 more), " \
+        "4 × ValueError: expected float32, got float64 (iql.reacher2d-medium.r1.s6, iql.reacher2d-medium.r1.s7, " \
+        "iql.reacher2d-medium.r1.s8 and 1 more)  [90/100 done, 0 running, 10 failed, 0 pending; elapsed 0m00s]"
+
+
+def test_held_lines_are_summarised_once_the_window_closes_and_single_lines_come_back_after(clock):
+    trials = [trial("bc", seed, 100) for seed in range(9)]
+    out = io.StringIO()
+    progress = SweepProgress("eval/best_normalized_mean", slots=9, interval_s=1e9, console=Console(file=out, width=300),
+                             burst=5, window_s=10)
+    for t in trials:
+        started(progress, t, seconds_ago=5)
+    for t in trials[:8]:
+        finish(progress, trials, t)
+    progress.on_step_end(0, trials)
+    assert len(ended_lines(out)) == 5  # three held, the window still open
+    clock.now += 10
+    progress.on_step_end(0, trials)
+    assert ended_lines(out)[5:] == ["done 3 more trial(s): bc ×3 (no evaluation)  [8/9 done, 1 running, 0 failed, "
+                                    "0 pending; elapsed 0m10s, ? left (≥ 0m00s; no pace yet for bc)]"]
+    clock.now += 30  # a quiet while: the next trial has its own line
+    finish(progress, trials, trials[8])
+    assert ended_lines(out)[6].startswith("done bc.reacher2d-medium.r1.s8: no evaluation  [9/9 done")
+
+
+def test_failures_are_grouped_by_error_with_their_numbers_masked_and_a_stack_split_into_its_seeds():
+    failures = [(f"bc.hopper-medium.r0.01.s{seed}", f"NonFiniteLossError: loss is nan at step {100 * seed + 7}")
+                for seed in range(12)]
+    failures += [("td3_bc.hopper-medium.r0.1.s0+1+2", "StackFailed: td3_bc.hopper-medium.r0.1.s0: NonFiniteLossError: "
+                  "loss is nan at step 3; td3_bc.hopper-medium.r0.1.s2: OSError: [Errno 28] No space left on device"),
+                 ("dt.kitchen-partial.r1.s0", "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+                 ("dt.kitchen-partial.r1.s1", "RuntimeError: CUDA out of memory. Tried to allocate 1.50 GiB")]
+    assert failure_groups(failures) == [
+        "13 × NonFiniteLossError: loss is nan at step # (bc.hopper-medium.r0.01.s0, bc.hopper-medium.r0.01.s1, "
+        "bc.hopper-medium.r0.01.s2 and 10 more)",
+        "2 × RuntimeError: CUDA out of memory. Tried to allocate # GiB (dt.kitchen-partial.r1.s0, "
+        "dt.kitchen-partial.r1.s1)",
+        "td3_bc.hopper-medium.r0.1.s2: OSError: [Errno 28] No space left on device",  # one alone: its own numbers
+    ]
