@@ -6,6 +6,15 @@ bound, duplicate seeds, ratios, algorithms and tasks. Every error names the file
 expected, and all errors are reported together. Numbers are read as YAML 1.2 reads them (`1e-3` is a number,
 not YAML 1.1's string). `expand_trials` turns a valid spec into the grid (algorithm × task × ratio × seed) of
 trial records (trainers/runtime/record.py), the one place a sweep's trials are resolved.
+
+Resources per algorithm (`SweepSpec.algorithm_resources`), field by field, the first that applies:
+1. the algorithm entry's own `resources` (`{name: bc, resources: {gpus_per_worker: 0.5}}`): the user's last word;
+2. when the sweep trains on GPUs (sweep-wide `gpus_per_worker` > 0) and the trial has one worker, the algorithm's
+   registered share (trainers/runtime/registry.py, `on_gpu`: the MLP baselines 0.25 GPU, 1 CPU), never more than
+   the sweep-wide value — the sweep-wide block is the most one trial holds, a preset that needs less takes less;
+3. the sweep-wide `resources` (as written, else its defaults).
+So a CPU-only sweep stays CPU-only (no share applies to it), a sequence model with GPT-2 takes the sweep-wide whole
+GPU, and `trainer` and `seeds_per_trial` are sweep-wide only.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from pydantic import (
 from trainers.data.trajectories import LongEpisodes
 from trainers.runtime.algorithm import ConfigError
 from trainers.runtime.record import TrialRecord, make_record
-from trainers.runtime.registry import ALGORITHMS, config_fields, make_config
+from trainers.runtime.registry import ALGORITHMS, config_fields, gpu_share, make_config
 from trainers.runtime.tasks import TASKS, get_task
 
 
@@ -51,11 +60,29 @@ def _unique(values: list, what: str) -> list:
     return values
 
 
+class AlgorithmResources(Strict):
+    """An algorithm entry's own resources, each field set over what the sweep and the preset give (module doc)."""
+
+    num_workers: int | None = Field(default=None, ge=1)
+    gpus_per_worker: float | None = Field(default=None, ge=0.0)
+    cpus_per_worker: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def sweep_wide_fields(cls, values: Any) -> Any:
+        shared = sorted({"trainer", "seeds_per_trial"} & set(values)) if isinstance(values, dict) else []
+        if shared:
+            raise ValueError(f"{', '.join(shared)} is sweep-wide: set it in the sweep's resources, not an "
+                             f"algorithm's (an algorithm sets num_workers, gpus_per_worker, cpus_per_worker)")
+        return values
+
+
 class AlgorithmSpec(Strict):
     name: str
     overrides: dict[str, Any] = Field(default_factory=dict)  # hyperparameters over the preset
     steps: int | None = Field(default=None, gt=0)  # per-algorithm training steps
     eval_every: int | None = Field(default=None, gt=0)
+    resources: AlgorithmResources = Field(default_factory=AlgorithmResources)  # over the sweep-wide resources
 
     @field_validator("name")
     @classmethod
@@ -263,6 +290,21 @@ class SweepSpec(Strict):
                              f"search.kind optuna")
         return self
 
+    def algorithm_resources(self, name: str) -> ResourcesSpec:
+        """What one trial of the algorithm holds: its entry's resources, its registered share on a GPU sweep, the
+        sweep-wide resources (the module doc has the precedence). ValueError naming the field when the result is
+        not a valid shape (load_spec reports it naming the entry)."""
+        sweep = self.resources
+        entry = next((a for a in self.algorithms if a.name == name), None)
+        own = entry.resources.model_dump(exclude_none=True) if entry else {}
+        values = sweep.model_dump()
+        share = gpu_share(name)
+        # A share is a fraction of a GPU, which only a one-worker trial can hold.
+        if share is not None and sweep.gpus_per_worker > 0 and own.get("num_workers", sweep.num_workers) == 1:
+            values |= {"gpus_per_worker": min(sweep.gpus_per_worker, share.gpus),
+                       "cpus_per_worker": min(sweep.cpus_per_worker, share.cpus)}
+        return ResourcesSpec.model_validate(values | own)
+
     @property
     def stack_size(self) -> int:
         """Seeds per trial (resources.seeds_per_trial resolved against the sweep's seeds)."""
@@ -276,6 +318,9 @@ class SweepSpec(Strict):
         dump = self.model_dump(mode="json", exclude={"tracking", "storage", "concurrency"})
         dump["resources"].pop("trainer")
         dump["resources"].pop("seeds_per_trial")
+        for algorithm in dump["algorithms"]:  # unset, an entry's resources leave the sweep's name as it was
+            if not any(v is not None for v in algorithm["resources"].values()):
+                del algorithm["resources"]
         canonical = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
@@ -297,8 +342,16 @@ _Yaml12Numbers.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def _location(loc: tuple) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "(root)"
+def _location(loc: tuple, raw: dict | None = None) -> str:
+    """`algorithms[3].resources.gpus_per_worker`; inside an algorithm entry (not its name) with the entry's name,
+    `algorithms[3] (bc).resources.gpus_per_worker`, which the user finds in the file."""
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "(root)"
+    if raw and len(loc) > 2 and loc[0] == "algorithms" and isinstance(loc[1], int) and loc[2] != "name":
+        entries = raw.get("algorithms")
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            where = where.replace(f"algorithms[{loc[1]}]", f"algorithms[{loc[1]}] ({entry['name']})", 1)
+    return where
 
 
 # --- whole-sweep checks ----------------------------------------------------------------------------------------
@@ -338,6 +391,21 @@ def expand_trials(spec: SweepSpec) -> list[TrialRecord]:
         raise SpecError("\n".join(problems.values()))
     spec._trials = fields, records
     return list(records)
+
+
+def _resources_errors(spec: SweepSpec) -> list[str]:
+    """Each algorithm's resolved resources checked as a whole (a fractional GPU with several workers, stacked seeds
+    out of place), naming the entry."""
+    errors = []
+    for i, algorithm in enumerate(spec.algorithms):
+        try:
+            spec.algorithm_resources(algorithm.name)
+        except ValidationError as error:
+            for e in error.errors():
+                message = e["msg"].removeprefix("Value error, ")
+                errors.append(f"algorithms[{i}] ({algorithm.name}).resources: {message} (its entry's resources over "
+                              f"the sweep-wide ones)")
+    return errors
 
 
 def _search_errors(spec: SweepSpec) -> list[str]:
@@ -387,9 +455,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         for e in error.errors():
             got = "" if e["type"] in ("value_error", "missing") or isinstance(e.get("input"), dict) \
                 else f", got {e.get('input')!r}"
-            lines.append(f"{path}: {_location(e['loc'])}: {e['msg'].removeprefix('Value error, ')}{got}")
+            lines.append(f"{path}: {_location(e['loc'], raw)}: {e['msg'].removeprefix('Value error, ')}{got}")
         raise SpecError("\n".join(lines)) from None
-    problems = _search_errors(spec)
+    problems = _resources_errors(spec) + _search_errors(spec)
     try:
         expand_trials(spec)
     except SpecError as error:

@@ -47,6 +47,7 @@ if "RAY_ADDRESS" not in os.environ:  # a Ray started here listens on 127.0.0.1 o
     bind_to_loopback()
 
 import argparse
+import functools
 import gc
 import tempfile
 import time
@@ -60,10 +61,12 @@ from orchestrator.phases import Phases
 from orchestrator.plan import (
     InsufficientResources,
     ResourcePlan,
+    ShapePlan,
     describe,
     local_nodes,
     local_resources,
     resource_plan,
+    trial_shapes,
 )
 from orchestrator.preflight import SweepInputError, validate_sweep_inputs
 from orchestrator.reuse import ReusePlan
@@ -76,7 +79,7 @@ from orchestrator.tracking import (
     experiment_link,
     failure_message,
 )
-from orchestrator.trial import SweepContext, stacks, trial_driver, trial_name, trial_resources
+from orchestrator.trial import SweepContext, TrialShape, stacks, trial_driver, trial_name, trial_placement
 from trainers.runtime.record import TrialRecord
 
 
@@ -132,12 +135,12 @@ def connect_ray(spec: SweepSpec, plan: ResourcePlan | None, autoscaling: bool, d
     address = os.environ["RAY_ADDRESS"]
     ray.init(address=address, configure_logging=False, log_to_driver=False)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    r = spec.resources
     if autoscaling:  # nodes come on demand: trust the spec, Tune queues what does not fit yet
         slots = int(sum(n.get("trial_slot", 0) for n in nodes)) or 1
-        limit = spec.concurrency.max_concurrent_trials or (slots if not r.in_place else 10_000)
-        plan = ResourcePlan(r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker, limit,
-                            "autoscaling", r.in_place)
+        shapes = tuple(ShapePlan(algorithms, r, spec.concurrency.max_concurrent_trials
+                                 or (slots if not r.in_place else 10_000), "autoscaling")
+                       for r, algorithms in trial_shapes(spec))
+        plan = ResourcePlan(shapes, max(shape.concurrent_trials for shape in shapes), "autoscaling")
     else:
         try:
             plan = resource_plan(spec, nodes)
@@ -171,10 +174,21 @@ def _run_config(spec: SweepSpec, name: str, progress):
 
 def _trainable(context: SweepContext):
     """The Tune trainable: one trial record per trial in its config; the sweep's context, which every trial
-    shares, by `tune.with_parameters` (in Ray's object store once, not in each trial's config and results)."""
+    shares, by `tune.with_parameters` (in Ray's object store once, not in each trial's config and results); each
+    trial's resources from its own algorithm (`trial_placement` of its config)."""
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(trial_driver, context=context), trial_resources(context))
+    return tune.with_resources(tune.with_parameters(trial_driver, context=context),
+                               functools.partial(trial_placement, context))
+
+
+def trial_shapes_of(spec: SweepSpec) -> dict[str, TrialShape]:
+    """Algorithm -> what its trials hold (spec.algorithm_resources)."""
+    shapes = {}
+    for algorithm in spec.algorithms:
+        r = spec.algorithm_resources(algorithm.name)
+        shapes[algorithm.name] = TrialShape(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, r.in_place)
+    return shapes
 
 
 def tune_experiment(spec: SweepSpec) -> str:
@@ -296,7 +310,7 @@ def run_trials(spec: SweepSpec, reuse: ReusePlan, spec_file: Path, tracker: Swee
                plan: ResourcePlan, restart: bool, console: Console, phases: Phases) -> tuple[int, bool, int]:
     """Open (or find again) the parent run, show the reused trials in it, run the others through Tune, close the
     parent run; returns (trials finished, whether any failed, trials unfinished)."""
-    from orchestrator.progress import SweepProgress
+    from orchestrator.progress import SweepProgress, failure_groups
 
     if restart:
         _supersede_storage(spec, console)
@@ -308,11 +322,9 @@ def run_trials(spec: SweepSpec, reuse: ReusePlan, spec_file: Path, tracker: Swee
             if record.trial_id not in shown:
                 tracker.reuse_trial(parent, record, original)
     records = reuse.to_train
-    r = spec.resources
     context = SweepContext(tracker.uri, spec.tracking.experiment, spec.sweep_id, parent, outputs_root(spec),
-                           sweep_root(spec, "train"), r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
-                           spec.concurrency.worker_retries, r.in_place, spec.tracking.max_outage_s,
-                           searching=spec.search.kind == "optuna")
+                           sweep_root(spec, "train"), trial_shapes_of(spec), spec.concurrency.worker_retries,
+                           spec.tracking.max_outage_s, searching=spec.search.kind == "optuna")
     reused = f" ({len(reuse.reused)} more reused)" if reuse.reused else ""
     console.print(f"sweep {spec.sweep_id}: {len(records)} trials to train{reused}, up to {plan.concurrent_trials} at "
                   f"once; MLflow {tracker.uri} (experiment {spec.tracking.experiment}, parent run {parent})")
@@ -336,8 +348,8 @@ def run_trials(spec: SweepSpec, reuse: ReusePlan, spec_file: Path, tracker: Swee
     console.print(f"sweep {spec.sweep_id}: {finished} trials finished"
                   + (f" ({len(reuse.reused)} of them reused from earlier sweeps)" if reuse.reused else "")
                   + f", {failed} failed" + (f", {unfinished} unfinished" if unfinished else ""))
-    for name, message in failures:
-        console.print(f"  failed {name}: {message[:500]}")
+    for line in failure_groups(failures):
+        console.print(f"  failed {line}")
     if unfinished:  # stopped (Ctrl-C, SIGTERM) before every trial ended: checkpoints and runs are kept
         console.print(f"interrupted: {unfinished} trial(s) did not finish; run the same command to resume them "
                       f"from their checkpoints")

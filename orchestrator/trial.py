@@ -10,6 +10,10 @@ workers (DDP), or any trial when `resources.trainer` is `ray_train`, is driven f
 only a `trial_slot` — through a Ray Train TorchTrainer (trainers/runtime/distributed.py), named by the trial id under
 the sweep's storage so that it resumes the same way.
 
+What a trial holds is its own algorithm's (`SweepContext.shapes`, from the spec's `algorithm_resources`):
+`trial_placement` gives Tune each trial's resources from its config, so an MLP baseline's trial can hold a quarter
+of a GPU while a LaMo trial of the same sweep holds a whole one; its device, driver role and GPU-hours follow.
+
 Either way metrics go to metrics.jsonl in the trial's directory and to MLflow off the training path
 (delivery.MlflowReport), a trial whose MLflow run already FINISHED is not trained again, and a failure is
 recorded on its run with the exception's own message before Tune sees it.
@@ -47,6 +51,25 @@ DRIVER_RESOURCES = {"cpu": 0, "trial_slot": 1}  # a trial that only drives a Tor
 
 
 @dataclass(frozen=True)
+class TrialShape:
+    """What one trial of an algorithm holds (spec.SweepSpec.algorithm_resources)."""
+
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    in_place: bool  # one worker run in the trial's own actor (False: through Ray Train)
+
+    @property
+    def gpus(self) -> float:
+        """The GPUs the trial holds in all (what its GPU-hours are charged by)."""
+        return self.num_workers * self.gpus_per_worker
+
+    def device(self) -> torch.device | None:
+        """CUDA when this trial was given a GPU (share) and the node has one; None: the trial core's default."""
+        return torch.device("cuda") if self.gpus_per_worker > 0 and torch.cuda.is_available() else None
+
+
+@dataclass(frozen=True)
 class SweepContext:
     """What every trial of one sweep shares; reaches each trial by `tune.with_parameters`."""
 
@@ -56,21 +79,29 @@ class SweepContext:
     parent_run_id: str
     outputs: str  # trials write their files to <outputs>/<trial id> before they go to MLflow
     train_storage: str  # Ray Train runs: <storage>/<sweep id>/train/<trial id>
-    num_workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
+    shapes: dict[str, TrialShape]  # algorithm -> what its trials hold
     worker_retries: int
-    in_place: bool  # one worker run in the trial's own actor (False: always through Ray Train)
     max_outage_s: float
     searching: bool  # Tune's searcher needs the search metric in every result
 
+    def shape(self, record: TrialRecord) -> TrialShape:
+        return self.shapes[record.algorithm]
 
-def trial_resources(context: SweepContext) -> dict[str, float]:
+
+def trial_resources(shape: TrialShape) -> dict[str, float]:
     """What the Tune trial itself holds: the worker's resources when it trains in place, else a trial slot."""
-    if not context.in_place:
+    if not shape.in_place:
         return dict(DRIVER_RESOURCES)
-    gpus = context.gpus_per_worker
-    return {"cpu": context.cpus_per_worker} | ({"gpu": gpus} if gpus > 0 else {})
+    gpus = shape.gpus_per_worker
+    return {"cpu": shape.cpus_per_worker} | ({"gpu": gpus} if gpus > 0 else {})
+
+
+def trial_placement(context: SweepContext, config: dict):
+    """Tune's resources for the trial of this config (`tune.with_resources` calls it with each trial's config):
+    its own algorithm's; a stack is one cell's, so one algorithm's."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    return resource_dict_to_pg_factory(trial_resources(context.shape(record_of(config))))
 
 
 def records_of(config: dict) -> list[TrialRecord]:
@@ -221,19 +252,19 @@ def trial_driver(config: dict, context: SweepContext) -> None:
 
     import ray
 
+    shape = context.shape(record)
     tracker.record_placement(run_id, ray.get_runtime_context().get_node_id(),
-                             os.environ.get("CUDA_VISIBLE_DEVICES", ""), "in_place" if context.in_place else "driver")
+                             os.environ.get("CUDA_VISIBLE_DEVICES", ""), "in_place" if shape.in_place else "driver")
     tracking = MlflowReport(tracker.uri, run_id, run_dir, context.max_outage_s)
-    reports = Reports(run_dir, tracking, to_tune=context.in_place, needs_evaluation=context.searching)
+    reports = Reports(run_dir, tracking, to_tune=shape.in_place, needs_evaluation=context.searching)
     started = time.time()
     error: BaseException | None = None
     interrupted = False
     try:
-        if context.in_place:
-            device = torch.device("cuda") if context.gpus_per_worker > 0 and torch.cuda.is_available() else None
-            TrialCore(record, run_dir, device).run(reports, TuneCheckpoints(tracking))
+        if shape.in_place:
+            TrialCore(record, run_dir, shape.device()).run(reports, TuneCheckpoints(tracking))
         else:
-            _fit_distributed(record, run_dir, context, reports)
+            _fit_distributed(record, run_dir, shape, context, reports)
     except (KeyboardInterrupt, SystemExit):  # Tune stopping the trial (Ctrl-C on the sweep): not a failure
         interrupted = True
         raise
@@ -241,19 +272,19 @@ def trial_driver(config: dict, context: SweepContext) -> None:
         error = failure
         raise
     finally:
-        gpus = context.num_workers * context.gpus_per_worker
-        tracker.finish_trial(run_id, failed=error is not None, wall_seconds=time.time() - started, gpus=gpus,
+        tracker.finish_trial(run_id, failed=error is not None, wall_seconds=time.time() - started, gpus=shape.gpus,
                              error=error, interrupted=interrupted)
 
 
-def _fit_distributed(record: TrialRecord, run_dir: str, context: SweepContext, reports: Any) -> None:
+def _fit_distributed(record: TrialRecord, run_dir: str, shape: TrialShape, context: SweepContext,
+                     reports: Any) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from trainers.runtime.distributed import fit_distributed
 
-    result = fit_distributed(record, run_dir, num_workers=context.num_workers, storage=context.train_storage,
-                             run_name=record.trial_id, report=reports, cpus_per_worker=context.cpus_per_worker,
-                             gpus_per_worker=context.gpus_per_worker, max_failures=context.worker_retries,
+    result = fit_distributed(record, run_dir, num_workers=shape.num_workers, storage=context.train_storage,
+                             run_name=record.trial_id, report=reports, cpus_per_worker=shape.cpus_per_worker,
+                             gpus_per_worker=shape.gpus_per_worker, max_failures=context.worker_retries,
                              callbacks=[TuneReportCallback()])
     if result.error:
         raise result.error
@@ -283,6 +314,7 @@ def _drive_stack(records: list[TrialRecord], context: SweepContext) -> None:
         tune.report(mean_evaluation(list(finished.values())) | {"skipped": 1.0})
         return
     todo = [record for record in records if record.trial_id in runs]
+    shape = context.shape(todo[0])  # one cell: one algorithm
     name, node = stack_name(todo), ray.get_runtime_context().get_node_id()
     for record in todo:
         tracker.record_placement(runs[record.trial_id], node, os.environ.get("CUDA_VISIBLE_DEVICES", ""), "stacked",
@@ -295,8 +327,7 @@ def _drive_stack(records: list[TrialRecord], context: SweepContext) -> None:
     started = time.time()
     outcomes, error, interrupted = None, None, False
     try:
-        device = torch.device("cuda") if context.gpus_per_worker > 0 and torch.cuda.is_available() else None
-        outcomes = StackedTrialCore(todo, run_dirs, device).run(reports, TuneCheckpoints(together))
+        outcomes = StackedTrialCore(todo, run_dirs, shape.device()).run(reports, TuneCheckpoints(together))
     except (KeyboardInterrupt, SystemExit):
         interrupted = True
         raise
@@ -309,7 +340,7 @@ def _drive_stack(records: list[TrialRecord], context: SweepContext) -> None:
         for record in todo:
             failure = errors.get(record.trial_id, error)
             tracker.finish_trial(runs[record.trial_id], failed=failure is not None, wall_seconds=share,
-                                 gpus=context.gpus_per_worker, error=failure, interrupted=interrupted)
+                                 gpus=shape.gpus, error=failure, interrupted=interrupted)
     failed = [o for o in outcomes if o.error is not None]
     if failed:
         ended = [o.result.history[-1] for o in outcomes if o.error is None and o.result.history]

@@ -7,6 +7,8 @@ a worker node declaring one GPU that does not exist). The sweep driver joins it 
   GPU nodes is tested on its own in tests/test_spec.py.)
 - A trial through Ray Train holds only a `trial_slot` itself: its driver runs on the head, which has no CPU.
 - A trial larger than any node (2 GPUs per worker) is refused before anything is submitted or recorded.
+- Resources per algorithm: in one sweep on the GPU node, bc's trials take their registered quarter of the GPU (four
+  at once) while dt's take the sweep-wide whole GPU (alone), each charged its own GPUs in `cost/gpu_hours`.
 
 Where each trial ran comes from its MLflow run's placement tags (orchestrator/tracking.py), written by the trial
 itself from Ray's runtime context; whether trials ran together, from the runs' start and end times.
@@ -17,7 +19,6 @@ from __future__ import annotations
 import pytest
 
 from tests.sweep_helpers import mlflow_runs, run_sweep, tiny_spec, write_spec
-
 
 
 @pytest.fixture
@@ -78,3 +79,49 @@ def test_fractional_gpu_trials_pack_four_to_a_gpu_and_drivers_hold_only_a_trial_
     assert "2 GPU" in refused.stdout and "node" in refused.stdout, refused.stdout[-2000:]
     assert not (tmp_path / "refused.db").exists() or mlflow_runs(f"sqlite:///{tmp_path}/refused.db") == ([], [])
     assert not list((tmp_path / "ray_results").glob("too-big-*"))
+
+
+def test_each_trial_holds_its_own_algorithms_resources(tmp_path, gpu_cluster, reacher_medium_path):
+    cluster, _, gpu_node = gpu_cluster
+    spec = tiny_spec(tmp_path, reacher_medium_path, seeds=[0, 1, 2, 3],
+                     training={"steps": 2000, "eval_every": 2000, "eval_episodes": 2},
+                     resources={"num_workers": 1, "gpus_per_worker": 1, "cpus_per_worker": 1})
+    spec["algorithms"].append({"name": "dt", "steps": 200, "eval_every": 200,
+                               "overrides": {"n_embd": 16, "n_layer": 1, "warmup_steps": 10}})
+    result = run_sweep(write_spec(tmp_path, spec), env={"RAY_ADDRESS": cluster.address}, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "8 trials to train, up to 4 at once" in result.stdout, result.stdout[:2000]
+    _, trials = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    bc = [t for t in trials if t.data.tags["algorithm"] == "bc"]
+    dt = [t for t in trials if t.data.tags["algorithm"] == "dt"]
+    assert len(bc) == len(dt) == 4 and all(t.info.status == "FINISHED" for t in trials)
+    assert {t.data.tags["placement.node_id"] for t in trials} == {gpu_node}
+    assert most_at_once(bc) == 4  # a quarter of the GPU each
+    assert most_at_once(dt) == 1  # the whole GPU: alone, beside no bc trial either
+    assert all(d.info.end_time <= b.info.start_time or b.info.end_time <= d.info.start_time for d in dt for b in bc)
+    for run, gpus in [(r, 0.25) for r in bc] + [(r, 1.0) for r in dt]:
+        metrics = run.data.metrics
+        assert metrics["cost/gpu_hours"] == pytest.approx(metrics["cost/wall_seconds"] / 3600 * gpus, rel=1e-6)
+
+
+def test_tune_asks_each_trials_resources_from_its_own_algorithm(tmp_path, reacher_medium_path):
+    """What `tune.with_resources` is given: a function of the trial's config (a record, or a stack of one cell)."""
+    from orchestrator.spec import expand_trials, load_spec
+    from orchestrator.sweep import trial_shapes_of
+    from orchestrator.trial import SweepContext, trial_placement
+
+    spec = tiny_spec(tmp_path, reacher_medium_path, resources={"gpus_per_worker": 1, "cpus_per_worker": 4})
+    spec["algorithms"] += [{"name": "dt", "resources": {"num_workers": 2}}, {"name": "iql", "resources": {
+        "cpus_per_worker": 2}}]
+    loaded = load_spec(write_spec(tmp_path, spec))
+    bc, _, dt, _, iql, _ = expand_trials(loaded)
+    context = SweepContext("sqlite://", "e", loaded.sweep_id, "parent", "out", "train", trial_shapes_of(loaded),
+                           worker_retries=0, max_outage_s=1, searching=False)
+
+    def bundles(config):
+        return trial_placement(context, config).bundles
+
+    assert bundles({"record": bc.to_dict()}) == [{"CPU": 1, "GPU": 0.25}]  # bc's registered share
+    assert bundles({"stack": [iql.to_dict()]}) == [{"CPU": 2, "GPU": 0.25}]  # the entry's CPUs over the share
+    assert bundles({"record": dt.to_dict()}) == [{"trial_slot": 1}]  # two DDP workers: the trial only drives
+    assert context.shape(dt).gpus == 2 and context.shape(bc).gpus == 0.25  # what its GPU-hours are charged by

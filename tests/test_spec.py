@@ -64,6 +64,19 @@ BAD = {
                                r".*lora_r"),
     "fractional gpus with ddp": (MINIMAL | {"resources": {"num_workers": 2, "gpus_per_worker": 0.5}},
                                  r"resources: .*gpus_per_worker=0.5 is fractional, which needs num_workers: 1"),
+    "negative gpus of an algorithm": (MINIMAL | {"algorithms": ["dt", {"name": "bc", "resources": {
+        "gpus_per_worker": -0.5}}]}, r"algorithms\[1\] \(bc\)\.resources\.gpus_per_worker: Input should be greater "
+                                     r"than or equal to 0, got -0\.5"),
+    "unknown resource of an algorithm": (MINIMAL | {"algorithms": [{"name": "bc", "resources": {"gpus": 1}}]},
+                                         r"algorithms\[0\] \(bc\)\.resources\.gpus: Extra inputs are not permitted"),
+    "sweep-wide resource in an algorithm": (MINIMAL | {"algorithms": [{"name": "bc", "resources": {
+        "seeds_per_trial": 3}}]}, r"algorithms\[0\] \(bc\)\.resources: seeds_per_trial is sweep-wide"),
+    "fractional gpus with ddp in an algorithm": (MINIMAL | {"algorithms": ["dt", {"name": "bc", "resources": {
+        "num_workers": 2, "gpus_per_worker": 0.5}}]},
+        r"algorithms\[1\] \(bc\)\.resources: gpus_per_worker=0\.5 is fractional, which needs num_workers: 1"),
+    "ddp in an algorithm of a stacked sweep": (MINIMAL | {"algorithms": [{"name": "dt", "resources": {
+        "num_workers": 2}}], "resources": {"seeds_per_trial": 2}},
+        r"algorithms\[0\] \(dt\)\.resources: seeds_per_trial=2 trains a cell's seeds in the trial's own process"),
     "negative steps": (MINIMAL | {"training": {"steps": -5}}, r"training\.steps: Input should be greater than 0"),
     "repeated seed": (MINIMAL | {"seeds": [0, 1, 0]}, r"seeds: seeds must be unique; repeated: 0 \(each would run"),
     "negative seed": (MINIMAL | {"seeds": [-1]}, r"seeds: seeds must be ≥ 0"),
@@ -136,7 +149,9 @@ def test_dry_run_plan_counts_resources_and_compute(tmp_path):
         "seeds": [0, 1], "training": {"eval_episodes": 2}, "resources": {"cpus_per_worker": 2}}))
     trials = expand_trials(spec)
     plan = resource_plan(spec, local_nodes(8, 0))
-    assert (plan.cpus_per_trial, plan.concurrent_trials, plan.limited_by, plan.in_place) == (2, 4, "CPUs", True)
+    (shape,) = plan.shapes  # a CPU sweep: every algorithm in the sweep-wide shape
+    assert shape.algorithms == ("dt", "bc")
+    assert (shape.cpus_per_trial, plan.concurrent_trials, plan.limited_by, shape.in_place) == (2, 4, "CPUs", True)
     estimate = compute_estimate(trials)
     # dt: 2 evaluations × 2 episodes × 2 targets × 100 steps; bc: the same with one "target"
     assert estimate.gradient_steps == 4 * 100 and estimate.evaluation_env_steps == 2 * (800 + 400)
@@ -152,13 +167,13 @@ def test_dry_run_plan_counts_resources_and_compute(tmp_path):
 def test_a_trial_is_placed_on_one_node_not_on_the_cluster_totals():
     from orchestrator.plan import InsufficientResources, resource_plan
 
-    spec = load_spec(REPO / "sweeps" / "lamo_paper.yaml")  # one worker × 1 GPU each
+    spec = load_spec(REPO / "sweeps" / "lamo_paper.yaml")  # one worker × 1 GPU each for the sequence models
     eight_gpu_nodes = [{"CPU": 32, "GPU": 4}, {"CPU": 32, "GPU": 4}, {"CPU": 4, "trial_slot": 8}]
-    plan = resource_plan(spec, eight_gpu_nodes)
-    assert (plan.gpus_per_trial, plan.concurrent_trials, plan.limited_by, plan.in_place) == (1, 8, "GPUs", True)
+    lamo = resource_plan(spec, eight_gpu_nodes).of("lamo")
+    assert (lamo.gpus_per_trial, lamo.concurrent_trials, lamo.limited_by, lamo.in_place) == (1, 8, "GPUs", True)
     quarter = spec.resources.model_copy(update={"gpus_per_worker": 0.25, "cpus_per_worker": 2})
     plan = resource_plan(spec.model_copy(update={"resources": quarter}), eight_gpu_nodes)
-    assert (plan.concurrent_trials, plan.limited_by) == (32, "GPUs")  # four trials share each GPU
+    assert (plan.of("lamo").concurrent_trials, plan.of("lamo").limited_by) == (32, "GPUs")  # four share each GPU
     whole = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus_per_worker": 3.0})})
     with pytest.raises(InsufficientResources, match="each worker on one node"):  # 3 GPUs in all, 1 per node
         resource_plan(whole, [{"CPU": 8, "GPU": 1}] * 3)
@@ -173,3 +188,98 @@ def test_paper_sweep_states_20_evaluation_episodes_for_the_sequence_models(tmp_p
         assert stated == (20 if algorithm.name in sequence_models else None), algorithm.name
     for trial in expand_trials(spec):
         assert trial.config["eval_episodes"] == (20 if trial.algorithm in sequence_models else 10), trial.algorithm
+
+
+# --- resources per algorithm ------------------------------------------------------------------------------------
+
+def resources_of(spec, name: str) -> tuple:
+    r = spec.algorithm_resources(name)
+    return r.num_workers, r.gpus_per_worker, r.cpus_per_worker
+
+
+def test_each_algorithm_takes_its_entry_then_its_gpu_share_then_the_sweep_wide_resources(tmp_path):
+    algorithms = ["lamo", "bc", {"name": "iql", "resources": {"gpus_per_worker": 0.5}},
+                  {"name": "dt", "resources": {"cpus_per_worker": 2}}]
+    gpu = load_spec(write(tmp_path, MINIMAL | {"algorithms": algorithms,
+                                               "resources": {"gpus_per_worker": 1, "cpus_per_worker": 4}}))
+    assert resources_of(gpu, "lamo") == (1, 1, 4)  # no share registered: the sweep-wide whole GPU
+    assert resources_of(gpu, "bc") == (1, 0.25, 1)  # an MLP's registered share on a GPU sweep
+    assert resources_of(gpu, "iql") == (1, 0.5, 1)  # the entry's field over the share, the share's other field kept
+    assert resources_of(gpu, "dt") == (1, 1, 2)
+
+    # The sweep-wide value is the most a trial holds: a share never raises it.
+    thin = load_spec(write(tmp_path, MINIMAL | {"algorithms": ["bc"], "resources": {"gpus_per_worker": 0.1,
+                                                                                    "cpus_per_worker": 0.5}}))
+    assert resources_of(thin, "bc") == (1, 0.1, 0.5)
+
+    # A CPU-only sweep stays CPU-only: no share applies; an entry may still ask for a GPU itself.
+    cpu = load_spec(write(tmp_path, MINIMAL | {"algorithms": ["lamo", "bc", {"name": "iql", "resources": {
+        "gpus_per_worker": 0.5}}], "resources": {"cpus_per_worker": 2}}))
+    assert (resources_of(cpu, "lamo"), resources_of(cpu, "bc")) == ((1, 0, 2), (1, 0, 2))
+    assert resources_of(cpu, "iql") == (1, 0.5, 2)
+
+    # Several workers need whole GPUs (DDP): the share, a fraction, does not apply to them.
+    ddp = load_spec(write(tmp_path, MINIMAL | {"algorithms": ["bc", {"name": "td3_bc", "resources": {
+        "num_workers": 1}}], "resources": {"num_workers": 2, "gpus_per_worker": 1}}))
+    assert (resources_of(ddp, "bc"), resources_of(ddp, "td3_bc")) == ((2, 1, 1), (1, 0.25, 1))
+
+
+def test_an_algorithms_unset_resources_leave_the_sweep_name_and_set_ones_change_it(tmp_path):
+    plain = load_spec(write(tmp_path, MINIMAL | {"algorithms": ["bc"]})).sweep_id
+    assert load_spec(write(tmp_path, MINIMAL | {"algorithms": [{"name": "bc", "resources": {}}]})).sweep_id == plain
+    assert load_spec(write(tmp_path, MINIMAL | {"algorithms": [{"name": "bc", "resources": {
+        "gpus_per_worker": 0.5}}]})).sweep_id != plain
+
+
+def test_the_paper_grid_packs_the_mlp_baselines_four_to_a_gpu_and_says_which_rates_are_assumed(tmp_path):
+    from rich.console import Console
+
+    from orchestrator.plan import describe, local_nodes, resource_plan, waves
+
+    spec = load_spec(REPO / "sweeps" / "lamo_paper.yaml")
+    trials = [[r] for r in expand_trials(spec)]
+    plan = resource_plan(spec, local_nodes(64, 8))
+    sequence, mlp = plan.shapes
+    assert sequence.algorithms == ("lamo", "lamo_no_lm", "lamo_random_init", "lamo_full_ft", "lamo_linear_emb", "dt",
+                                   "wiki_rl")
+    assert (sequence.gpus_per_trial, sequence.cpus_per_trial, sequence.concurrent_trials) == (1, 4, 8)
+    assert mlp.algorithms == ("cql", "iql", "td3_bc", "bc", "bc_10")
+    assert (mlp.gpus_per_trial, mlp.cpus_per_trial, mlp.concurrent_trials, mlp.limited_by) == (0.25, 1, 32, "GPUs")
+    assert plan.concurrent_trials == 32  # Tune's max_concurrent_trials: the widest shape
+    assert waves(plan, trials) == 50 + 9  # 399 sequence-model trials 8 at once, 285 MLP trials 32 at once
+
+    # Every algorithm on a whole GPU (the sweep before per-algorithm resources): 86 waves of 8.
+    whole = {"gpus_per_worker": 1, "cpus_per_worker": 4}
+    before = spec.model_copy(update={"algorithms": [a.model_copy(update={"resources": a.resources.model_copy(
+        update=whole)}) for a in spec.algorithms]})
+    assert waves(resource_plan(before, local_nodes(64, 8)), trials) == 86
+
+    console = Console(record=True, width=250)
+    describe(spec, expand_trials(spec), console, 64, 8, for_cluster=True)
+    text = console.export_text()
+    assert "8 concurrent trials (limited by GPUs); 399 trials in 50 waves of up to 8" in text
+    assert "32 concurrent trials (limited by GPUs); 285 trials in 9 waves of up to 32" in text
+    assert "59 waves in all" in text and "assumed: no GPU measured" in text
+    assert "(100% of them at assumed rates)" in text  # no GPU rate was measured: the plan says so
+    gpu_hours = float(text.split("projected: ")[1].split(" GPU-hours")[0].replace(",", ""))
+    console = Console(record=True, width=250)
+    describe(before, expand_trials(before), console, 64, 8, for_cluster=True)
+    before_hours = float(console.export_text().split("projected: ")[1].split(" GPU-hours")[0].replace(",", ""))
+    assert gpu_hours < before_hours  # the MLP baselines charged a quarter of a GPU each
+
+
+def test_a_cpu_sweep_projects_measured_rates_only_at_the_sizes_they_were_taken_at(tmp_path):
+    from rich.console import Console
+
+    from orchestrator.plan import describe, projected_hours, step_rate, unrated
+
+    spec = load_spec(write(tmp_path, MINIMAL | {"algorithms": ["bc", {"name": "iql", "overrides": {
+        "hidden_dims": [32, 32]}}], "tasks": ["hopper-medium"], "training": {"steps": 4800, "eval_every": 2400}}))
+    bc, iql = expand_trials(spec)
+    assert unrated(bc) is None and step_rate(bc, 0).measured  # README: 480 updates/s on one CPU thread
+    assert projected_hours(bc, 0) == pytest.approx(4800 / 480 / 3600)
+    assert unrated(iql) == "hidden_dims other than the preset's"
+    console = Console(record=True, width=250)
+    describe(spec, [bc, iql], console, 2, 0, for_cluster=True)
+    text = console.export_text()
+    assert "measured: bench.stacked_seeds, 1 CPU" in text and "1 runs not projected" in text

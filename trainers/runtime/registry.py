@@ -18,6 +18,11 @@ or `bc` for D4RL and Atari tasks alike. The task decides: `make_config(name, ove
 `config_fields(name, task)` and `config_from_dict(name, values, task)` use the discrete declaration for a task
 whose `discrete_actions` is set (without a task: the other one), `build_algorithm` for `setup.task`; the sweep's
 validation pass asks `supports_discrete_actions(name)` first.
+
+Resources: a line may also say how much of a GPU worker the name needs at most (`on_gpu`, a `WorkerShare`): the MLP
+baselines a quarter of a GPU and one CPU. A sweep that trains on GPUs gives such an algorithm's one-worker trials no
+more than that (orchestrator/spec.py, `SweepSpec.algorithm_resources`, has the whole precedence); a name without a
+share (the sequence models: a pre-trained GPT-2 small, or dt's frames on Atari) takes the sweep's whole shape.
 """
 
 from __future__ import annotations
@@ -44,10 +49,25 @@ from trainers.sequence.algorithm import ALGORITHM as SEQUENCE
 
 
 @dataclass(frozen=True)
+class WorkerShare:
+    """The most of a GPU worker an algorithm uses when its sweep trains on GPUs: a share of one GPU and CPUs."""
+
+    gpus: float
+    cpus: float
+
+
+# A 256-wide MLP update at batch 256 is a few small kernels: one CPU thread launching them is the bound, not the
+# GPU (README "Performance": bc, td3_bc and iql run 130-740 updates/s on one CPU thread). A quarter of a GPU is an
+# assumption, not a measurement: no GPU was lent to this project; an entry's `resources` overrides it.
+MLP_ON_GPU = WorkerShare(gpus=0.25, cpus=1)
+
+
+@dataclass(frozen=True)
 class AlgorithmEntry:
     spec: AlgorithmDeclaration
     preset: str | None = None  # a name in the declaration's presets
     discrete: AlgorithmEntry | None = None  # the declaration for tasks with a Discrete action space (Atari)
+    on_gpu: WorkerShare | None = None  # the most of a GPU worker it needs (its discrete entry too); None: all
 
     @property
     def module(self) -> str:
@@ -66,11 +86,11 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
     "dt_128": AlgorithmEntry(SEQUENCE, "dt_128"),  # on Atari the intended 128 wide; elsewhere the same as dt
     "wiki_rl": AlgorithmEntry(SEQUENCE, "wiki_rl"),
     # baselines (on Atari: baselines/cql_discrete.py, baselines/bc_discrete.py)
-    "cql": AlgorithmEntry(cql.ALGORITHM, discrete=AlgorithmEntry(cql_discrete.ALGORITHM)),
-    "iql": AlgorithmEntry(iql.ALGORITHM),
-    "td3_bc": AlgorithmEntry(td3_bc.ALGORITHM),
-    "bc": AlgorithmEntry(bc.ALGORITHM, "bc", AlgorithmEntry(bc_discrete.ALGORITHM, "bc")),
-    "bc_10": AlgorithmEntry(bc.ALGORITHM, "bc_10", AlgorithmEntry(bc_discrete.ALGORITHM, "bc_10")),
+    "cql": AlgorithmEntry(cql.ALGORITHM, discrete=AlgorithmEntry(cql_discrete.ALGORITHM), on_gpu=MLP_ON_GPU),
+    "iql": AlgorithmEntry(iql.ALGORITHM, on_gpu=MLP_ON_GPU),
+    "td3_bc": AlgorithmEntry(td3_bc.ALGORITHM, on_gpu=MLP_ON_GPU),
+    "bc": AlgorithmEntry(bc.ALGORITHM, "bc", AlgorithmEntry(bc_discrete.ALGORITHM, "bc"), on_gpu=MLP_ON_GPU),
+    "bc_10": AlgorithmEntry(bc.ALGORITHM, "bc_10", AlgorithmEntry(bc_discrete.ALGORITHM, "bc_10"), on_gpu=MLP_ON_GPU),
 }
 
 
@@ -96,6 +116,11 @@ def _entry_of_config(name: str, config: TrainingConfig) -> AlgorithmEntry:
 def declaration(name: str, task: Task | None = None) -> AlgorithmDeclaration:
     """What the name runs on the task: its declaration (the discrete one on a Discrete task)."""
     return _entry(name, task).spec
+
+
+def gpu_share(name: str) -> WorkerShare | None:
+    """The most of a GPU worker the name needs when its sweep trains on GPUs; None: the sweep's whole shape."""
+    return _entry(name).on_gpu
 
 
 def config_fields(name: str, task: Task | None = None) -> list[str]:
