@@ -16,7 +16,10 @@ Replay run), which seeds its subsets, and a trial record describes it by its pat
 (trainers/data/checksums.py).
 
 A process keeps the datasets it read last (two; one of frames, which are gigabytes) while their files are
-unchanged: trials that follow each other in one process (Ray reuses a sweep's trial actors) share them.
+unchanged: trials that follow each other in one process (Ray reuses a sweep's trial actors) share them. Trials
+(`load_task_dataset(..., shared=True)`, trainers/runtime/core.py) go further: the converted dataset is written once
+per node into the node cache and memory-mapped by every process on it (trainers/data/node_cache.py), so the trials
+of a node share one copy in the page cache instead of holding one each.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from trainers.data.d4rl import read_d4rl_file
 from trainers.data.minari_datasets import is_minari_dataset, read_minari_directory
+from trainers.data.node_cache import default_cache_dir, shared_dataset, source_stamp
 from trainers.data.reader import ReadingTask as Task
 from trainers.data.trajectories import LongEpisodes, TrajectoryDataset
 
@@ -39,32 +43,41 @@ def expected_dataset_path(task: Task, path: str | os.PathLike | None = None) -> 
     return task.dataset_reader.first_location(path)
 
 
-def load_task_dataset(task: Task, path: str | os.PathLike | None = None,
-                      long_episodes: LongEpisodes = "split") -> TrajectoryDataset:
-    """The dataset of a task (where its reader looks, unless a path is given), validated against the task."""
+def load_task_dataset(task: Task, path: str | os.PathLike | None = None, long_episodes: LongEpisodes = "split",
+                      shared: bool = False, digest: str = "") -> TrajectoryDataset:
+    """The dataset of a task (where its reader looks, unless a path is given), validated against the task.
+
+    `shared`: through this node's cache (trainers/data/node_cache.py), converted once per node and memory-mapped,
+    unless $LAMO_DATASET_CACHE is "off"; `digest`, the SHA-256 the data must have (the trial record's)."""
     resolved = resolve_dataset_path(task, path).resolve()
-    key = (str(resolved), _stamp(resolved), task.name, long_episodes)
+    cache_dir = default_cache_dir() if shared else None
+    key = (str(resolved), tuple(source_stamp(resolved)), task.name, long_episodes, cache_dir, digest)
     if key not in _LOADED:
-        _LOADED[key] = _read(resolved, task, long_episodes)
+        if cache_dir is None:
+            _LOADED[key] = read_dataset(resolved, task, long_episodes)
+        else:
+            _LOADED[key] = shared_dataset(resolved, conversion(task, long_episodes),
+                                          lambda: read_dataset(resolved, task, long_episodes), digest,
+                                          cache_dir).dataset
         _keep_recent()
     _LOADED.move_to_end(key)
     return _LOADED[key]
 
 
-def _read(path: Path, task: Task, long_episodes: LongEpisodes) -> TrajectoryDataset:
+def conversion(task: Task, long_episodes: LongEpisodes) -> dict:
+    """Everything besides the data's bytes that decides what `read_dataset` makes of it (the node cache's key)."""
+    return {"dataset": task.dataset_name, "task": task.name, "reader": repr(task.dataset_reader),
+            "observation_dim": task.observation_dim, "action_dim": task.action_dim, "horizon": task.horizon,
+            "data_horizon": task.data_horizon, "long_episodes": long_episodes}
+
+
+def read_dataset(path: Path, task: Task, long_episodes: LongEpisodes = "split") -> TrajectoryDataset:
     """By what the path is: a Minari dataset directory, a file (D4RL's hdf5 layout), or the task's own layout."""
     if is_minari_dataset(path):
         return read_minari_directory(path, task, long_episodes)
     if path.is_file():
         return read_d4rl_file(path, task, long_episodes)
     return task.dataset_reader.read(path, task, long_episodes)
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    """(bytes, newest mtime) of a file, or of every file under a directory: changes whenever the data does."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    stats = [p.stat() for p in files]
-    return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
 
 
 _LOADED: OrderedDict[tuple, TrajectoryDataset] = OrderedDict()  # least recently used first

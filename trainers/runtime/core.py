@@ -167,9 +167,11 @@ def build_for_record(record: TrialRecord, task: Task, device: torch.device, data
 
 
 def load_record_dataset(record: TrialRecord, task: Task):
-    """The record's whole dataset file; refuses a file that changed since the record was made."""
+    """The record's whole dataset file; refuses a file that changed since the record was made. Read through this
+    node's dataset cache (trainers/data/node_cache.py): converted once per node, memory-mapped by every trial on it,
+    and checked against the record's digest when the sweep's validation pass set one."""
     identity = record.dataset
-    dataset = load_task_dataset(task, identity.source)
+    dataset = load_task_dataset(task, identity.source, shared=True, digest=identity.digest)
     if identity.episodes and identity.episodes != dataset.num_episodes:
         raise DatasetError(f"{identity.source}: has {dataset.num_episodes} episodes, but the sweep validated "
                            f"{identity.episodes} (digest {identity.digest[:12]}): the file changed after the sweep "
