@@ -10,7 +10,8 @@ from trainers.tools.make_dataset import make_dataset
 REPO = Path(__file__).resolve().parents[1]
 # What the main job (README command 1) leaves in the checkout, and its caches: no test may see them or need them.
 RUN_OUTPUTS = ("models", "data", "mlflow.db", "mlruns", "reports", "ray_results")
-DEFAULT_LOCATIONS = ("MLFLOW_TRACKING_URI", "LAMO_SWEEPS_STORAGE", "LAMO_D4RL_BASE_URL", "RAY_ADDRESS")
+DEFAULT_LOCATIONS = (
+    "MLFLOW_TRACKING_URI", "LAMO_SWEEPS_STORAGE", "LAMO_D4RL_BASE_URL", "RAY_ADDRESS", "LAMO_DATASET_CACHE")
 
 
 @pytest.fixture(scope="session", autouse=True)
