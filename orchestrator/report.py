@@ -175,6 +175,75 @@ def excluded_table(result: Aggregate) -> Table:
     return table
 
 
+def overview_table(result: Aggregate) -> Table:
+    """Algorithms × domains: each domain's mean over its task × ratio cells (the paper's headline number)."""
+    domains = sorted({s.domain for s in result.domains}, key=domain_order)
+    table = Table("Average per domain", ["Algorithm", *domains],
+                  notes=["Mean over the domain's task × ratio cells of the per-cell mean over seeds; "
+                         "[n/k cells]: fewer cells than the domain has, never marked best."])
+    summaries = {(s.algorithm, s.domain): s for s in result.domains}
+    best = {}
+    for d in domains:
+        complete = [s.mean for s in result.domains if s.domain == d and s.cells == s.cells_expected]
+        best[d] = max(complete) if len(complete) >= 2 else None
+    for algorithm in result.algorithms:
+        row, bold = [algorithm], set()
+        for j, d in enumerate(domains, 1):
+            s = summaries.get((algorithm, d))
+            row.append("" if s is None else _number(s.mean) + (
+                f" [{s.cells}/{s.cells_expected} cells]" if s.cells < s.cells_expected else ""))
+            if s is not None and s.cells == s.cells_expected and s.mean == best[d]:
+                bold.add(j)
+        table.add(row, bold)
+    return table
+
+
+def task_table(result: Aggregate, task: str) -> Table:
+    """One task: algorithms as rows, its data ratios as columns (a screen's width for the paper's 12 algorithms)."""
+    ratios = sorted({c.ratio for c in result.cells if c.task == task})
+    algorithms = [a for a in result.algorithms if any(result.cell(a, task, r) for r in ratios)]
+    table = Table(task, ["Algorithm", *map(ratio_text, ratios)])
+    columns = [[result.cell(a, task, r) for a in algorithms] for r in ratios]
+    best = [_best_columns([c.mean if c else math.nan for c in column], 0) for column in columns]
+    for i, algorithm in enumerate(algorithms):
+        table.add([algorithm, *(cell_text(column[i]) for column in columns)],
+                  {j + 1 for j, rows in enumerate(best) if i in rows})
+    return table
+
+
+def domain_tables(result: Aggregate, domain: str) -> list[Table]:
+    """The domain's section of the report: a table per task, then its aggregates, ratio means and improvements."""
+    tasks = sorted({c.task for c in result.cells if c.domain == domain}, key=task_order)
+    tables = [task_table(result, task) for task in tasks]
+    aggregates = domain_table(result)
+    kept = [i for i, row in enumerate(aggregates.rows) if row[0] == domain]
+    tables.append(Table(f"Aggregates ({domain})", aggregates.header[1:], [aggregates.rows[i][1:] for i in kept],
+                        [set() for _ in kept], notes=aggregates.notes))
+    ratios = sorted({r.ratio for r in result.ratios if r.domain == domain})
+    if len(ratios) > 1:
+        means = {(r.algorithm, r.ratio): r for r in result.ratios if r.domain == domain}
+        tasks_at = {r: len({c.task for c in result.cells if (c.domain, c.ratio) == (domain, r)}) for r in ratios}
+
+        def mean_text(algorithm: str, ratio: float) -> str:
+            found = means.get((algorithm, ratio))
+            if found is None:
+                return "—"
+            return _number(found.mean) + ("" if found.tasks == tasks_at[ratio] else
+                                          f" [{found.tasks}/{tasks_at[ratio]} tasks]")
+
+        table = Table(f"Mean over tasks per data ratio ({domain})", ["Algorithm", *map(ratio_text, ratios)])
+        for algorithm in [a for a in result.algorithms if any((a, r) in means for r in ratios)]:
+            table.add([algorithm, *(mean_text(algorithm, r) for r in ratios)])
+        tables.append(table)
+    improvements = improvement_table(result)
+    kept = [i for i, row in enumerate(improvements.rows) if row[0] == domain]
+    if kept:
+        tables.append(Table(f"Probability of improvement ({domain})", improvements.header[1:],
+                            [improvements.rows[i][1:] for i in kept], [set() for _ in kept],
+                            notes=improvements.notes))
+    return tables
+
+
 def all_tables(result: Aggregate) -> list[Table]:
     tables = [main_table(result), domain_table(result), ratio_table(result)]
     if result.improvements:
@@ -216,7 +285,7 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_html(table: Table) -> str:
+def to_html(table: Table, level: int = 2) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = []
     for i, (row, bold) in enumerate(zip(table.rows, table.bold)):
@@ -227,7 +296,7 @@ def to_html(table: Table) -> str:
     if not table.rows:
         body.append(f"<tr><td colspan=\"{len(table.header)}\">(none)</td></tr>")
     notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in table.notes)
-    return (f"<h2>{html.escape(table.title)}</h2>\n<table><thead><tr>{head}</tr></thead>\n<tbody>\n"
+    return (f"<h{level}>{html.escape(table.title)}</h{level}>\n<table><thead><tr>{head}</tr></thead>\n<tbody>\n"
             + "\n".join(body) + f"\n</tbody></table>\n{notes}\n")
 
 
@@ -310,13 +379,33 @@ th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th{background:#eef}td:first-child,th:first-child{text-align:left}tr.rule td{border-top:2px solid #444}
 .note{font-size:12px;color:#555;margin:2px 0}.protocol{background:#ffd;padding:6px;border:1px solid #cc9}
 ul.fidelity{font-size:14px;max-width:1100px}ul.fidelity li{margin:4px 0}.source{color:#777;font-size:12px}
+nav{font-size:14px;margin:0.5em 0}nav a{margin-right:1em}
+section.domain{border-top:3px solid #447;margin-top:1.5em}h3{margin:0.9em 0 0.2em;font-size:16px}
+details{margin:0.8em 0}summary{cursor:pointer;font-weight:bold;font-size:17px}
 img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
+def _collapsed(summary: str, body: str) -> str:
+    """A long list shut by default: a 700-run sweep's per-run and per-cell rows would bury the tables."""
+    return f"<details><summary>{html.escape(summary)}</summary>\n{body}</details>\n"
+
+
 def write_html(result: Aggregate, tables: list[Table], images: list[Path], path: Path) -> Path:
+    """The report: the average per domain, then a section per domain (a table per task with algorithms as rows and
+    data ratios as columns, the domain's aggregates), the fidelity notes, the plots and the cost; the excluded runs,
+    the sources and the paper's one-table layout collapsed."""
     figures = "".join(f"<figure><img alt=\"{html.escape(p.stem)}\" src=\"data:image/png;base64,"
                       f"{base64.b64encode(p.read_bytes()).decode()}\"><figcaption>{html.escape(p.name)}: "
                       f"{html.escape(CAPTIONS.get(p.name, ''))}</figcaption></figure>\n" for p in images)
+    by_title = {t.title: t for t in tables}
+    excluded, cost, sources = by_title["Excluded runs"], by_title["Cost"], by_title.get("Sources")
+    domains = sorted({c.domain for c in result.cells}, key=domain_order)
+    sections = "".join(
+        f"<section class=\"domain\" id=\"domain-{html.escape(d)}\"><h2>Domain: {html.escape(d)}</h2>\n"
+        + "".join(to_html(t, level=3) for t in domain_tables(result, d)) + "</section>\n" for d in domains)
+    contents = [("#average", "Average per domain"), *((f"#domain-{d}", d) for d in domains),
+                ("#fidelity", "Fidelity notes"), ("#plots", "Plots"), ("#cost", "Cost")]
+    nav = "<nav>" + "".join(f"<a href=\"{href}\">{html.escape(text)}</a>" for href, text in contents) + "</nav>\n"
     finished = len(result.runs) - len(result.excluded)
     page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Sweep {html.escape(result.sweep_id)}</title><style>{_STYLE}</style></head><body>\n"
@@ -324,8 +413,15 @@ def write_html(result: Aggregate, tables: list[Table], images: list[Path], path:
             f"<p>Sweep id {html.escape(result.sweep_id)}, MLflow parent run {html.escape(result.parent_run_id)}; "
             f"{finished} finished runs aggregated, {len(result.excluded)} excluded.</p>\n"
             f"<p class=\"protocol\">Protocol: {html.escape(result.protocol_text)}.</p>\n"
-            + to_html(tables[0]) + fidelity_html(result) + "<h2>Plots</h2>\n" + figures
-            + "".join(map(to_html, tables[1:]))
+            + nav + "<div id=\"average\">" + to_html(overview_table(result)) + "</div>\n"
+            + "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in tables[0].notes[1:])  # protocol: above
+            + sections
+            + f"<div id=\"fidelity\">{fidelity_html(result)}</div>\n<h2 id=\"plots\">Plots</h2>\n{figures}"
+            + f"<div id=\"cost\">{to_html(cost)}</div>\n"
+            + _collapsed(f"Excluded runs ({len(excluded.rows)}: not FINISHED)", to_html(excluded, level=3))
+            + (_collapsed(f"Sources ({len(sources.rows)} cells)", to_html(sources, level=3)) if sources else "")
+            + _collapsed("Every cell in the paper's layout (tasks × ratios by algorithms, as in tables.md and "
+                         "tables.tex)", to_html(tables[0], level=3))
             + "</body></html>\n")
     path.write_text(page, encoding="utf-8")
     return path

@@ -384,11 +384,16 @@ def open_store(tracking_uri: str, experiment: str):
     return mlflow_client, found.experiment_id
 
 
-def search_all(mlflow_client, experiment_id: str, query: str, order_by: list[str] | None = None) -> list:
-    """Every run matching `query`, page after page."""
+def search_all(mlflow_client, experiment_id: str, query: str, order_by: list[str] | None = None,
+               view=None) -> list:
+    """Every run matching `query` (active runs, unless `view` is another mlflow.entities.ViewType), page after
+    page."""
+    from mlflow.entities import ViewType
+
     runs, token = [], None
     while True:
-        page = mlflow_client.search_runs([experiment_id], filter_string=query, order_by=order_by,
+        page = mlflow_client.search_runs([experiment_id], filter_string=query,
+                                         run_view_type=view or ViewType.ACTIVE_ONLY, order_by=order_by,
                                          max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
@@ -451,34 +456,120 @@ def eval_label(key: str) -> str | None:
     return label if key.startswith(prefix) and key.endswith(suffix) and label and "/" not in label else None
 
 
-def _evaluation_curves(mlflow_client, run) -> dict[str, list[tuple[int, float]]]:
-    """Per eval label, the (step, normalized mean) history, by step (one value per step: the latest logged)."""
-    curves = {}
-    for key in run.data.metrics:
-        label = eval_label(key)
-        if label is not None:
-            history = {m.step: m.value for m in mlflow_client.get_metric_history(run.info.run_id, key)}
-            curves[label] = sorted(history.items())
-    return curves
+# Reading in bulk: a paper-sized sweep has ~700 trial runs with a few eval metrics each, and one request per run
+# and metric is thousands of requests to a tracking server. MLflow's get-history-bulk endpoint (its web app's
+# charts use it) answers one metric key for up to BULK_RUNS runs, in full, but with at most BULK_VALUES values:
+# an answer that size may have been cut short, so its runs are asked again in halves.
+HISTORY_BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+BULK_RUNS, BULK_VALUES = 100, 25_000
+PER_RUN_THREADS = 8  # for a store without a bulk read: its requests overlap
+
+
+def _one_by_one(mlflow_client, run_ids: list[str], key: str) -> list[tuple[str, int, float]]:
+    """(run id, step, value) of each run's history of `key`, a request per run, several at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def history(run_id: str) -> list[tuple[str, int, float]]:
+        return [(run_id, m.step, m.value) for m in mlflow_client.get_metric_history(run_id, key)]
+
+    with ThreadPoolExecutor(min(PER_RUN_THREADS, len(run_ids))) as pool:
+        return [value for values in pool.map(history, run_ids) for value in values]
+
+
+def _bulk_reader(mlflow_client):
+    """How the store behind the client reads one key's histories of many runs at once: (run ids, key) ->
+    [(run id, step, value)] in each run's logging order, or None where it cannot (then it is read run by run).
+    A server is asked through its bulk endpoint; a database store (sqlite:, postgresql:) opened in this process
+    is asked directly (its own bulk query, the one that endpoint runs)."""
+    from mlflow.store.tracking.rest_store import RestStore
+
+    store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
+    if isinstance(store, RestStore):
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        def from_server(run_ids: list[str], key: str):
+            response = http_request(store.get_host_creds(), HISTORY_BULK_ENDPOINT, "GET",
+                                    params={"run_id": run_ids, "metric_key": key, "max_results": BULK_VALUES})
+            if response.status_code == 404:  # a server or proxy without the web app's routes
+                return None
+            verify_rest_response(response, HISTORY_BULK_ENDPOINT)
+            return [(m["run_id"], int(m["step"]), float(m["value"])) for m in response.json().get("metrics", [])]
+        return from_server
+    if hasattr(store, "get_metric_history_bulk"):
+        return lambda run_ids, key: [(m.run_id, m.step, m.value) for m in store.get_metric_history_bulk(
+            run_ids=run_ids, metric_key=key, max_results=BULK_VALUES)]
+    return lambda run_ids, key: None
+
+
+def metric_histories(mlflow_client, keys_of: dict[str, list[str]]) -> dict[tuple[str, str], dict[int, float]]:
+    """(run id, key) -> {step: value} for each run's keys in `keys_of` (run id -> metric keys): one value per step,
+    the latest logged (as the runs' own histories read). Per key, BULK_RUNS runs a request."""
+    runs_of: dict[str, list[str]] = {}
+    for run_id, keys in keys_of.items():
+        for key in keys:
+            runs_of.setdefault(key, []).append(run_id)
+    bulk = _bulk_reader(mlflow_client)
+
+    def read(run_ids: list[str], key: str) -> list[tuple[str, int, float]]:
+        values = bulk(run_ids, key)
+        if values is None:
+            return _one_by_one(mlflow_client, run_ids, key)
+        if len(values) < BULK_VALUES:
+            return values
+        if len(run_ids) == 1:  # one run holds more than an answer carries: its own history is paged
+            return _one_by_one(mlflow_client, run_ids, key)
+        half = len(run_ids) // 2
+        return read(run_ids[:half], key) + read(run_ids[half:], key)
+
+    histories: dict[tuple[str, str], dict[int, float]] = {(r, k): {} for r, keys in keys_of.items() for k in keys}
+    for key, run_ids in runs_of.items():
+        for i in range(0, len(run_ids), BULK_RUNS):
+            for run_id, step, value in read(run_ids[i:i + BULK_RUNS], key):
+                histories[run_id, key][step] = value  # in logging order: the latest value of a step stays
+    return histories
+
+
+def runs_by_id(mlflow_client, experiment_id: str, run_ids) -> dict:
+    """The runs with these ids (a reused trial's original), BULK_RUNS a search; one outside the experiment by
+    its own request."""
+    from mlflow.entities import ViewType
+
+    wanted = sorted(set(run_ids))
+    found = {}
+    for i in range(0, len(wanted), BULK_RUNS):
+        listed = ", ".join(f"'{run_id}'" for run_id in wanted[i:i + BULK_RUNS])
+        for run in search_all(mlflow_client, experiment_id, f"attributes.run_id IN ({listed})",
+                              view=ViewType.ALL):  # like get_run, a deleted original too
+            found[run.info.run_id] = run
+    return found | {run_id: mlflow_client.get_run(run_id) for run_id in wanted if run_id not in found}
 
 
 def read_trial_runs(mlflow_client, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
     """Every trial run under the sweep's parent run: its record, status, evaluation histories and cost — for a
     reused trial, the original run's curves and cost, marked reused. (By parent, not by sweep id: after a restart
-    the superseded parent's runs share the sweep id.)"""
+    the superseded parent's runs share the sweep id.) In bulk: the runs in pages of a search, the reused ones'
+    originals BULK_RUNS a search, the histories one metric key of BULK_RUNS runs a request."""
     query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and tags.{ROLE_TAG} = '{TRIAL_ROLE}'"
+    trials = search_all(mlflow_client, experiment_id, query)
+    records = [trial_record(run) for run in trials]  # a run the sweep did not write fails before any reading
+    originals = runs_by_id(mlflow_client, experiment_id,
+                           [run.data.tags[REUSED_FROM_TAG] for run in trials if run.data.tags.get(REUSED_FROM_TAG)])
+    measured = [originals[run.data.tags[REUSED_FROM_TAG]] if run.data.tags.get(REUSED_FROM_TAG) else run
+                for run in trials]
+    labels = {run.info.run_id: {key: eval_label(key) for key in run.data.metrics if eval_label(key) is not None}
+              for run in measured}
+    histories = metric_histories(mlflow_client, {run_id: list(keys) for run_id, keys in labels.items()})
     runs = []
-    for run in search_all(mlflow_client, experiment_id, query):
-        original_id = run.data.tags.get(REUSED_FROM_TAG)
-        measured = mlflow_client.get_run(original_id) if original_id else run
-        runs.append(TrialRun(run_id=run.info.run_id, record=trial_record(run), status=run.info.status,
-                             curves=_evaluation_curves(mlflow_client, measured),
-                             wall_seconds=measured.data.metrics.get(WALL_SECONDS_METRIC, 0.0),
-                             gpu_hours=measured.data.metrics.get(GPU_HOURS_METRIC, 0.0),
-                             reused_from=original_id, source_sweep=run.data.tags.get(REUSED_SWEEP_TAG)
-                             or run.data.tags.get(SWEEP_ID_TAG, ""),
-                             fingerprint=measured.data.tags.get(FINGERPRINT_TAG, ""),
-                             started=measured.info.start_time or 0))
+    for run, record, source in zip(trials, records, measured):
+        curves = {label: sorted(histories[source.info.run_id, key].items())
+                  for key, label in labels[source.info.run_id].items()}
+        runs.append(TrialRun(run_id=run.info.run_id, record=record, status=run.info.status, curves=curves,
+                             wall_seconds=source.data.metrics.get(WALL_SECONDS_METRIC, 0.0),
+                             gpu_hours=source.data.metrics.get(GPU_HOURS_METRIC, 0.0),
+                             reused_from=run.data.tags.get(REUSED_FROM_TAG), source_sweep=run.data.tags.get(
+                                 REUSED_SWEEP_TAG) or run.data.tags.get(SWEEP_ID_TAG, ""),
+                             fingerprint=source.data.tags.get(FINGERPRINT_TAG, ""),
+                             started=source.info.start_time or 0))
     return runs
 
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from orchestrator.scores import (
     stratified_bootstrap,
 )
 from orchestrator.tracking import SweepTracker
-from trainers.runtime.record import make_record
+from trainers.runtime.record import TrialRecord, make_record
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "lamo-sweeps"
@@ -44,8 +45,11 @@ DOMAINS = {"reacher2d-medium": "reacher2d", "hopper-medium": "locomotion", "walk
 # --- a sweep store with the layout of orchestrator/tracking.py ---------------------------------------------
 
 class SyntheticStore:
-    def __init__(self, root: Path):
-        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+    """A store written through the sweep's own tracker: sqlite in `root` unless `uri` names another backend
+    (bench/aggregate_scale.py writes a paper-sized sweep with it)."""
+
+    def __init__(self, root: Path, uri: str | None = None):
+        self.uri = uri or f"sqlite:///{root / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
         self.clock = 1_700_000_000_000
@@ -149,6 +153,17 @@ def store(tmp_path_factory) -> SyntheticStore:
     store.trial(store.sweep("restarted", "9999999999", [0]), "bc", "hopper-medium", 1.0, 0, {"policy": flat(2)})
     store.trial(store.sweep("restarted", "9999999999", [0], superseded=True), "bc", "hopper-medium", 1.0, 0,
                 {"policy": flat(1)})
+
+    # For the readers: a reused trial (its curves and cost are its original's) and a step logged twice (the
+    # later value stands).
+    sweep = store.sweep("reusing", "7777777777", [0, 1])
+    [original] = store.client.search_runs([store.experiment_id], "tags.trial_id = 'lamo.hopper-medium.r1.s0' and "
+                                          "tags.sweep_id = 'aggregates-bbbbbbbbbb'")
+    record = make_record("lamo", "hopper-medium", 1.0, 0, {"num_steps": 1000, "eval_every": 100},
+                         sweep_id=sweep[0])
+    SweepTracker(store.uri, EXPERIMENT, sweep[0]).reuse_trial(sweep[1], record, original)
+    relogged = store.trial(sweep, "lamo", "hopper-medium", 1.0, 1, {"target_3600": flat(30)})
+    store.client.log_batch(relogged, metrics=[Metric("eval/target_3600/normalized_mean", 35.0, store.clock + 1, 1000)])
     return store
 
 
@@ -305,6 +320,31 @@ def test_outputs_written_and_logged_to_the_parent_run(store, aggregates):
     assert names <= logged
 
 
+def test_html_report_has_a_section_per_domain_with_a_table_per_task(aggregates):
+    """A paper-sized sweep's report stays readable: per domain a table per task with the algorithms as rows and
+    the data ratios as columns; the long lists (excluded runs, the paper's one-table layout) collapsed."""
+    page = html.unescape((aggregates[0].out_dir / "report.html").read_text())
+    sections = page.split('<section class="domain"')[1:]
+    assert [s[:s.index(">")] for s in sections] == [' id="domain-locomotion"', ' id="domain-reacher2d"']
+    locomotion, reacher = (s[:s.index("</section>")] for s in sections)
+    assert [t for t in ("<h3>hopper-medium</h3>", "<h3>walker2d-medium</h3>", "<h3>reacher2d-medium</h3>")
+            if t in locomotion] == ["<h3>hopper-medium</h3>", "<h3>walker2d-medium</h3>"]
+    assert "<h3>reacher2d-medium</h3>" in reacher and "hopper-medium" not in reacher
+    hopper = locomotion[locomotion.index("<h3>hopper-medium</h3>"):locomotion.index("<h3>walker2d-medium</h3>")]
+    assert "<th>Algorithm</th><th>10%</th><th>100%</th>" in hopper
+    assert ("<tr><td>lamo</td><td><b>15.0 ± 7.1 (target 3600)</b></td><td><b>35.0 ± 7.1 (target 3600)</b></td>"
+            "</tr>" in hopper)
+    assert "<tr><td>bc</td><td></td><td>12.0 [1/2 seeds]</td></tr>" in hopper
+    assert "<h3>Aggregates (locomotion)</h3>" in locomotion and "<td>lamo > dt</td>" in locomotion
+    assert "<td>lamo > dt</td>" not in reacher  # each domain's own improvements (reacher2d has no dt)
+    # the average per domain: algorithms × domains, an incomplete average flagged
+    overview = page[page.index('<div id="average">'):page.index("<section")]
+    assert "<th>Algorithm</th><th>locomotion</th><th>reacher2d</th>" in overview
+    assert "<tr><td>bc</td><td>12.0 [1/4 cells]</td><td></td></tr>" in overview
+    assert "<details><summary>Excluded runs (2: not FINISHED)</summary>" in page
+    assert page.index("<details><summary>Every cell in the paper's layout") > page.index('<div id="cost">')
+
+
 # --- fidelity notes ------------------------------------------------------------------------------------------
 
 def one_line(text: str) -> str:
@@ -451,6 +491,87 @@ def test_reports_made_faster_than_they_are_sent_go_in_few_requests_and_all_arriv
         assert history == [(step, step / 100 + i) for step in range(100, 40_001, 100)]
 
 
+def read_run_by_run(mlflow_client, experiment_id: str, parent_run_id: str) -> list[TrialRun]:
+    """What the bulk reader must give, read with MLflow's own per-run calls: a get_run for a reused trial's
+    original, a get_metric_history per run and eval metric (one value per step, the latest logged)."""
+    runs = []
+    for run in mlflow_client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                                          "tags.role = 'trial'", max_results=1000):
+        original = run.data.tags.get("reused_from")
+        measured = mlflow_client.get_run(original) if original else run
+        curves = {key.split("/")[1]: sorted({m.step: m.value for m in mlflow_client.get_metric_history(
+                      measured.info.run_id, key)}.items())
+                  for key in measured.data.metrics
+                  if key.startswith("eval/") and key.endswith("/normalized_mean") and key.count("/") == 2}
+        runs.append(TrialRun(run_id=run.info.run_id, record=TrialRecord.from_json(run.data.tags["trial_record"]),
+                             status=run.info.status, curves=curves,
+                             wall_seconds=measured.data.metrics.get("cost/wall_seconds", 0.0),
+                             gpu_hours=measured.data.metrics.get("cost/gpu_hours", 0.0), reused_from=original,
+                             source_sweep=run.data.tags.get("reused_from_sweep") or run.data.tags["sweep_id"],
+                             fingerprint=measured.data.tags.get("fingerprint", ""),
+                             started=measured.info.start_time))
+    return sorted(runs, key=lambda r: r.run_id)
+
+
+def every_sweep(mlflow_client, experiment_id: str) -> list[str]:
+    return [p.info.run_id for p in mlflow_client.search_runs([experiment_id], "tags.role = 'sweep'")]
+
+
+@pytest.mark.parametrize("batch", [(100, 25_000), (3, 10)], ids=["server limits", "tiny batches"])
+def test_bulk_reader_reads_what_run_by_run_reads_do(store, monkeypatch, batch):
+    """From a sqlite store: the same TrialRuns as MLflow's per-run calls, for every sweep of the store (reused
+    trials, failed and running ones, a step logged twice), also when a key's runs take several requests and an
+    answer is full (asked again in halves, down to one run's own paged history)."""
+    from orchestrator import tracking
+
+    monkeypatch.setattr(tracking, "BULK_RUNS", batch[0])
+    monkeypatch.setattr(tracking, "BULK_VALUES", batch[1])
+    mlflow_client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    parents = every_sweep(mlflow_client, experiment_id)
+    assert len(parents) >= 9
+    for parent in parents:
+        read = sorted(tracking.read_trial_runs(mlflow_client, experiment_id, parent), key=lambda r: r.run_id)
+        assert read == read_run_by_run(mlflow_client, experiment_id, parent)
+    [reusing] = [p for p in parents if mlflow_client.get_run(p).data.tags["sweep_id"] == "reusing-7777777777"]
+    runs = {r.seed: r for r in tracking.read_trial_runs(mlflow_client, experiment_id, reusing)}
+    assert runs[0].reused_from and runs[0].curves["target_3600"] == [(s, 30.0) for s in STEPS]  # the original's
+    assert (runs[0].wall_seconds, runs[0].source_sweep) == (3600.0, "aggregates-bbbbbbbbbb")
+    assert runs[1].curves["target_3600"][-1] == (1000, 35.0)  # logged twice at step 1000: the later value
+
+
+def test_bulk_reader_through_a_real_server_in_few_requests(store, tmp_path, monkeypatch):
+    """Through `mlflow server` (its bulk endpoint): the same TrialRuns as from the store itself, every sweep read
+    in fewer requests than it has trial runs and eval metrics."""
+    import requests
+
+    from orchestrator import tracking
+    from tests.services import start_mlflow_server, stop_process_group
+
+    sent = []
+    send = requests.Session.send
+    monkeypatch.setattr(requests.Session, "send", lambda session, request, **kw: sent.append(request.url)
+                        or send(session, request, **kw))
+    monkeypatch.setattr(tracking, "BULK_RUNS", 4)  # several requests per key, as a paper-sized sweep needs
+    local_client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    uri, server, _ = start_mlflow_server(store.uri, tmp_path)
+    try:
+        served, served_experiment = tracking.open_store(uri, EXPERIMENT)
+        assert served_experiment == experiment_id
+        for parent in every_sweep(local_client, experiment_id):
+            sent.clear()
+            read = tracking.read_trial_runs(served, experiment_id, parent)
+            assert sorted(read, key=lambda r: r.run_id) == read_run_by_run(local_client, experiment_id, parent)
+            # a search, one for the reused trials' originals, and per eval metric one for each 4 runs that have it
+            runs_with = Counter(label for r in read for label in r.curves)
+            assert len(sent) == 1 + any(r.reused_from for r in read) + sum(-(-n // 4) for n in runs_with.values())
+            assert sum(tracking.HISTORY_BULK_ENDPOINT in url for url in sent) == len(sent) - 1 - any(
+                r.reused_from for r in read)
+            if len(read) == 20:  # the "aggregates" sweep: 10 requests, where run by run took 50
+                assert len(sent) == 10 and len(read) + sum(len(r.curves) for r in read) == 50
+    finally:
+        stop_process_group(server)
+
+
 def test_reads_back_what_the_sweep_tracker_writes(tmp_path):
     from orchestrator import delivery, tracking
 
@@ -541,7 +662,8 @@ def test_aggregator_layers_import_downwards_without_a_circle():
     # the delivery thread and the layout, never the aggregator
     assert not {m.split(".")[0] for m in graph["orchestrator.aggregate"]} & {"mlflow"}
     assert not graph["orchestrator.tracking"] & {"orchestrator.scores", "orchestrator.fidelity", "orchestrator.report"}
-    assert not graph["orchestrator.delivery"] & {"orchestrator.scores", "orchestrator.fidelity", "orchestrator.aggregate"}
+    assert not graph["orchestrator.delivery"] & {"orchestrator.scores", "orchestrator.fidelity",
+                                                 "orchestrator.aggregate"}
 
 
 # --- the HTML report in a real browser ---------------------------------------------------------------------
@@ -563,7 +685,9 @@ def test_html_report_renders_in_headless_chromium(aggregates, tmp_path):
 
     report = aggregates[0].out_dir / "report.html"
     dom = chromium("--dump-dom", report.as_uri(), profile=tmp_path / "profile-dom").stdout
-    assert dom.count("<table>") == 6 and "Average (locomotion)" in dom and "[1/2 seeds]" in dom
+    # the average per domain; locomotion: 2 tasks, aggregates, ratio means, improvement; reacher2d: 1 task and
+    # aggregates; cost; excluded runs and the paper's layout, collapsed
+    assert dom.count("<table>") == 11 and "Average (locomotion)" in dom and "[1/2 seeds]" in dom
     assert dom.count('<img alt="') == 3 and dom.count('src="data:image/png;base64,') == 3
     assert dom.count("<figcaption>") == 3 and "logarithmic" in dom  # each plot says what it shows
     notes = dom[dom.index('<ul class="fidelity">'):]
