@@ -205,6 +205,9 @@ class CpuLedger:
         name, command = process.name(), " ".join(process.cmdline()[:4])
         if process.pid == driver:
             return "driver"
+        # uvicorn's workers are bare `python -c "from multiprocessing.spawn import …"`: the server's by ancestry
+        if any("mlflow" in " ".join(parent.cmdline()[:4]) for parent in process.parents()):
+            return "mlflow"
         if name.startswith("ray::") and name not in AGENTS:
             return "trials"
         if "postgres" in name or "postgres" in command:
@@ -256,7 +259,8 @@ def run_phase(name: str, spec: Path, cluster: Cluster, server: MlflowServer, out
     env = os.environ | {"RAY_ADDRESS": cluster.ray.address, "PYTHONUNBUFFERED": "1"}
     started = time.time()
     with log.open("w") as sink:
-        driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(spec)], cwd=out, env=env,
+        # --no-reuse: the 28-trial sweep's trials are the paper grid's too, and would be reused, not trained
+        driver = subprocess.Popen([sys.executable, str(SWEEP), "--spec", str(spec), "--no-reuse"], cwd=out, env=env,
                                   stdout=sink, stderr=subprocess.STDOUT)
     ledger = CpuLedger()
     try:
@@ -278,7 +282,7 @@ def run_phase(name: str, spec: Path, cluster: Cluster, server: MlflowServer, out
     progress = [line for line in text if line.startswith(("[sweep]", "[tracking]", "done ", "FAILED "))]
     phase.output_lines, phase.longest_line = len(progress), max(map(len, progress), default=0)
     phase.tracking_lines = sum(line.startswith("[tracking]") for line in text)
-    phase.trial_attempts_failed = sum("errored after" in line or "Trial task failed" in line for line in text)
+    phase.trial_attempts_failed = sum(line.startswith("Trial ") and " errored after " in line for line in text)
     return phase
 
 

@@ -107,6 +107,40 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be reached or used; the message names the URI."""
 
 
+RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0)  # then every 10 s
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the server could not be reached or failed (worth trying again), not that the request
+    was wrong: MLflow's transport failure (rest_utils.http_request's "API request to … failed": a refused, reset or
+    dropped connection, a timeout) or a 5xx answer."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(error, RestException):
+        return error.get_http_status_code() >= 500
+    if isinstance(error, MlflowException):
+        return error.message.startswith("API request to")
+    return isinstance(error, OSError)
+
+
+def retrying(call, max_outage_s: float, sleep=time.sleep):
+    """`call()`, tried again after 1, 2, 5, 10, 10, … s while the server cannot be reached, for up to
+    `max_outage_s` (then its last error). For a trial's own requests outside its delivery thread (its run at the
+    start, its placement): with MLflow's retries off in trial processes (orchestrator/delivery.py), one connection
+    the server dropped failed a whole trial attempt (seen at 720 trials: a keep-alive connection closed under a
+    create_run). `call` must be safe to repeat."""
+    started, waited, attempt = time.monotonic(), 0.0, 0
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+            if not unreachable(error) or max(time.monotonic() - started, waited) + delay > max_outage_s:
+                raise
+            sleep(delay)
+            waited, attempt = waited + delay, attempt + 1
+
+
 def check_tracking_uri(uri: str) -> None:
     """Fail before any trial starts when the store behind `uri` cannot be used; writes nothing."""
     if uri.startswith("sqlite:///"):
@@ -234,6 +268,7 @@ class SweepTracker:
             run = existing[0]
             if run.info.status == "FINISHED":
                 return run.info.run_id, dict(run.data.metrics)
+            self._complete_setup(run, record)
             self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id, None
         notes = "; ".join(record.dataset.notes)
@@ -243,11 +278,20 @@ class SweepTracker:
         run = self.client.create_run(self.experiment_id, run_name=record.trial_id, tags={
             **_trial_tags(parent_run_id, record), **({"dataset.notes": notes[:5000]} if notes else {}),
             **fingerprint})
-        fields = {k: v for k, v in record.to_dict().items() if k not in ("config", "dataset", "sampled")}
-        _log_params(self.client, run.info.run_id, _flat_params(TRIAL_PARAM_PREFIX, fields)
-                    | _flat_params(CONFIG_PARAM_PREFIX, record.config))
-        self._log_dataset(run.info.run_id, record)
+        self._log_params_and_dataset(run.info.run_id, record)
         return run.info.run_id, None
+
+    def _log_params_and_dataset(self, run_id: str, record: TrialRecord) -> None:
+        fields = {k: v for k, v in record.to_dict().items() if k not in ("config", "dataset", "sampled")}
+        _log_params(self.client, run_id, _flat_params(TRIAL_PARAM_PREFIX, fields)
+                    | _flat_params(CONFIG_PARAM_PREFIX, record.config))
+        self._log_dataset(run_id, record)
+
+    def _complete_setup(self, run, record: TrialRecord) -> None:
+        """An attempt cut off while creating its run (a dropped connection, a killed process) may have left it
+        without params or dataset input: log them (the same values again are accepted)."""
+        if not run.data.params or not run.inputs.dataset_inputs:
+            self._log_params_and_dataset(run.info.run_id, record)
 
     def reuse_trial(self, parent_run_id: str, record: TrialRecord, original) -> str:
         """The light child run that stands for `record` in this sweep, pointing at the FINISHED run `original` of an

@@ -27,6 +27,7 @@ retry resumes only it, from its last checkpoint).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 
 from orchestrator.delivery import MlflowReport
-from orchestrator.tracking import SweepTracker, failure_message
+from orchestrator.tracking import SweepTracker, failure_message, retrying
 from trainers.runtime.core import (
     METRICS_FILE,
     LocalReport,
@@ -245,7 +246,8 @@ def trial_driver(config: dict, context: SweepContext) -> None:
     record = record_of(config)
     run_dir = str(Path(context.outputs) / record.trial_id)
     tracker = SweepTracker(context.tracking_uri, context.experiment, context.sweep_id)
-    run_id, finished_metrics = tracker.trial_run(context.parent_run_id, record)
+    run_id, finished_metrics = retrying(functools.partial(tracker.trial_run, context.parent_run_id, record),
+                                        context.max_outage_s)
     if finished_metrics is not None:  # trained and closed before the sweep was interrupted
         tune.report(finished_metrics | {"skipped": 1.0})
         return
@@ -253,8 +255,9 @@ def trial_driver(config: dict, context: SweepContext) -> None:
     import ray
 
     shape = context.shape(record)
-    tracker.record_placement(run_id, ray.get_runtime_context().get_node_id(),
-                             os.environ.get("CUDA_VISIBLE_DEVICES", ""), "in_place" if shape.in_place else "driver")
+    node, devices = ray.get_runtime_context().get_node_id(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    retrying(lambda: tracker.record_placement(run_id, node, devices, "in_place" if shape.in_place else "driver"),
+             context.max_outage_s)
     tracking = MlflowReport(tracker.uri, run_id, run_dir, context.max_outage_s)
     reports = Reports(run_dir, tracking, to_tune=shape.in_place, needs_evaluation=context.searching)
     started = time.time()
@@ -305,7 +308,8 @@ def _drive_stack(records: list[TrialRecord], context: SweepContext) -> None:
     tracker = SweepTracker(context.tracking_uri, context.experiment, context.sweep_id)
     runs, finished = {}, {}
     for record in records:
-        run_id, finished_metrics = tracker.trial_run(context.parent_run_id, record)
+        run_id, finished_metrics = retrying(functools.partial(tracker.trial_run, context.parent_run_id, record),
+                                            context.max_outage_s)
         if finished_metrics is None:
             runs[record.trial_id] = run_id
         else:
@@ -316,9 +320,10 @@ def _drive_stack(records: list[TrialRecord], context: SweepContext) -> None:
     todo = [record for record in records if record.trial_id in runs]
     shape = context.shape(todo[0])  # one cell: one algorithm
     name, node = stack_name(todo), ray.get_runtime_context().get_node_id()
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     for record in todo:
-        tracker.record_placement(runs[record.trial_id], node, os.environ.get("CUDA_VISIBLE_DEVICES", ""), "stacked",
-                                 stack=name)
+        retrying(functools.partial(tracker.record_placement, runs[record.trial_id], node, devices, "stacked",
+                                   stack=name), context.max_outage_s)
     run_dirs = [str(Path(context.outputs) / record.trial_id) for record in todo]
     trackings = [MlflowReport(tracker.uri, runs[r.trial_id], d, context.max_outage_s) for r, d in zip(todo, run_dirs)]
     together = StackTracking(trackings)

@@ -1,12 +1,15 @@
 """A tracking outage during a sweep: a real `mlflow server` on 127.0.0.1 is stopped while a trial trains and
 started again on the same port and store. Training does not stall, the sweep's progress says what is going on,
-and when the server is back every metric arrives, each step exactly once."""
+and when the server is back every metric arrives, each step exactly once. A trial's own requests outside its
+delivery thread (its run, its placement) are tried again while the server is away, and a run whose creation was
+cut off is completed by the next attempt."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.services import start_mlflow_server, stop_process_group
@@ -68,3 +71,62 @@ def test_training_goes_on_through_a_tracking_outage_and_nothing_is_lost(tmp_path
     assert {"metrics.jsonl", "trial_record.json", "eval_episodes.csv"} <= artifacts
     lines = Path(tmp_path, "ray_results").glob("tiny-*/trials/*/metrics.jsonl")
     assert sum(1 for line in next(lines).read_text().splitlines() if '"train/steps_per_second"' in line) == steps // 100
+
+
+def test_a_trials_own_requests_are_tried_again_while_the_server_is_away_and_no_longer():
+    from mlflow.exceptions import MlflowException, RestException
+
+    from orchestrator.tracking import retrying
+
+    slept, answers = [], iter([MlflowException("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/create failed "
+                                               "with exception ('Connection aborted.', RemoteDisconnected())"),
+                               RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}), "run"])
+
+    def call():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert retrying(call, max_outage_s=60, sleep=slept.append) == "run"
+    assert slept == [1.0, 2.0]  # a dropped connection, then a 503, then the answer
+    wrong = RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad key"})  # a 400: not retried
+    with pytest.raises(RestException, match="bad key"):
+        retrying(lambda: (_ for _ in ()).throw(wrong), max_outage_s=60, sleep=slept.append)
+    assert slept == [1.0, 2.0]
+    refused = MlflowException("API request to http://127.0.0.1:1/x failed with exception Connection refused")
+    with pytest.raises(MlflowException, match="Connection refused"):  # the outage outlasts max_outage_s
+        retrying(lambda: (_ for _ in ()).throw(refused), max_outage_s=20, sleep=slept.append)
+    assert slept == [1.0, 2.0, 1.0, 2.0, 5.0, 10.0]
+
+
+def test_a_trial_run_whose_creation_was_cut_off_gets_its_params_and_dataset_on_the_next_attempt(tmp_path,
+                                                                                               monkeypatch):
+    """The first attempt's connection drops after the run was created: the retry finds that run and completes it,
+    and no second run is made."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import SweepTracker, retrying
+    from trainers.runtime.record import make_record
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "lamo-sweeps", "cut-0123456789")
+    parent = tracker.start_sweep("cut", {"seeds": [0], "ratios": [1.0]})
+    record = make_record("bc", "hopper-medium", 1.0, 0, {"num_steps": 100, "eval_every": 50}, sweep_id="cut-0123456789")
+    complete = SweepTracker._log_params_and_dataset
+    cut = []
+
+    def cut_once(self, run_id, record):
+        if not cut:
+            cut.append(run_id)
+            raise MlflowException("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/log-batch failed with "
+                                  "exception ('Connection aborted.', RemoteDisconnected())")
+        complete(self, run_id, record)
+
+    monkeypatch.setattr(SweepTracker, "_log_params_and_dataset", cut_once)
+    run_id, finished = retrying(lambda: tracker.trial_run(parent, record), max_outage_s=30, sleep=lambda s: None)
+    assert finished is None and cut == [run_id]
+    runs = MlflowClient(uri).search_runs([tracker.experiment_id], "tags.role = 'trial'")
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].data.params["trial.algorithm"] == "bc" and runs[0].inputs.dataset_inputs

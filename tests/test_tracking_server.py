@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import secrets
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -60,6 +63,21 @@ def mlflow_postgres_server(postgres_server, tmp_path_factory):
 
 def test_check_tracking_uri_accepts_the_server(mlflow_postgres_server):
     check_tracking_uri(mlflow_postgres_server)
+
+
+def test_mlflow_client_telemetry_is_off_where_the_orchestrator_runs():
+    """Its config thread, unable to reach its endpoint, edits os.environ while requests read it: a trial's request
+    failed that way at 720 trials (orchestrator/__init__.py). A user who sets the variable keeps their choice."""
+    probe = ("import orchestrator.tracking, mlflow, os; from mlflow.telemetry.client import get_telemetry_client; "
+             "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], get_telemetry_client() is None)")
+
+    def run(**variables) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"} | variables
+        result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        return result.stdout.split()
+
+    assert run() == ["true", "True"]  # off, and no telemetry client
+    assert run(MLFLOW_DISABLE_TELEMETRY="false")[0] == "false"
 
 
 def test_check_tracking_uri_names_a_closed_port():
