@@ -70,8 +70,11 @@ def test_fractional_gpu_trials_pack_four_to_a_gpu_and_drivers_hold_only_a_trial_
     assert run.info.status == "FINISHED"
     assert (run.data.tags["placement.role"], run.data.tags["placement.node_id"]) == ("driver", head)
 
-    # Larger than any node: refused before anything is submitted or recorded.
+    # Larger than any node: refused before anything is submitted or recorded. (bc's own entry asks the 2 GPUs: the
+    # sweep-wide ones alone would be capped at bc's registered share of a GPU, which fits.)
     too_big = tiny_spec(tmp_path, reacher_medium_path, seeds=[0], name="too-big",
+                        algorithms=[{"name": "bc", "overrides": {"hidden_dims": [32, 32]},
+                                     "resources": {"gpus_per_worker": 2}}],
                         tracking={"uri": f"sqlite:///{tmp_path}/refused.db"},
                         resources={"num_workers": 1, "gpus_per_worker": 2, "cpus_per_worker": 1})
     refused = run_sweep(write_spec(tmp_path, too_big, "too_big.yaml"), env=env, timeout=300)
