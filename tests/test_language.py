@@ -251,6 +251,46 @@ def test_pretrain_cli(tmp_path, corpus_cache, monkeypatch, capsys):
     assert config["n_positions"] >= 16 and (tmp_path / "cli" / "byte_tokenizer.json").is_file()
 
 
+
+def test_pretraining_paused_by_its_cpu_budget_resumes_to_the_uninterrupted_model(tmp_path, corpus_cache):
+    quick = dict(steps=12, seq_len=32, batch=2, n_layer=1, n_embd=32, n_head=2, cache_dir=corpus_cache,
+                 checkpoint_every=5)
+    whole = load_file(pretrain_tiny_gpt2(tmp_path / "whole", **quick) / "model.safetensors")
+    assert not (tmp_path / "whole" / pretrain.CHECKPOINT).exists()  # removed once the model is saved
+    # A budget spent before the first step pauses at once; each later sitting of 0.3 CPU s does a few steps.
+    out = pretrain_tiny_gpt2(tmp_path / "parts", cpu_seconds=0.0, **quick)
+    assert (out / pretrain.CHECKPOINT).is_file() and not (out / "model.safetensors").exists()
+    sittings = 1
+    while not (out / "model.safetensors").exists():
+        pretrain_tiny_gpt2(out, cpu_seconds=0.3, **quick)
+        sittings += 1
+        assert sittings < 60
+    parts = load_file(out / "model.safetensors")
+    assert parts.keys() == whole.keys() and all(torch.equal(parts[name], whole[name]) for name in whole)
+    log = json.loads((out / "pretrain_log.json").read_text())
+    assert log["sittings"] == sittings > 2 and log["steps"] == 12 and len(log["train_loss_curve"]) == 12
+    # A checkpoint left by other settings is refused, naming the file and the field, before any training.
+    pretrain_tiny_gpt2(tmp_path / "other", cpu_seconds=0.0, **quick)
+    with pytest.raises(ValueError, match=r"pretrain_checkpoint.pt .*lr 0.003 there, 0.001 now"):
+        pretrain_tiny_gpt2(tmp_path / "other", **(quick | {"lr": 1e-3}))
+
+
+def test_evaluate_scores_models_on_the_same_held_out_windows(pretrained, corpus_cache, monkeypatch, capsys):
+    monkeypatch.setenv("LAMO_CACHE_DIR", str(corpus_cache))
+    log = json.loads((pretrained / "pretrain_log.json").read_text())
+    rows = pretrain.evaluate_models([str(pretrained), f"random:{pretrained}"], "builtin", seq_len=PRETRAIN["seq_len"],
+                                    cache_dir=corpus_cache)
+    trained, random = rows
+    # The same windows pre-training scored its final loss on; a random model is near uniform over 257 bytes.
+    assert trained["nats_per_token"] == pytest.approx(log["final_loss"], rel=1e-5)
+    assert random["nats_per_token"] == pytest.approx(np.log(257), abs=0.2)
+    assert trained["perplexity"] == pytest.approx(np.exp(trained["nats_per_token"]))
+    assert trained["bits_per_byte"] == pytest.approx(trained["nats_per_token"] / np.log(2))
+    assert trained["parameters"] == random["parameters"]
+    pretrain.main(["evaluate", "--corpus", "builtin", "--seq-len", str(PRETRAIN["seq_len"]), str(pretrained)])
+    assert f"perplexity {trained['perplexity']:.2f}" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- loader errors
 
 def test_load_pretrained_gpt2_errors(tmp_path):
