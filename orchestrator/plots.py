@@ -1,12 +1,15 @@
 """The aggregator's plots of an `Aggregate`, drawn for a reader.
 
 - score_vs_ratio.png: one panel per task, normalized score against the data ratio on a logarithmic axis
-  labelled in percent (the paper's points are 0.5 %, 1 %, 10 %, 100 %); bands are 95 % bootstrap intervals
-  over seeds.
+  labelled in percent (the paper's points are 0.5 %, 1 %, 10 %, 100 %); bands (error bars where a task has one
+  ratio) are 95 % bootstrap intervals over seeds.
 - learning_curves.png: one panel per task × ratio, one line per algorithm (the reported target, mean over
   seeds); under the paper protocol its window, the last 20 % of training, is shaded.
 - aggregate_intervals.png (rliable's style): per domain the mean and the IQM with 95 % stratified-bootstrap
   intervals, and LaMo's probability of improvement over each baseline.
+- improvement_vs_ratio.png: one panel per domain, LaMo's probability of improvement over each baseline against
+  the data ratio (the same axis as score_vs_ratio.png) with its 95 % stratified-bootstrap interval; written only
+  when LaMo shares a cell with a baseline.
 
 Conventions: one colour per algorithm in every figure; one legend per figure, below the panels, so it never
 covers data; constrained layout and a tight bounding box, so no title or label is clipped. An interval
@@ -30,13 +33,16 @@ from orchestrator.scores import PAPER_WINDOW, Aggregate, domain_order, task_orde
 MIN_INTERVAL_WIDTH = 0.04  # of the axis span: wider than the estimate's marker, so the interval shows around it
 DPI = 100
 CAPTIONS = {
-    "score_vs_ratio.png": "Normalized score against the data ratio (logarithmic), mean over seeds; bands: 95% "
-                          "bootstrap intervals over seeds.",
+    "score_vs_ratio.png": "Normalized score against the data ratio (logarithmic), mean over seeds; bands (bars for "
+                          "a single ratio): 95% bootstrap intervals over seeds.",
     "learning_curves.png": "Learning curves of the reported target, mean over seeds; shaded: the paper protocol's "
                            "window (the last 20% of training).",
     "aggregate_intervals.png": "Per domain: mean and IQM with 95% stratified-bootstrap intervals, and LaMo's "
                                "probability of improvement over each baseline. Diamonds: estimates; intervals "
                                f"narrower than {MIN_INTERVAL_WIDTH:.0%} of an axis are drawn at that width.",
+    "improvement_vs_ratio.png": "Per domain: LaMo's probability of improvement over each baseline at each data ratio "
+                                "(logarithmic), over the tasks both have there; bars: 95% stratified-bootstrap "
+                                "intervals; dashed: 0.5, no edge. A ratio's points are spread slightly apart.",
 }
 
 
@@ -94,8 +100,11 @@ def score_vs_ratio_figure(result: Aggregate) -> Figure:
                 continue
             x = [100 * c.ratio for c in cells]
             (line,) = axis.plot(x, [c.mean for c in cells], marker="o", color=colors[algorithm], label=algorithm)
-            axis.fill_between(x, [c.ci[0] for c in cells], [c.ci[1] for c in cells], color=colors[algorithm],
-                              alpha=0.2, linewidth=0)
+            if len(cells) > 1:
+                axis.fill_between(x, [c.ci[0] for c in cells], [c.ci[1] for c in cells], color=colors[algorithm],
+                                  alpha=0.2, linewidth=0)
+            else:  # a band over one ratio has no width: the interval as a bar
+                axis.vlines(x, cells[0].ci[0], cells[0].ci[1], color=colors[algorithm], alpha=0.6, linewidth=2)
             handles.setdefault(algorithm, line)
         _ratio_axis(axis, ratios)
         axis.set(title=task, xlabel="data ratio (% of trajectories)", ylabel="normalized score")
@@ -181,7 +190,7 @@ def aggregate_intervals_figure(result: Aggregate) -> Figure:
         row[0].set(title=f"{domain}: mean", xlabel="normalized score")
         row[1].set(title=f"{domain}: IQM", xlabel="normalized score")
         if columns == 3:
-            mine = [i for i in result.improvements if i.domain == domain]
+            mine = [i for i in result.pooled_improvements if i.domain == domain]
             _intervals(row[2], [i.baseline for i in mine], [i.probability for i in mine], [i.ci for i in mine],
                        colors, bounds=(0.0, 1.0))
             if not mine:
@@ -193,11 +202,52 @@ def aggregate_intervals_figure(result: Aggregate) -> Figure:
     return figure
 
 
+DODGE = 0.03  # decades between the points of neighbouring baselines at one ratio, so their bars do not overlap
+
+
+def improvement_vs_ratio_figure(result: Aggregate) -> Figure:
+    """One panel per domain: LaMo's probability of improvement over each baseline against the data ratio, a line
+    per baseline through its estimates (markers) with its 95 % interval as a bar at each ratio."""
+    domains = sorted({s.domain for s in result.domains}, key=domain_order)
+    rows = result.ratio_improvements
+    baselines = [a for a in result.algorithms if any(i.baseline == a for i in rows)]
+    reference = rows[0].reference if rows else "lamo"
+    figure, axes = _grid(len(domains))
+    colors, handles = _colors(result.algorithms), {}
+    for axis, domain in zip(axes, domains):
+        for k, baseline in enumerate(baselines):
+            mine = sorted((i for i in rows if (i.domain, i.baseline) == (domain, baseline)), key=lambda i: i.ratio)
+            if not mine:
+                continue
+            x = [100 * i.ratio * 10 ** (DODGE * (k - (len(baselines) - 1) / 2)) for i in mine]
+            (line,) = axis.plot(x, [i.probability for i in mine], marker="o", color=colors[baseline], label=baseline)
+            axis.vlines(x, [i.ci[0] for i in mine], [i.ci[1] for i in mine], color=colors[baseline], alpha=0.6,
+                        linewidth=2)
+            handles.setdefault(baseline, line)
+        if any(i.domain == domain for i in rows):
+            axis.axhline(0.5, linestyle="--", color="gray", linewidth=1)  # no edge either way
+        else:
+            axis.text(0.5, 0.5, "no baseline shares a cell", ha="center", va="center", color="gray",
+                      transform=axis.transAxes)
+        _ratio_axis(axis, [c.ratio for c in result.cells])
+        axis.set(title=domain, xlabel="data ratio (% of trajectories)", ylabel=f"P({reference} > baseline)",
+                 ylim=(-0.05, 1.05))
+        axis.grid(alpha=0.3)
+    _legend_below(figure, handles)
+    _suptitle(figure, f"Probability of improvement of {reference} over each baseline vs data ratio (protocol "
+                      f"{result.protocol}; bars: 95% stratified-bootstrap CI)")
+    return figure
+
+
 def write_plots(result: Aggregate, out: Path) -> list[Path]:
-    """The three PNGs into `out`."""
+    """The PNGs into `out`: improvement_vs_ratio.png only when LaMo shares a cell with a baseline (else it would
+    be empty)."""
+    figures = [("score_vs_ratio.png", score_vs_ratio_figure), ("learning_curves.png", learning_curves_figure),
+               ("aggregate_intervals.png", aggregate_intervals_figure)]
+    if result.ratio_improvements:
+        figures.append(("improvement_vs_ratio.png", improvement_vs_ratio_figure))
     paths = []
-    for name, make in (("score_vs_ratio.png", score_vs_ratio_figure), ("learning_curves.png", learning_curves_figure),
-                       ("aggregate_intervals.png", aggregate_intervals_figure)):
+    for name, make in figures:
         make(result).savefig(out / name, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
         paths.append(out / name)
     return paths

@@ -63,6 +63,11 @@ def cell_text(cell: Cell | None) -> str:
     return text
 
 
+def _tasks_at(result: Aggregate, domain: str, ratio: float) -> int:
+    """How many of the domain's tasks any algorithm has a cell for at `ratio`."""
+    return len({c.task for c in result.cells if (c.domain, c.ratio) == (domain, ratio)})
+
+
 def _best_columns(values: list[float], offset: int) -> set[int]:
     finite = [v for v in values if not math.isnan(v)]
     if len(finite) < 2:
@@ -117,7 +122,7 @@ def ratio_table(result: Aggregate) -> Table:
     table = Table("Mean over tasks per data ratio", ["Domain", "Ratio", *algorithms])
     previous = None
     for domain, ratio in sorted({(r.domain, r.ratio) for r in result.ratios}, key=lambda k: (domain_order(k[0]), k[1])):
-        tasks = len({c.task for c in result.cells if (c.domain, c.ratio) == (domain, ratio)})
+        tasks = _tasks_at(result, domain, ratio)
         values = {r.algorithm: r for r in result.ratios if (r.domain, r.ratio) == (domain, ratio)}
         texts = [_number(values[a].mean) + ("" if values[a].tasks == tasks else f" [{values[a].tasks}/{tasks} tasks]")
                  if a in values else "—" for a in algorithms]
@@ -128,11 +133,39 @@ def ratio_table(result: Aggregate) -> Table:
 
 
 def improvement_table(result: Aggregate) -> Table:
+    """Each domain's probabilities of improvement over all its data ratios."""
     table = Table("Probability of improvement", ["Domain", "Comparison", "P(X > Y) [95% CI]", "Cells"],
                   notes=[("P(X > Y) per task × ratio cell from the Mann-Whitney U statistic, averaged over the cells "
                           "both algorithms have; stratified bootstrap interval (rliable).")])
-    for i in result.improvements:
+    for i in result.pooled_improvements:
         table.add([i.domain, f"{i.reference} > {i.baseline}", _interval(i.probability, i.ci, 2), str(i.cells)])
+    return table
+
+
+def ratio_improvement_table(result: Aggregate, domain: str) -> Table | None:
+    """One domain's probabilities of improvement per data ratio: a row per comparison, a column per ratio, so a
+    reader sees at which ratio LaMo's edge appears. None when they span fewer than two ratios (the pooled row
+    says it all)."""
+    mine = {(i.baseline, i.ratio): i for i in result.ratio_improvements if i.domain == domain}
+    ratios = sorted({ratio for _, ratio in mine})
+    if len(ratios) < 2:
+        return None
+    tasks_at = {r: _tasks_at(result, domain, r) for r in ratios}
+
+    def text(baseline: str, ratio: float) -> str:
+        found = mine.get((baseline, ratio))
+        if found is None:
+            return "—"
+        return _interval(found.probability, found.ci, 2) + ("" if found.cells == tasks_at[ratio] else
+                                                             f" [{found.cells}/{tasks_at[ratio]} tasks]")
+
+    table = Table(f"Probability of improvement by data ratio ({domain})", ["Comparison", *map(ratio_text, ratios)],
+                  notes=[("P(X > Y) [95% CI] per task from the Mann-Whitney U statistic, averaged over the tasks "
+                          "both algorithms have at the ratio; stratified bootstrap interval (rliable). [n/k tasks]: "
+                          "over n of the ratio's k tasks; —: no task at that ratio both algorithms have.")])
+    reference = next(iter(mine.values())).reference
+    for baseline in dict.fromkeys(b for b, _ in mine):  # summarize's order: the registry's
+        table.add([f"{reference} > {baseline}", *(text(baseline, r) for r in ratios)])
     return table
 
 
@@ -212,7 +245,8 @@ def task_table(result: Aggregate, task: str) -> Table:
 
 
 def domain_tables(result: Aggregate, domain: str) -> list[Table]:
-    """The domain's section of the report: a table per task, then its aggregates, ratio means and improvements."""
+    """The domain's section of the report: a table per task, then its aggregates, ratio means and improvements
+    (over all its ratios, then per ratio)."""
     tasks = sorted({c.task for c in result.cells if c.domain == domain}, key=task_order)
     tables = [task_table(result, task) for task in tasks]
     aggregates = domain_table(result)
@@ -222,7 +256,7 @@ def domain_tables(result: Aggregate, domain: str) -> list[Table]:
     ratios = sorted({r.ratio for r in result.ratios if r.domain == domain})
     if len(ratios) > 1:
         means = {(r.algorithm, r.ratio): r for r in result.ratios if r.domain == domain}
-        tasks_at = {r: len({c.task for c in result.cells if (c.domain, c.ratio) == (domain, r)}) for r in ratios}
+        tasks_at = {r: _tasks_at(result, domain, r) for r in ratios}
 
         def mean_text(algorithm: str, ratio: float) -> str:
             found = means.get((algorithm, ratio))
@@ -241,6 +275,9 @@ def domain_tables(result: Aggregate, domain: str) -> list[Table]:
         tables.append(Table(f"Probability of improvement ({domain})", improvements.header[1:],
                             [improvements.rows[i][1:] for i in kept], [set() for _ in kept],
                             notes=improvements.notes))
+    by_ratio = ratio_improvement_table(result, domain)
+    if by_ratio is not None:
+        tables.append(by_ratio)
     return tables
 
 
@@ -248,6 +285,8 @@ def all_tables(result: Aggregate) -> list[Table]:
     tables = [main_table(result), domain_table(result), ratio_table(result)]
     if result.improvements:
         tables.append(improvement_table(result))
+        domains = sorted({c.domain for c in result.cells}, key=domain_order)
+        tables += [t for d in domains if (t := ratio_improvement_table(result, d)) is not None]
     sources = sources_table(result)
     return tables + ([sources] if sources.rows else []) + [excluded_table(result), cost_table(result)]
 
@@ -364,10 +403,10 @@ def write_csvs(result: Aggregate, out: Path) -> list[Path]:
                     result.resamples] for s in result.domains]),
         write_csv(out / "ratios.csv", ["algorithm", "domain", "ratio", "mean", "tasks"],
                   [[r.algorithm, r.domain, r.ratio, r.mean, r.tasks] for r in result.ratios]),
-        write_csv(out / "improvement.csv", ["domain", "reference", "baseline", "probability", "ci_low", "ci_high",
-                                            "cells", "resamples"],
-                  [[i.domain, i.reference, i.baseline, i.probability, *i.ci, i.cells, result.resamples]
-                   for i in result.improvements]),
+        write_csv(out / "improvement.csv", ["domain", "reference", "baseline", "ratio", "probability", "ci_low",
+                                            "ci_high", "cells", "resamples"],  # ratio empty: over all ratios
+                  [[i.domain, i.reference, i.baseline, _blank(i.ratio), i.probability, *i.ci, i.cells,
+                    result.resamples] for i in result.improvements]),
     ]
 
 

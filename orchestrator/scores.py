@@ -27,7 +27,9 @@ mean over cells (the paper's headline) and the interquartile mean over all run s
 percentile interval from a stratified bootstrap (seeds resampled within each task × ratio cell) — Agarwal et
 al. 2021, "Deep RL at the Edge of the Statistical Precipice" (rliable). Probability of improvement of LaMo over
 each baseline: per cell P(X > Y) = U / (n·m) from the Mann-Whitney U statistic, averaged over cells, with a
-stratified bootstrap interval (rliable's `probability_of_improvement`). Only FINISHED runs are scored; failed
+stratified bootstrap interval (rliable's `probability_of_improvement`); once over all of a domain's cells, and
+once per data ratio over the cells (tasks) at that ratio, which shows where LaMo's edge appears (the paper: the
+language model helps most when data are scarce). Only FINISHED runs are scored; failed
 and unfinished runs are listed and excluded. Cost (wall time, GPU-hours) sums every run, since it was spent.
 """
 
@@ -129,12 +131,15 @@ class RatioSummary:
 
 @dataclass
 class Improvement:
+    """P(reference > baseline) over the cells of a domain both algorithms have: all of them (ratio None), or
+    those at one data ratio."""
     domain: str
     reference: str
     baseline: str
     probability: float  # P(reference > baseline), averaged over shared cells
     ci: tuple[float, float]
     cells: int
+    ratio: float | None = None  # None: pooled over all the domain's ratios
 
 
 @dataclass
@@ -169,6 +174,16 @@ class Aggregate:
 
     def cell(self, algorithm: str, task: str, ratio: float) -> Cell | None:
         return self._cell_index.get((algorithm, task, ratio))
+
+    @property
+    def pooled_improvements(self) -> list[Improvement]:
+        """The probabilities of improvement over all of each domain's cells."""
+        return [i for i in self.improvements if i.ratio is None]
+
+    @property
+    def ratio_improvements(self) -> list[Improvement]:
+        """The probabilities of improvement per data ratio."""
+        return [i for i in self.improvements if i.ratio is not None]
 
 
 # --- ordering: the registry's order, so tables read the same in every sweep ---------------------------------
@@ -320,7 +335,10 @@ def probability_of_improvement(x_cells: list[np.ndarray], y_cells: list[np.ndarr
 
 def summarize(cells: list[Cell], resamples: int, reference: str = REFERENCE_ALGORITHM
               ) -> tuple[list[DomainSummary], list[RatioSummary], list[Improvement]]:
-    """Per algorithm × domain, per algorithm × domain × ratio, and LaMo against each baseline per domain."""
+    """Per algorithm × domain, per algorithm × domain × ratio, and LaMo against each baseline per domain and per
+    domain × ratio. The improvements come domain by domain (DOMAIN_ORDER): first the pooled rows (ratio None), one
+    per baseline in the registry's order, then the per-ratio rows, baseline by baseline and each baseline's ratios
+    ascending; a baseline or ratio without a cell both algorithms have gets no row."""
     scored = [c for c in cells if c.n]
     for c in scored:
         c.ci = stratified_bootstrap([c.scores], mean_of_cell_means, resamples)
@@ -345,14 +363,19 @@ def summarize(cells: list[Cell], resamples: int, reference: str = REFERENCE_ALGO
         if reference not in algorithms:
             continue
         ours = {(c.task, c.ratio): c for c in scored if (c.algorithm, c.domain) == (reference, domain)}
+        pooled, per_ratio = [], []
         for baseline in algorithms:
             theirs = {(c.task, c.ratio): c for c in scored if (c.algorithm, c.domain) == (baseline, domain)}
             shared = [key for key in ours if key in theirs]
             if baseline == reference or not shared:
                 continue
-            estimate, ci = probability_of_improvement([ours[k].scores for k in shared],
-                                                      [theirs[k].scores for k in shared], resamples)
-            improvements.append(Improvement(domain, reference, baseline, estimate, ci, len(shared)))
+            for ratio in [None, *sorted({r for _, r in shared})]:
+                keys = [k for k in shared if ratio is None or k[1] == ratio]
+                estimate, ci = probability_of_improvement([ours[k].scores for k in keys],
+                                                          [theirs[k].scores for k in keys], resamples)
+                (pooled if ratio is None else per_ratio).append(
+                    Improvement(domain, reference, baseline, estimate, ci, len(keys), ratio))
+        improvements += pooled + per_ratio
     return domains, ratios, improvements
 
 

@@ -26,9 +26,10 @@ from scipy.stats import mannwhitneyu
 
 from orchestrator.aggregate import AggregationError, aggregate_sweep, main
 from orchestrator.fidelity import fidelity_notes
-from orchestrator.report import cost_table
+from orchestrator.report import cost_table, write_outputs
 from orchestrator.runs import TrialRun
 from orchestrator.scores import (
+    aggregate_runs,
     mean_of_cell_means,
     probability_of_improvement,
     run_scores,
@@ -253,7 +254,7 @@ def test_domain_averages_iqm_and_ratio_means(aggregates):
 
 def test_probability_of_improvement(aggregates):
     result, _ = aggregates
-    over = {(i.domain, i.baseline): i for i in result.improvements}
+    over = {(i.domain, i.baseline): i for i in result.pooled_improvements}
     # per cell: hopper 1.0 and 1.0; walker 0.1 ties half the pairs -> 0.5; walker 1.0 [70, 200] vs [100] -> 0.5
     assert over["locomotion", "dt"].probability == 0.75 and over["locomotion", "dt"].cells == 4
     assert over["locomotion", "bc"].probability == 1.0 and over["locomotion", "bc"].cells == 1
@@ -263,6 +264,90 @@ def test_probability_of_improvement(aggregates):
     # the same per-cell value as scipy's Mann-Whitney U / (n m)
     x, y = np.array([50.0, 60.0, 61.0]), np.array([50.0, 55.0])
     assert probability_of_improvement([x], [y], 10)[0] == mannwhitneyu(x, y).statistic / 6
+
+
+# lamo against dt on two locomotion tasks: ahead at 1 % of the data, behind at 100 %; bc has one task at 100 %
+# only; reacher2d has no lamo. Scores per seed, constant curves.
+CROSSING = {
+    ("lamo", "hopper-medium", 0.01): (50, 60, 70), ("dt", "hopper-medium", 0.01): (10, 20, 55),  # P 8/9
+    ("lamo", "walker2d-medium", 0.01): (50, 60, 70), ("dt", "walker2d-medium", 0.01): (10, 20, 30),  # P 1
+    ("lamo", "hopper-medium", 1.0): (10, 20, 30), ("dt", "hopper-medium", 1.0): (50, 60, 70),  # P 0
+    ("lamo", "walker2d-medium", 1.0): (10, 20, 30), ("dt", "walker2d-medium", 1.0): (25, 60, 70),  # P 1/9
+    ("bc", "hopper-medium", 1.0): (0, 0, 0),  # P 1
+    ("bc", "reacher2d-medium", 1.0): (5, 6, 7),
+}
+
+
+@pytest.fixture(scope="module")
+def crossing(tmp_path_factory):
+    """The CROSSING sweep aggregated from trial runs directly (no store) and written out."""
+    runs = [TrialRun(run_id=f"{algorithm}-{task}-{ratio}-{seed}", status="FINISHED",
+                     record=make_record(algorithm, task, ratio, seed, {"num_steps": 1000, "eval_every": 100}),
+                     curves={"policy" if algorithm == "bc" else "target_3600": flat(score)})
+            for (algorithm, task, ratio), scores in CROSSING.items() for seed, score in enumerate(scores)]
+    result = aggregate_runs(runs, "paper", sweep_id="crossing-0000000000", sweep_name="crossing",
+                            parent_run_id="p", resamples=500)
+    result.out_dir = tmp_path_factory.mktemp("crossing")
+    result.files = write_outputs(result, result.out_dir)
+    return result
+
+
+def test_probability_of_improvement_per_data_ratio(crossing):
+    rows = [(i.domain, i.baseline, i.ratio, i.cells) for i in crossing.improvements]
+    assert rows == [("locomotion", "dt", None, 4), ("locomotion", "bc", None, 1),  # pooled first, as before
+                    ("locomotion", "dt", 0.01, 2), ("locomotion", "dt", 1.0, 2), ("locomotion", "bc", 1.0, 1)]
+    at = {(i.baseline, i.ratio): i for i in crossing.improvements}
+    assert at["dt", 0.01].probability == pytest.approx(17 / 18) and at["dt", 1.0].probability == pytest.approx(1 / 18)
+    assert at["dt", None].probability == pytest.approx(0.5) and at["bc", 1.0].probability == 1.0
+    for i in crossing.improvements:
+        assert i.ci[0] <= i.probability <= i.ci[1], i
+    assert at["dt", 0.01].ci[0] > 0.5 > at["dt", 1.0].ci[1]  # the edge at 1 % and the loss at 100 % are clear
+
+    # each row is the pooled computation over its own cells (the pooled row's value is what it was before)
+    def computed(ratio: float | None):
+        keys = [(c.task, c.ratio) for c in crossing.cells
+                if c.algorithm == "lamo" and c.domain == "locomotion" and ratio in (None, c.ratio)]
+        return probability_of_improvement([crossing.cell("lamo", *k).scores for k in keys],
+                                          [crossing.cell("dt", *k).scores for k in keys], 500)
+    for ratio in (None, 0.01, 1.0):
+        assert (at["dt", ratio].probability, at["dt", ratio].ci) == computed(ratio)
+
+
+def test_improvement_csv_has_a_ratio_column(crossing):
+    with (crossing.out_dir / "improvement.csv").open() as handle:
+        assert next(csv.reader(handle)) == ["domain", "reference", "baseline", "ratio", "probability", "ci_low",
+                                            "ci_high", "cells", "resamples"]
+    rows = read_csv(crossing.out_dir / "improvement.csv")
+    assert [(r["baseline"], r["ratio"], r["cells"]) for r in rows] == [
+        ("dt", "", "4"), ("bc", "", "1"), ("dt", "0.01", "2"), ("dt", "1.0", "2"), ("bc", "1.0", "1")]
+    assert float(rows[2]["probability"]) == pytest.approx(17 / 18) and rows[0]["resamples"] == "500"
+
+
+def test_report_shows_the_probability_of_improvement_by_data_ratio(crossing):
+    page = html.unescape((crossing.out_dir / "report.html").read_text())
+    locomotion = page[page.index('id="domain-locomotion"'):page.index('id="domain-reacher2d"')]
+    reacher = page[page.index('id="domain-reacher2d"'):]
+    reacher = reacher[:reacher.index("</section>")]
+    by_ratio = locomotion[locomotion.index("<h3>Probability of improvement by data ratio (locomotion)</h3>"):]
+    at = {(i.baseline, i.ratio): i for i in crossing.improvements}
+
+    def text(baseline: str, ratio: float) -> str:
+        i = at[baseline, ratio]
+        return f"{i.probability:.2f} [{i.ci[0]:.2f}, {i.ci[1]:.2f}]"
+    assert "<tr><th>Comparison</th><th>1%</th><th>100%</th></tr>" in by_ratio
+    assert f"<tr><td>lamo > dt</td><td>{text('dt', 0.01)}</td><td>{text('dt', 1.0)}</td></tr>" in by_ratio
+    assert text("dt", 0.01).startswith("0.94 [") and text("dt", 1.0).startswith("0.06 [")
+    # bc shares no task at 1 %, and one of the two at 100 %
+    assert "<tr><td>lamo > bc</td><td>—</td><td>1.00 [1.00, 1.00] [1/2 tasks]</td></tr>" in by_ratio
+    # the pooled table keeps its rows: one per baseline, over all ratios
+    pooled = locomotion[locomotion.index("<h3>Probability of improvement (locomotion)</h3>"):
+                        locomotion.index("<h3>Probability of improvement by data ratio")]
+    assert pooled.count("<td>lamo > dt</td>") == 1 and f"<td>{text('dt', None)}</td><td>4</td>" in pooled
+    assert "Probability of improvement" not in reacher  # no lamo there
+    markdown = (crossing.out_dir / "tables.md").read_text()
+    assert f"| lamo > dt | {text('dt', 0.01)} | {text('dt', 1.0)} |" in markdown
+    assert "Probability of improvement by data ratio (locomotion)" in (crossing.out_dir / "tables.tex").read_text()
+    assert "improvement_vs_ratio.png" in page and "improvement_vs_ratio.png" in {p.name for p in crossing.files}
 
 
 def test_bootstrap_resamples_within_cells():
@@ -305,7 +390,8 @@ def test_outputs_written_and_logged_to_the_parent_run(store, aggregates):
     result, _ = aggregates
     names = {p.name for p in result.files}
     assert {"tables.md", "tables.tex", "table.csv", "cells.csv", "domains.csv", "improvement.csv", "cost.csv",
-            "score_vs_ratio.png", "learning_curves.png", "aggregate_intervals.png", "report.html"} <= names
+            "score_vs_ratio.png", "learning_curves.png", "aggregate_intervals.png", "improvement_vs_ratio.png",
+            "report.html"} <= names
     assert all(p.is_file() and p.stat().st_size > 0 for p in result.files)
     latex = (result.out_dir / "tables.tex").read_text()
     assert r"\textbf{135.0 $\pm$ 91.9 (target 3600)}" in latex and "Average (locomotion)" in latex
@@ -685,11 +771,11 @@ def test_html_report_renders_in_headless_chromium(aggregates, tmp_path):
 
     report = aggregates[0].out_dir / "report.html"
     dom = chromium("--dump-dom", report.as_uri(), profile=tmp_path / "profile-dom").stdout
-    # the average per domain; locomotion: 2 tasks, aggregates, ratio means, improvement; reacher2d: 1 task and
-    # aggregates; cost; excluded runs and the paper's layout, collapsed
-    assert dom.count("<table>") == 11 and "Average (locomotion)" in dom and "[1/2 seeds]" in dom
-    assert dom.count('<img alt="') == 3 and dom.count('src="data:image/png;base64,') == 3
-    assert dom.count("<figcaption>") == 3 and "logarithmic" in dom  # each plot says what it shows
+    # the average per domain; locomotion: 2 tasks, aggregates, ratio means, improvement pooled and per ratio;
+    # reacher2d: 1 task and aggregates; cost; excluded runs and the paper's layout, collapsed
+    assert dom.count("<table>") == 12 and "Average (locomotion)" in dom and "[1/2 seeds]" in dom
+    assert dom.count('<img alt="') == 4 and dom.count('src="data:image/png;base64,') == 4
+    assert dom.count("<figcaption>") == 4 and "logarithmic" in dom  # each plot says what it shows
     notes = dom[dom.index('<ul class="fidelity">'):]
     notes = notes[:notes.index("</ul>")]
     assert notes.count("<li>") == len(aggregates[0].notes) > 0  # the fidelity notes, one item each

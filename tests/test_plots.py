@@ -11,7 +11,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orchestrator import report
+from orchestrator import plots, report
 from orchestrator.runs import TrialRun
 from orchestrator.scores import aggregate_runs
 from trainers.runtime.record import make_record
@@ -27,12 +27,15 @@ def finished(algorithm: str, task: str, ratio: float, seed: int, score: float) -
                     curves={label: curve})
 
 
-def sweep(levels: dict[str, float], grid: dict[str, tuple[float, ...]]):
-    runs = [finished(algorithm, task, ratio, seed, level + 10 * np.log10(200 * ratio) + seed)
-            for algorithm, level in levels.items() for seed in range(3)
-            for task, ratios in grid.items() for ratio in ratios]
+def aggregated(runs: list[TrialRun]):
     return aggregate_runs(runs, "paper", sweep_id="grid-0000000000", sweep_name="grid", parent_run_id="p",
                           resamples=200)
+
+
+def sweep(levels: dict[str, float], grid: dict[str, tuple[float, ...]]):
+    return aggregated([finished(algorithm, task, ratio, seed, level + 10 * np.log10(200 * ratio) + seed)
+                       for algorithm, level in levels.items() for seed in range(3)
+                       for task, ratios in grid.items() for ratio in ratios])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def caught_figures(result, out: Path) -> dict[str, Figure]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Figure, "savefig", catch)
         report.write_outputs(result, out)
-    assert {"score_vs_ratio", "learning_curves", "aggregate_intervals"} <= caught.keys()
+    assert {"score_vs_ratio", "learning_curves", "aggregate_intervals", "improvement_vs_ratio"} <= caught.keys()
     for figure in caught.values():
         FigureCanvasAgg(figure).draw()
     return caught
@@ -98,6 +101,14 @@ def test_score_against_a_logarithmic_ratio_axis_labelled_in_percent(figures, nar
     assert list(lines["lamo"].get_xdata()) == [100 * r for r in PAPER_RATIOS]  # percent of the trajectories
 
 
+def test_a_one_ratio_panel_still_shows_each_algorithms_interval(paper_grid, figures):
+    """A band over one ratio has no width: reacher2d-medium, at 100 % only, draws the interval as a bar."""
+    reacher = next(a for a in panels(figures["score_vs_ratio"]) if a.get_title() == "reacher2d-medium")
+    bars = {tuple(np.round(segment[:, 1], 6)) for bars in reacher.collections for segment in bars.get_segments()}
+    cells = [paper_grid.cell(a, "reacher2d-medium", 1.0) for a in paper_grid.algorithms]
+    assert bars == {tuple(np.round(c.ci, 6)) for c in cells} and all(c.ci[0] < c.ci[1] for c in cells)
+
+
 @pytest.mark.parametrize("which", ["figures", "narrow_figures"])
 def test_legends_and_titles_are_inside_the_figure_and_off_the_data(which, request):
     figures = request.getfixturevalue(which)
@@ -129,7 +140,7 @@ def colored_and_dark_columns(figure: Figure, axis, y: float) -> tuple[np.ndarray
 
 
 def test_a_probability_of_improvement_of_one_is_drawn_visibly(paper_grid, figures):
-    improvement = {(i.domain, i.baseline): i for i in paper_grid.improvements}
+    improvement = {(i.domain, i.baseline): i for i in paper_grid.pooled_improvements}
     certain = improvement["locomotion", "bc"]
     assert certain.probability == 1.0 and certain.ci == (1.0, 1.0)  # the case that used to vanish
     figure = figures["aggregate_intervals"]
@@ -140,3 +151,56 @@ def test_a_probability_of_improvement_of_one_is_drawn_visibly(paper_grid, figure
     assert len(colored) >= 3, "the interval of P = 1 has no visible width"
     assert len(dark) >= 3, "the estimate of P = 1 has no visible marker"
     assert colored.min() > 0.9 * width and dark.min() > 0.9 * width  # drawn where 1 is, not elsewhere
+
+
+def baseline_lines(axis, baselines) -> dict[str, object]:
+    return {line.get_label(): line for line in axis.get_lines() if line.get_label() in baselines}
+
+
+def test_improvement_against_the_data_ratio_has_a_panel_per_domain_and_a_line_per_baseline(paper_grid, figures):
+    figure = figures["improvement_vs_ratio"]
+    assert [axis.get_title() for axis in panels(figure)] == ["locomotion", "reacher2d"]
+    score_colors = {line.get_label(): line.get_color() for line in panels(figures["score_vs_ratio"])[0].get_lines()}
+    for axis, ratios in zip(panels(figure), (PAPER_RATIOS, (1.0,))):
+        lines = baseline_lines(axis, {"dt", "bc"})
+        assert list(lines) == ["dt", "bc"] and axis.get_xscale() == "log"
+        for name, line in lines.items():
+            assert list(line.get_ydata()) == [1.0] * len(ratios)  # lamo beats both everywhere
+            assert line.get_color() == score_colors[name] and line.get_marker() == "o"
+        # at its ratio, each baseline's point sits a little apart from the other's, within 10 % of the ratio
+        x = {name: np.asarray(line.get_xdata()) / (100 * np.array(ratios)) for name, line in lines.items()}
+        assert np.allclose(x["dt"], x["dt"][0]) and x["dt"][0] < 1 < x["bc"][0] < 1.1 and x["dt"][0] > 0.9
+        assert axis.get_ylim()[0] < 0 and axis.get_ylim()[1] > 1
+        assert [list(line.get_ydata()) for line in axis.get_lines() if line.get_linestyle() == "--"] == [[0.5, 0.5]]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["dt", "bc"]
+
+
+@pytest.fixture(scope="module")
+def crossing():
+    """lamo ahead of dt on hopper-medium at 1 % of the data and behind at 100 %; reacher2d-medium has lamo alone."""
+    levels = {("lamo", "hopper-medium", 0.01): 50.0, ("dt", "hopper-medium", 0.01): 10.0,
+              ("lamo", "hopper-medium", 1.0): 10.0, ("dt", "hopper-medium", 1.0): 50.0,
+              ("lamo", "reacher2d-medium", 1.0): 30.0}
+    return aggregated([finished(algorithm, task, ratio, seed, level + seed)
+                       for (algorithm, task, ratio), level in levels.items() for seed in range(3)])
+
+
+def test_improvement_against_the_data_ratio_shows_where_lamo_is_ahead(crossing):
+    figure = plots.improvement_vs_ratio_figure(crossing)
+    FigureCanvasAgg(figure).draw()
+    locomotion, reacher = panels(figure)
+    [dt] = baseline_lines(locomotion, {"dt"}).values()
+    assert list(dt.get_xdata()) == [1.0, 100.0] and list(dt.get_ydata()) == [1.0, 0.0]  # one baseline: no spread
+    rows = {i.ratio: i for i in crossing.ratio_improvements}
+    [bars] = locomotion.collections
+    assert [tuple(segment[:, 1]) for segment in bars.get_segments()] == [rows[0.01].ci, rows[1.0].ci]
+    assert [text.get_text() for text in reacher.texts] == ["no baseline shares a cell"]
+    assert not reacher.get_lines()
+
+
+def test_no_improvement_figure_without_lamo(tmp_path):
+    result = aggregated([finished(algorithm, "hopper-medium", ratio, seed, 10.0 + seed)
+                         for algorithm in ("dt", "bc") for ratio in (0.1, 1.0) for seed in range(2)])
+    assert not result.improvements
+    assert [path.name for path in plots.write_plots(result, tmp_path)] == [
+        "score_vs_ratio.png", "learning_curves.png", "aggregate_intervals.png"]
