@@ -1,6 +1,7 @@
 """A LaMo trial's language-data start-up at real corpus size: today's per-trial tokenization beside the token cache.
 
     python -m bench.corpus_cache [--megabytes 100] [--vocab 50257]
+    python -m bench.corpus_cache --corpus-only    # only assemble the corpus and print its directory
 
 Nothing can be downloaded here, so the corpus is real English text this machine already has: the UTF-8 text
 files of Debian's package documentation under /usr/share/doc (READMEs, NEWS files, changelogs, copyright
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=float, default=100.0)
     parser.add_argument("--vocab", type=int, default=50257, help="BPE vocabulary size (GPT-2: 50,257)")
+    parser.add_argument("--corpus-only", action="store_true", help="assemble the corpus (a directory of .txt files "
+                        "a LaMo sweep's lm_corpus or `python -m trainers.sequence.language pretrain --corpus` takes), "
+                        "print its path and stop")
     parser.add_argument("--child", nargs=4, metavar=("KIND", "CORPUS", "MODEL", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     corpus = RESULTS / f"english-{args.megabytes:g}mb"
     manifest = assemble_corpus(corpus, args.megabytes)
+    if args.corpus_only:
+        print(corpus.relative_to(Path.cwd()) if corpus.is_relative_to(Path.cwd()) else corpus)
+        return
     console.print(f"corpus: {manifest['bytes'] / 1e6:.1f} MB of UTF-8 text, {manifest['documents']:,} documents "
                   f"from {manifest['packages']:,} packages' docs under {manifest['root']} "
                   f"({time.perf_counter() - started:.0f} s)")

@@ -64,6 +64,17 @@ def test_dry_run_of_the_paper_grid_works_without_its_files(capsys):
     assert "aggregation: protocol paper" in out
 
 
+
+def test_dry_run_of_the_science_study_plans_its_grid_on_this_machine(capsys):
+    """docs/science.md's sweep: 7 algorithms × 2 tasks × 3 ratios × 5 seeds, each cell's seeds in one trial, two
+    one-CPU trials at a time on a 2-core machine — planned without its data or language model present."""
+    assert main(["--spec", str(REPO / "sweeps/science_mini.yaml"), "--dry-run", "--cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "210 runs in 42 trials of up to 5 seeds" in out
+    assert "each trial: 1 worker(s) × 1 CPU, 0 GPU, in place" in out and "2 concurrent trials" in out
+    assert all(name in out for name in ("lamo_random_init", "lamo_no_lm", "lamo_linear_emb", "hopper-medium-gen"))
+    assert "aggregation: protocol paper" in out
+
 def test_dry_run_of_a_cluster_sized_sweep_on_a_laptop_plans_it_and_names_the_flags(capsys):
     """This machine has no GPU: the plan is still printed for what the sweep names, with the way to a cluster."""
     assert main(["--spec", str(REPO / "sweeps/lamo_paper.yaml"), "--dry-run"]) == 0
