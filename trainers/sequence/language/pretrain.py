@@ -74,9 +74,9 @@ def pretrain_tiny_gpt2(out_dir: str | Path, corpus: str | Path = "builtin", *, s
     """Pre-train a randomly initialised GPT2LMHeadModel with causal-LM cross-entropy and save it with its
     tokenizer and pretrain_log.json, a directory `load_pretrained_gpt2` loads. Deterministic given the seed,
     whether it runs in one sitting or resumes from its checkpoint. Logged losses are nats/token on fixed windows
-    of held-out documents (every 20th). With cpu_seconds, a sitting that reaches that much process CPU time saves
-    the checkpoint and returns before the model is complete (the directory then holds only pretrain_checkpoint.pt,
-    written every checkpoint_every steps too)."""
+    of held-out documents (every 20th). With cpu_seconds, a sitting that reaches that much process CPU time (after
+    at least one step) saves the checkpoint and returns before the model is complete (the directory then holds only
+    pretrain_checkpoint.pt, written every checkpoint_every steps too)."""
     if n_positions < seq_len:
         raise ValueError(f"n_positions={n_positions} must be at least seq_len={seq_len}")
     out = Path(out_dir)
@@ -143,8 +143,11 @@ def pretrain_tiny_gpt2(out_dir: str | Path, corpus: str | Path = "builtin", *, s
     show = sys.stderr.isatty() if progress is None else progress  # a bar on terminals, nothing in logs
     with Progress(console=Console(stderr=True), disable=not show) as bar:
         task = bar.add_task(f"pre-training on {corpus}", total=steps, completed=state["step"])
+        first_step = state["step"]
         while state["step"] < steps:
-            if cpu_seconds is not None and time.process_time() - cpu_started >= cpu_seconds:
+            # Every sitting makes at least one step, so any budget moves the pre-training on.
+            if (cpu_seconds is not None and state["step"] > first_step
+                    and time.process_time() - cpu_started >= cpu_seconds):
                 save_checkpoint()
                 return out
             loss = loss_of(train.sample())
